@@ -1,0 +1,46 @@
+"""The `postroom` command: one sub-command group per concept, wired here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from postroom.cli import archive, config, deliveries, demo, recipients, templates
+from postroom.cli.common import State, err_console
+from postroom.errors import ConfigError, InputError, NotFoundError, PostroomError
+
+app = typer.Typer(
+    name="postroom",
+    help="Postroom: email deliveries with personalization, delivery logs and Email BCC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(recipients.app, name="recipients")
+app.add_typer(templates.app, name="templates")
+app.add_typer(deliveries.app, name="deliveries")
+app.add_typer(archive.app, name="archive")
+app.add_typer(config.app, name="config")
+app.command("demo")(demo.demo)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config_file: Path | None = typer.Option(
+        None, "--config", "-c", help="Settings file (TOML). Default: $POSTROOM_CONFIG, "
+        "then ./postroom.toml if present.", envvar="POSTROOM_CONFIG"),
+) -> None:
+    ctx.obj = State(config_file)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit non-zero, never a traceback."""
+    try:
+        app()
+    except PostroomError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2 if isinstance(exc, ConfigError | InputError | NotFoundError) else 1)

@@ -1,0 +1,138 @@
+"""Personalization: Jinja2's sandbox, strict about undefined variables, escaping HTML.
+
+Templates see `recipient` (email, first_name, last_name, email_format and every custom field as
+an attribute) and `delivery` (id, name). Compiling happens once per delivery; rendering is a
+pure function of the compiled templates and the recipient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import missing
+
+from postroom.domain.models import Recipient
+from postroom.errors import TemplateError
+
+__all__ = ["CompiledContent", "RenderedContent", "compile_content", "recipient_context"]
+
+
+class _Named(dict[str, Any]):
+    """A namespace for templates whose missing keys are reported by their dotted name."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        super().__init__(values)
+        self.name = name
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined whose error names the variable (`recipient.loyalty`), not `dict object`."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint:
+            return self._undefined_hint
+        obj = self._undefined_obj
+        if obj is missing:
+            return f"undefined variable '{self._undefined_name}'"
+        owner = obj.name if isinstance(obj, _Named) else type(obj).__name__
+        return f"undefined variable '{owner}.{self._undefined_name}'"
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise self._undefined_exception(self._undefined_message)
+
+
+def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        autoescape=autoescape,
+        undefined=_Undefined,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+_HTML_ENV = _environment(autoescape=True)
+_TEXT_ENV = _environment(autoescape=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedContent:
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CompiledContent:
+    """The subject, HTML and text of one delivery, compiled once."""
+
+    _subject: Any
+    _html: Any
+    _text: Any
+    has_html: bool
+    has_text: bool
+
+    def render(self, context: dict[str, Any], *, who: str = "") -> RenderedContent:
+        """Render for one recipient; TemplateError names the field, the variable and `who`."""
+        return RenderedContent(
+            subject=_render(self._subject, context, "subject", who),
+            html=_render(self._html, context, "html", who) if self.has_html else "",
+            text=_render(self._text, context, "text", who) if self.has_text else "",
+        )
+
+
+def _render(template: Any, context: dict[str, Any], field: str, who: str) -> str:
+    try:
+        result: str = template.render(context)
+    except UndefinedError as exc:
+        variable = str(exc).removeprefix("undefined variable ").strip("'")
+        raise TemplateError(
+            f"{field}: {exc}{' for ' + who if who else ''}", field=field, variable=variable
+        ) from None
+    except SecurityError as exc:
+        raise TemplateError(f"{field}: forbidden in the sandbox: {exc}", field=field) from None
+    except Exception as exc:  # any other runtime error of the template is the template's fault
+        where = f" for {who}" if who else ""
+        raise TemplateError(f"{field}: {type(exc).__name__}: {exc}{where}", field=field) from None
+    return result
+
+
+def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str) -> Any:
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"{field}, line {exc.lineno}: {exc.message}", field=field) from None
+
+
+def compile_content(*, subject: str, html: str, text: str) -> CompiledContent:
+    """Compile a delivery's content; a syntax error raises TemplateError naming field and line."""
+    return CompiledContent(
+        _subject=_compile(_TEXT_ENV, subject, "subject"),
+        _html=_compile(_HTML_ENV, html, "html"),
+        _text=_compile(_TEXT_ENV, text, "text"),
+        has_html=bool(html.strip()),
+        has_text=bool(text.strip()),
+    )
+
+
+def recipient_context(recipient: Recipient, *, delivery_id: int, delivery_name: str) -> dict[
+    str, Any
+]:
+    """The variables a template sees for one recipient."""
+    values: dict[str, Any] = dict(recipient.fields)
+    values.update(
+        email=recipient.email,
+        first_name=recipient.first_name,
+        last_name=recipient.last_name,
+        email_format=str(recipient.email_format),
+    )
+    return {
+        "recipient": _Named("recipient", values),
+        "delivery": _Named("delivery", {"id": delivery_id, "name": delivery_name}),
+    }

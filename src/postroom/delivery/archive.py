@@ -1,0 +1,138 @@
+"""The archive outbox worker: sends each sent message's exact bytes to the Email BCC address.
+
+Copies are claimed from the durable outbox, sent in their own SMTP transaction (envelope sender:
+the dedicated archive address; the BCC address only in RCPT TO), and recorded `archived` with the
+relay's reply, `failed` on a permanent refusal, or left pending with a backoff while the archive
+relay is down. Recipients' sending never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from postroom.domain.models import ArchiveCopy, ArchiveState
+from postroom.domain.outcomes import Outcome, Verdict
+from postroom.storage.sql import ArchiveResult
+
+__all__ = ["ArchiveTarget", "Archiver", "Transport"]
+
+
+class Transport(Protocol):
+    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome: ...
+    async def close(self) -> None: ...
+
+
+class ArchiveStore(Protocol):
+    def claim_archive(self, now: datetime, limit: int, lease: timedelta, *,
+                      delivery_id: int | None = None) -> list[ArchiveCopy]: ...
+    def record_archive(self, results: list[ArchiveResult], now: datetime) -> None: ...
+    def archive_counts(self, delivery_id: int | None = None) -> dict[int, dict[str, int]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveTarget:
+    address: str
+    envelope_sender: str
+
+
+def backoff(attempts: int, ceiling: float) -> timedelta:
+    """1 s, 2 s, 4 s, ... up to `ceiling` seconds."""
+    return timedelta(seconds=min(ceiling, 2.0 ** max(0, attempts - 1)))
+
+
+class Archiver:
+    def __init__(self, store: ArchiveStore, connect: Callable[[], Transport], *,
+                 target: ArchiveTarget, connections: int, max_backoff: float,
+                 clock: Callable[[], datetime], batch_size: int = 50,
+                 lease: timedelta = timedelta(minutes=5)):
+        self._store = store
+        self._connect = connect
+        self._target = target
+        self._connections = connections
+        self._max_backoff = max_backoff
+        self._clock = clock
+        self._batch = batch_size
+        self._lease = lease
+        self.archived = 0
+
+    def pending(self, delivery_id: int | None) -> int:
+        counts = self._store.archive_counts(delivery_id)
+        return sum(states.get(ArchiveState.PENDING, 0) for states in counts.values())
+
+    async def run(self, *, delivery_id: int | None, finish: asyncio.Event,
+                  drain_seconds: float) -> None:
+        """Archive copies until `finish` is set and then no copy is pending (or time runs out)."""
+        workers = [asyncio.create_task(self._work(delivery_id, finish, drain_seconds))
+                   for _ in range(self._connections)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+
+    async def _work(self, delivery_id: int | None, finish: asyncio.Event,
+                    drain_seconds: float) -> None:
+        transport = self._connect()
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if finish.is_set() and deadline is None:
+                    deadline = loop.time() + drain_seconds
+                if deadline is not None and (loop.time() >= deadline
+                                             or self.pending(delivery_id) == 0):
+                    return
+                copies = self._store.claim_archive(self._clock(), self._batch, self._lease,
+                                                   delivery_id=delivery_id)
+                if not copies:
+                    await _sleep_or(finish, 0.2)
+                    continue
+                pause = await self._send_batch(transport, copies)
+                if pause:
+                    await _sleep_or(finish if deadline is None else None,
+                                    min(pause, self._remaining(deadline, loop)))
+        finally:
+            await transport.close()
+
+    @staticmethod
+    def _remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float:
+        return float("inf") if deadline is None else max(0.0, deadline - loop.time())
+
+    async def _send_batch(self, transport: Transport, copies: list[ArchiveCopy]) -> float:
+        """Send claimed copies; returns how long to pause when the relay is unreachable."""
+        results: list[ArchiveResult] = []
+        pause = 0.0
+        for index, copy in enumerate(copies):
+            outcome = await transport.send(self._target.envelope_sender, self._target.address,
+                                           copy.data)
+            now = self._clock()
+            if outcome.verdict is Verdict.SENT:
+                self.archived += 1
+                results.append(ArchiveResult(copy.id, ArchiveState.ARCHIVED, outcome.text))
+            elif outcome.verdict is Verdict.FAILED:
+                results.append(ArchiveResult(copy.id, ArchiveState.FAILED, outcome.text))
+            else:
+                wait = backoff(copy.attempts + 1, self._max_backoff)
+                results.append(ArchiveResult(copy.id, ArchiveState.PENDING, outcome.text,
+                                             next_attempt_at=now + wait))
+                if outcome.reply is None:  # the relay is unreachable: put the rest back too
+                    results.extend(ArchiveResult(c.id, ArchiveState.PENDING, "not attempted",
+                                                 next_attempt_at=now, attempted=False)
+                                   for c in copies[index + 1:])
+                    pause = wait.total_seconds()
+                    break
+        self._store.record_archive(results, self._clock())
+        return pause
+
+
+async def _sleep_or(event: asyncio.Event | None, seconds: float) -> None:
+    if event is None or event.is_set():
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)

@@ -1,0 +1,72 @@
+"""Delivery and delivery-log states, and the one table of legal moves between them.
+
+Nothing else in Postroom decides whether a status may change: storage calls `transition()`
+(or checks `LOG_MOVES`) before writing one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from postroom.errors import StateError
+
+__all__ = [
+    "DELIVERY_MOVES",
+    "LOG_MOVES",
+    "DeliveryState",
+    "LogStatus",
+    "can_log_move",
+    "transition",
+]
+
+
+class DeliveryState(StrEnum):
+    EDITING = "editing"
+    ANALYZING = "analyzing"
+    READY = "ready"
+    SENDING = "sending"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class LogStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    IGNORED = "ignored"
+    CANCELLED = "cancelled"
+
+
+_D = DeliveryState
+DELIVERY_MOVES: dict[DeliveryState, frozenset[DeliveryState]] = {
+    _D.EDITING: frozenset({_D.ANALYZING, _D.STOPPED}),
+    _D.ANALYZING: frozenset({_D.READY, _D.FAILED}),
+    _D.READY: frozenset({_D.ANALYZING, _D.SENDING, _D.STOPPED}),
+    _D.SENDING: frozenset({_D.PAUSED, _D.FINISHED, _D.STOPPED}),
+    _D.PAUSED: frozenset({_D.SENDING, _D.STOPPED}),
+    _D.FAILED: frozenset({_D.ANALYZING, _D.STOPPED}),
+    _D.FINISHED: frozenset(),
+    _D.STOPPED: frozenset(),
+}
+
+_L = LogStatus
+LOG_MOVES: dict[LogStatus, frozenset[LogStatus]] = {
+    _L.PENDING: frozenset({_L.PENDING, _L.SENT, _L.FAILED, _L.CANCELLED}),
+    _L.SENT: frozenset({_L.FAILED}),  # an asynchronous bounce
+    _L.FAILED: frozenset(),
+    _L.IGNORED: frozenset(),
+    _L.CANCELLED: frozenset({_L.SENT, _L.FAILED}),  # in flight when the delivery stopped
+}
+
+
+def transition(current: DeliveryState, target: DeliveryState) -> DeliveryState:
+    """Return `target` if a delivery may move there from `current`, else raise StateError."""
+    if target not in DELIVERY_MOVES[current]:
+        raise StateError(f"a delivery cannot go from {current} to {target}")
+    return target
+
+
+def can_log_move(current: LogStatus, target: LogStatus) -> bool:
+    return target in LOG_MOVES[current]

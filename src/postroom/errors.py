@@ -1,0 +1,64 @@
+"""All of Postroom's exceptions, in one place.
+
+    PostroomError
+    ├── ConfigError(PostroomError, ValueError)        a settings key is missing or wrong
+    ├── InputError(PostroomError, ValueError)         user input (file, option, template) is wrong
+    │   └── TemplateError                             a template does not compile or render
+    ├── NotFoundError(PostroomError, LookupError)     a named object does not exist
+    ├── StateError(PostroomError, RuntimeError)       an operation is illegal in the current state
+    │   └── ReadOnlyError                             the built-in template cannot be changed
+    └── TransportError(PostroomError, ConnectionError) an SMTP relay could not be used
+
+Outcomes of sending (accepted, refused, deferred) are values, not exceptions: see
+`postroom.domain.outcomes`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "NotFoundError",
+    "PostroomError",
+    "ReadOnlyError",
+    "StateError",
+    "TemplateError",
+    "TransportError",
+]
+
+
+class PostroomError(Exception):
+    """Root of every error Postroom raises on purpose."""
+
+
+class ConfigError(PostroomError, ValueError):
+    """The instance configuration is invalid; the message names the key."""
+
+
+class InputError(PostroomError, ValueError):
+    """Something the user supplied (file, option, content) cannot be used."""
+
+
+class TemplateError(InputError):
+    """A template does not compile, or does not render for a recipient."""
+
+    def __init__(self, message: str, *, field: str | None = None, variable: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.variable = variable
+
+
+class NotFoundError(PostroomError, LookupError):
+    """A template, delivery or log named by the user does not exist."""
+
+
+class StateError(PostroomError, RuntimeError):
+    """The operation is not allowed in the object's current state."""
+
+
+class ReadOnlyError(StateError):
+    """The object (the built-in default template) is read-only."""
+
+
+class TransportError(PostroomError, ConnectionError):
+    """An SMTP relay could not be reached or refused the session as a whole."""

@@ -1,0 +1,257 @@
+"""What an operator can do, as one object the CLI (and later the web API) calls.
+
+Built by `postroom.wiring.build()`; it holds the store, the settings parts it needs and a clock,
+and runs the pipeline: audience → analyze → render → send → record → archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from postroom.compose.personalize import compile_content
+from postroom.delivery.analysis import AnalysisReport, analyze
+from postroom.delivery.archive import Archiver, ArchiveTarget, Transport
+from postroom.delivery.audience import parse_filter
+from postroom.delivery.engine import Engine, RunSummary
+from postroom.domain.models import ArchiveState, Audience, Delivery, DeliveryLog, Template
+from postroom.domain.outcomes import FailureReason
+from postroom.domain.properties import Properties, parse_properties
+from postroom.domain.states import DeliveryState, LogStatus
+from postroom.errors import InputError, StateError, TemplateError
+from postroom.recipients.importer import ImportReport, import_csv
+from postroom.settings import Settings
+from postroom.storage.sql import SqlStore
+
+__all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file"]
+
+BUILTIN_TEMPLATE = "default"
+_BUILTIN_PROPS = Properties(
+    subject="A message for {{ recipient.first_name or recipient.email }}",
+    html=(
+        "<html><body><p>Hello {{ recipient.first_name or recipient.email }},</p>"
+        "<p>This message was sent by Postroom.</p></body></html>"
+    ),
+    text=(
+        "Hello {{ recipient.first_name or recipient.email }},\n\n"
+        "This message was sent by Postroom.\n"
+    ),
+)
+_FILE_KEYS = {"html_file": "html", "text_file": "text"}
+
+
+def load_template_file(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """Read a template definition: TOML whose html_file/text_file point to content files."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    name = data.pop("name", None)
+    for key, prop in _FILE_KEYS.items():
+        if key in data:
+            data[prop] = read_content(path.parent / str(data.pop(key)), key)
+    return name, data
+
+
+def read_content(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what}: {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what}: {path} is not valid UTF-8 (byte {exc.start})") from None
+
+
+@dataclass
+class Report:
+    delivery: Delivery
+    by_status: Counter[str]
+    by_reason: Counter[str]
+    archive: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.delivery
+        return {
+            "delivery": d.id,
+            "name": d.name,
+            "state": d.state,
+            "email_bcc": d.properties.email_bcc,
+            "total": sum(self.by_status.values()),
+            "by_status": dict(self.by_status),
+            "by_reason": dict(self.by_reason),
+            "archive": self.archive,
+            "last_error": d.last_error,
+        }
+
+
+class Postroom:
+    def __init__(self, store: SqlStore, settings: Settings, *,
+                 connect: Callable[[], Transport], connect_archive: Callable[[], Transport],
+                 clock: Callable[[], datetime]):
+        self.store = store
+        self.settings = settings
+        self._connect = connect
+        self._connect_archive = connect_archive
+        self.clock = clock
+        store.ensure_template(BUILTIN_TEMPLATE, _BUILTIN_PROPS, builtin=True, now=clock())
+
+    # -- recipients ---------------------------------------------------------------------------
+
+    def import_recipients(self, path: Path, *, encoding: str = "utf-8",
+                          progress: Callable[[int], None] | None = None) -> ImportReport:
+        return import_csv(path, self.store, now=self.clock(), encoding=encoding,
+                          progress=progress)
+
+    # -- templates ----------------------------------------------------------------------------
+
+    def create_template(self, name: str, data: dict[str, Any]) -> Template:
+        props = parse_properties(data, source=f"template {name!r}")
+        return self.store.create_template(name, props, self.clock())
+
+    def update_template(self, name: str, data: dict[str, Any]) -> Template:
+        current = self.store.get_template(name)
+        return self.store.update_template(name, current.properties.override(data), self.clock())
+
+    def duplicate_template(self, name: str, new_name: str) -> Template:
+        source = self.store.get_template(name)
+        return self.store.create_template(new_name, source.properties, self.clock())
+
+    @staticmethod
+    def content_problems(props: Properties) -> list[str]:
+        """Syntax errors of a template's content (saved drafts may have some)."""
+        try:
+            compile_content(subject=props.subject, html=props.html, text=props.text)
+        except TemplateError as exc:
+            return [str(exc)]
+        return []
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    def create_delivery(self, template: str, *, name: str | None = None,
+                        overrides: dict[str, Any] | None = None,
+                        filters: list[str] | None = None,
+                        list_file: Path | None = None) -> tuple[Delivery, ImportReport | None]:
+        """Copy a template's properties, apply overrides, and set the audience."""
+        source = self.store.get_template(template)
+        props = source.properties.override(overrides or {})
+        for text in filters or []:
+            parse_filter(text)
+        if filters and list_file:
+            raise InputError("choose either filters or a list file for the audience, not both")
+        audience = (Audience("list", source=str(list_file)) if list_file
+                    else Audience("filter", tuple(filters)) if filters else Audience())
+        report: ImportReport | None = None
+        if list_file is not None:
+            report = import_csv(list_file, self.store, now=self.clock(), keep_emails=True)
+        delivery = self.store.create_delivery(
+            name=name or f"{template} {self.clock():%Y-%m-%d %H:%M}", template_name=template,
+            props=props, audience=audience, salt=secrets.token_hex(8), now=self.clock())
+        if report is not None:
+            ids = self.store.recipient_ids(report.emails)
+            self.store.set_audience_list(delivery.id, [ids[e] for e in report.emails])
+            report.emails.clear()
+        return delivery, report
+
+    def analyze(self, delivery_id: int) -> AnalysisReport:
+        return analyze(self.store, delivery_id, defaults=self.settings.defaults,
+                       sending=self.settings.sending,
+                       archive_available=self.settings.archive.enabled, now=self.clock())
+
+    def send(self, delivery_id: int, *, progress: Callable[[int], None] | None = None,
+             on_analyzed: Callable[[AnalysisReport], None] | None = None) -> RunSummary:
+        """Send a delivery: analyze first if needed, then send what is due."""
+        delivery = self.store.get_delivery(delivery_id)
+        if delivery.state in (DeliveryState.EDITING, DeliveryState.FAILED):
+            report = self.analyze(delivery_id)
+            if on_analyzed is not None:
+                on_analyzed(report)
+            if not report.ok:
+                raise InputError(f"analysis of delivery #{delivery_id} failed:\n"
+                                 + "\n".join(report.errors))
+            delivery = self.store.get_delivery(delivery_id)
+        if delivery.state is DeliveryState.READY:
+            self.store.move_delivery(delivery_id, DeliveryState.SENDING, self.clock())
+        elif delivery.state is not DeliveryState.SENDING:
+            raise StateError(f"delivery #{delivery_id} is {delivery.state}; "
+                             + ("resume it first" if delivery.state is DeliveryState.PAUSED
+                                else "it cannot be sent"))
+        return asyncio.run(self._engine().run(delivery_id, progress=progress))
+
+    def pending_count(self, delivery_id: int) -> int:
+        return sum(n for status, _, _, n in self.store.log_counts(delivery_id)
+                   if status == LogStatus.PENDING)
+
+    def pause(self, delivery_id: int) -> Delivery:
+        return self.store.move_delivery(delivery_id, DeliveryState.PAUSED, self.clock())
+
+    def resume(self, delivery_id: int) -> Delivery:
+        return self.store.move_delivery(delivery_id, DeliveryState.SENDING, self.clock())
+
+    def stop(self, delivery_id: int) -> Delivery:
+        delivery = self.store.move_delivery(delivery_id, DeliveryState.STOPPED, self.clock())
+        self.store.expire_pending(delivery_id, self.clock(), status=LogStatus.CANCELLED,
+                                  reason=None, detail="the delivery was stopped")
+        return delivery
+
+    def report(self, delivery_id: int) -> Report:
+        delivery = self.store.get_delivery(delivery_id)
+        by_status: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter()
+        for status, _ftype, reason, count in self.store.log_counts(delivery_id):
+            by_status[status] += count
+            if reason is not None:
+                by_reason[FailureReason(reason).label] += count
+        archive = {state.value: 0 for state in ArchiveState}
+        archive.update(self.store.archive_counts(delivery_id).get(delivery_id, {}))
+        return Report(delivery, by_status, by_reason, archive)
+
+    def logs(self, delivery_id: int, **filters: Any) -> list[DeliveryLog]:
+        self.store.get_delivery(delivery_id)
+        return self.store.list_logs(delivery_id, **filters)
+
+    # -- archive ------------------------------------------------------------------------------
+
+    def archive_flush(self, *, delivery_id: int | None = None, wait_seconds: float = 30.0,
+                      retry_failed: bool = False) -> int:
+        """Send pending archive copies now; returns how many are still pending afterwards."""
+        archiver = self._archiver()
+        if archiver is None:
+            raise StateError("Email BCC is not enabled on this instance (archive.enabled)")
+        if retry_failed:
+            self.store.retry_failed_archive(self.clock(), delivery_id)
+
+        async def flush() -> None:
+            finish = asyncio.Event()
+            finish.set()
+            await archiver.run(delivery_id=delivery_id, finish=finish, drain_seconds=wait_seconds)
+
+        self.store.reset_archive_schedule(self.clock(), delivery_id)
+        asyncio.run(flush())
+        return archiver.pending(delivery_id)
+
+    # -- wiring of the engine -----------------------------------------------------------------
+
+    def _archiver(self) -> Archiver | None:
+        archive = self.settings.archive
+        if archive.address is None:
+            return None
+        return Archiver(
+            self.store, self._connect_archive,
+            target=ArchiveTarget(archive.address, archive.envelope_sender),
+            connections=archive.connections, max_backoff=archive.max_backoff_seconds,
+            clock=self.clock, lease=timedelta(seconds=self.settings.sending.lease_seconds))
+
+    def _engine(self) -> Engine:
+        return Engine(self.store, self._connect, sending=self.settings.sending,
+                      defaults=self.settings.defaults, archiver=self._archiver(),
+                      archive_drain_seconds=self.settings.archive.drain_seconds,
+                      clock=self.clock)

@@ -1,0 +1,247 @@
+"""The instance configuration: one typed schema, read environment → TOML file → defaults.
+
+Only the administrator edits it. Secrets (SMTP passwords) come from the environment
+(`POSTROOM_SMTP__PASSWORD`, ...) and never from the TOML file; they are `SecretStr` so they are
+masked wherever the settings are printed. Components receive their own part of the settings
+(`SmtpRelay`, `ArchiveSettings`, ...), never the whole object and never `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from postroom.errors import ConfigError
+
+__all__ = [
+    "ArchiveSettings",
+    "DefaultsSettings",
+    "SendingSettings",
+    "Settings",
+    "SmtpRelay",
+    "TlsMode",
+    "load_settings",
+    "masked_dump",
+]
+
+CONFIG_ENV = "POSTROOM_CONFIG"
+DEFAULT_CONFIG_FILE = "postroom.toml"
+SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"))
+
+
+class TlsMode(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+
+class SmtpRelay(_Section):
+    """An SMTP relay Postroom hands messages to."""
+
+    host: str = Field("127.0.0.1", description="Relay host name or address.")
+    port: int = Field(25, ge=1, le=65535, description="Relay TCP port.")
+    tls: TlsMode = Field(TlsMode.NONE, description="none, starttls or implicit (SMTPS).")
+    verify_tls: bool = Field(True, description="Verify the relay's TLS certificate.")
+    username: str = Field("", description="AUTH user name; empty means no AUTH.")
+    password: SecretStr = Field(SecretStr(""), description="AUTH password (environment only).")
+    timeout_seconds: float = Field(30.0, gt=0, description="Timeout of each SMTP command.")
+
+
+class SendingSettings(_Section):
+    """How the sending engine uses the relay."""
+
+    helo_name: str = Field("localhost", description="Name announced in EHLO/HELO.")
+    connections: int = Field(4, ge=1, le=256, description="SMTP connections opened at once.")
+    messages_per_connection: int = Field(
+        1000, ge=1, description="Messages sent over one connection before it is renewed."
+    )
+    batch_size: int = Field(200, ge=1, le=10_000, description="Logs claimed per database round.")
+    lease_seconds: float = Field(300.0, gt=0, description="How long a claimed batch is ours.")
+    quick_retries: int = Field(
+        2, ge=0, description="Temporary failures retried after quick_retry_seconds in the same run."
+    )
+    quick_retry_seconds: float = Field(5.0, ge=0, description="Delay of the quick retries.")
+    wait_for_retries_seconds: float = Field(
+        30.0, ge=0, description="A run waits for retries due within this many seconds."
+    )
+
+
+class DefaultsSettings(_Section):
+    """Platform defaults for deliveries (operators may override From, Reply-To, errors-to)."""
+
+    from_name: str = Field("Postroom", description="Default From display name.")
+    from_address: str = Field("postroom@localhost", description="Default From address.")
+    reply_to: str = Field("", description="Default Reply-To address; empty means none.")
+    errors_to: str = Field("bounces@localhost", description="Default envelope sender.")
+    retry_period_minutes: int = Field(60, ge=1, description="Period between retries.")
+    max_retries: int = Field(5, ge=0, description="Retries after a temporary failure.")
+    validity_days: float = Field(5.0, gt=0, description="How long a delivery keeps trying.")
+
+
+class ArchiveSettings(_Section):
+    """Email BCC: the compliance copy of every sent message (administrator only)."""
+
+    enabled: bool = Field(False, description="Capability switch for Email BCC.")
+    bcc_address: list[str] = Field(
+        default_factory=list, description="The one archive address (exactly one when enabled)."
+    )
+    envelope_sender: str = Field(
+        "archive-bounces@localhost",
+        description="Envelope sender of archive copies, apart from recipients' errors-to.",
+    )
+    relay: SmtpRelay | None = Field(None, description="Archive relay; default: the sending relay.")
+    connections: int = Field(2, ge=1, le=64, description="Connections to the archive relay.")
+    drain_seconds: float = Field(
+        30.0, ge=0, description="How long a send run waits for pending copies at its end."
+    )
+    max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between attempts.")
+
+    @field_validator("bcc_address", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ArchiveSettings:
+        if self.enabled and len(self.bcc_address) != 1:
+            raise ValueError(
+                f"Email BCC is enabled, so archive.bcc_address needs exactly one address, "
+                f"got {len(self.bcc_address)}"
+            )
+        return self
+
+    @property
+    def address(self) -> str | None:
+        """The archive address when the capability is on, else None."""
+        return self.bcc_address[0] if self.enabled else None
+
+
+class Settings(BaseSettings):
+    """Everything the administrator configures."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POSTROOM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: str = Field("sqlite:///postroom.db", description="SQLAlchemy database URL.")
+    smtp: SmtpRelay = Field(default_factory=SmtpRelay, description="The sending relay.")
+    sending: SendingSettings = Field(default_factory=SendingSettings)
+    defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+
+    @property
+    def archive_relay(self) -> SmtpRelay:
+        return self.archive.relay or self.smtp
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _ACTIVE_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+_ACTIVE_FILE: dict[str, Path | None] = {"path": None}
+
+
+def _config_path(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for keys in SECRET_KEYS:
+        node: Any = data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node not in (None, ""):
+            dotted = ".".join(keys)
+            env = "POSTROOM_" + "__".join(k.upper() for k in keys)
+            raise ConfigError(
+                f"{path}: {dotted} is a secret and may not be written in the file; "
+                f"set it in the environment as {env}"
+            )
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings: environment over the TOML file over defaults.
+
+    `path` is the TOML file; without it, $POSTROOM_CONFIG, then ./postroom.toml if present.
+    Raises ConfigError naming each wrong key.
+    """
+    config_file = _config_path(path)
+    if config_file is not None:
+        _check_file(config_file)
+    _ACTIVE_FILE["path"] = config_file
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        source = str(config_file) if config_file else "environment and defaults"
+        raise ConfigError(format_validation_error(exc, source)) from None
+    finally:
+        _ACTIVE_FILE["path"] = None
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret masked."""
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {name: mask(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, list):
+            return [mask(item) for item in value]
+        if isinstance(value, StrEnum):
+            return value.value
+        return value
+
+    result: dict[str, Any] = mask(settings)
+    return result

@@ -1,0 +1,163 @@
+"""The SQL schema, in SQLAlchemy Core. Portable: nothing here is specific to SQLite.
+
+Alembic migrations under `storage/migrations/versions` create exactly these tables; a test
+compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "UtcDateTime",
+    "archive_outbox",
+    "audience_members",
+    "deliveries",
+    "delivery_logs",
+    "metadata",
+    "recipients",
+    "templates",
+]
+
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps are aware UTC datetimes in Python, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"timestamps must be timezone-aware datetimes, got {value!r}")
+        utc: datetime = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        result: datetime = (
+            value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        )
+        return result
+
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("email_key", String(320), nullable=False, index=True),  # lower-cased, for dedup
+    Column("first_name", String(200), nullable=False, default=""),
+    Column("last_name", String(200), nullable=False, default=""),
+    Column("email_format", String(16), nullable=False, default="unknown"),
+    Column("opted_out", Boolean, nullable=False, default=False),
+    Column("fields", JSON, nullable=False, default=dict),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("builtin", Boolean, nullable=False, default=False),
+    Column("properties", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("template_name", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("audience", JSON, nullable=False),
+    Column("salt", String(32), nullable=False),  # unguessable part of Message-IDs
+    Column("last_error", Text, nullable=False, default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("analyzed_at", UtcDateTime()),
+    Column("started_at", UtcDateTime()),
+    Column("finished_at", UtcDateTime()),
+)
+
+audience_members = Table(
+    "audience_members",
+    metadata,
+    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("recipient_id", Integer, ForeignKey("recipients.id", ondelete="CASCADE"),
+           nullable=False),
+)
+
+delivery_logs = Table(
+    "delivery_logs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("recipient_id", Integer, ForeignKey("recipients.id", ondelete="SET NULL")),
+    Column("email", String(320), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("failure_type", String(16)),
+    Column("failure_reason", Integer),
+    Column("detail", Text, nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime()),
+    Column("smtp_reply", Text, nullable=False, default=""),
+    Column("message_id", String(255)),
+    Column("sent_at", UtcDateTime()),
+    Column("size", Integer),
+    Column("sha256", String(64)),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_logs_due", "delivery_id", "status", "next_attempt_at"),
+)
+
+archive_outbox = Table(
+    "archive_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("log_id", Integer, ForeignKey("delivery_logs.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("state", String(16), nullable=False),  # pending | archived | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("data", LargeBinary),  # the exact bytes sent; cleared once archived
+    Column("sha256", String(64), nullable=False),
+    Column("reply", Text, nullable=False, default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("archived_at", UtcDateTime()),
+    UniqueConstraint("log_id", name="uq_archive_one_copy_per_log"),
+    Index("ix_archive_due", "state", "next_attempt_at"),
+)
+

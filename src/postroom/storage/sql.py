@@ -1,0 +1,619 @@
+"""The SQL store: every read and write Postroom makes, on SQLite or (later) PostgreSQL.
+
+Plain SQLAlchemy Core. Writes that belong together share one transaction: a log turning `sent`
+and its archive copy entering the outbox commit together, or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from postroom.domain.models import (
+    ArchiveCopy,
+    ArchiveState,
+    Audience,
+    Delivery,
+    DeliveryLog,
+    EmailFormat,
+    LogUpdate,
+    NewLog,
+    Recipient,
+    Target,
+    Template,
+)
+from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.properties import Properties
+from postroom.domain.states import DeliveryState, LogStatus, can_log_move, transition
+from postroom.errors import InputError, NotFoundError, ReadOnlyError, StateError
+from postroom.storage import migrate
+from postroom.storage.schema import (
+    archive_outbox,
+    audience_members,
+    deliveries,
+    delivery_logs,
+    recipients,
+    templates,
+)
+
+__all__ = ["ArchiveResult", "RecipientRow", "SqlStore", "UpsertCounts", "open_store"]
+
+_CHUNK = 500
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    """A recipient as the importer hands it over (already validated and normalized)."""
+
+    email: str
+    first_name: str = ""
+    last_name: str = ""
+    email_format: EmailFormat = EmailFormat.UNKNOWN
+    opted_out: bool = False
+    fields: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    inserted: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveResult:
+    copy_id: int
+    state: ArchiveState
+    reply: str
+    next_attempt_at: datetime | None = None
+    attempted: bool = True
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def open_store(url: str) -> SqlStore:
+    """Open (and migrate to the newest schema) the database at `url`."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    migrate.upgrade(engine)
+    return SqlStore(engine)
+
+
+def _recipient(row: Any) -> Recipient:
+    return Recipient(
+        id=row.id,
+        email=row.email,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        email_format=EmailFormat(row.email_format),
+        opted_out=bool(row.opted_out),
+        fields=dict(row.fields or {}),
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=row.id,
+        name=row.name,
+        template_name=row.template_name,
+        state=DeliveryState(row.state),
+        properties=Properties.model_validate(row.properties),
+        audience=Audience.from_json(row.audience),
+        salt=row.salt,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        analyzed_at=row.analyzed_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _log(row: Any) -> DeliveryLog:
+    return DeliveryLog(
+        id=row.id,
+        delivery_id=row.delivery_id,
+        recipient_id=row.recipient_id,
+        email=row.email,
+        status=LogStatus(row.status),
+        failure_type=FailureType(row.failure_type) if row.failure_type else None,
+        failure_reason=(
+            FailureReason(row.failure_reason) if row.failure_reason is not None else None
+        ),
+        detail=row.detail,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        smtp_reply=row.smtp_reply,
+        message_id=row.message_id,
+        sent_at=row.sent_at,
+        size=row.size,
+        sha256=row.sha256,
+        archive_state=ArchiveState(row.archive_state) if row.archive_state else None,
+    )
+
+
+def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class SqlStore:
+    """Postroom's storage on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- recipients ---------------------------------------------------------------------------
+
+    def upsert_recipients(self, rows: Sequence[RecipientRow], now: datetime) -> UpsertCounts:
+        """Insert new recipients and update existing ones (matched by email), in one transaction."""
+        latest = {row.email: row for row in rows}  # the last row for an address wins
+        with self.engine.begin() as conn:
+            existing = set(
+                conn.scalars(select(recipients.c.email).where(recipients.c.email.in_(latest)))
+            )
+            values = [
+                {
+                    "b_email": row.email,
+                    "email": row.email,
+                    "email_key": row.email.lower(),
+                    "first_name": row.first_name,
+                    "last_name": row.last_name,
+                    "email_format": str(row.email_format),
+                    "opted_out": row.opted_out,
+                    "fields": row.fields or {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for row in latest.values()
+            ]
+            fresh = [v for v in values if v["email"] not in existing]
+            stale = [v for v in values if v["email"] in existing]
+            if fresh:
+                conn.execute(insert(recipients), [_without(v, "b_email") for v in fresh])
+            if stale:
+                conn.execute(
+                    update(recipients)
+                    .where(recipients.c.email == bindparam("b_email"))
+                    .values(
+                        first_name=bindparam("first_name"),
+                        last_name=bindparam("last_name"),
+                        email_format=bindparam("email_format"),
+                        opted_out=bindparam("opted_out"),
+                        fields=bindparam("fields"),
+                        updated_at=bindparam("updated_at"),
+                    )
+                    .execution_options(synchronize_session=False),
+                    [_without(v, "email", "email_key", "created_at") for v in stale],
+                )
+        return UpsertCounts(inserted=len(fresh), updated=len(stale))
+
+    def recipient_ids(self, emails: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for batch in _chunks(emails):
+                query = select(recipients.c.email, recipients.c.id).where(
+                    recipients.c.email.in_(batch)
+                )
+                found.update({row.email: row.id for row in conn.execute(query)})
+        return found
+
+    def count_recipients(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(recipients)) or 0)
+
+    def iter_audience(self, delivery: Delivery, batch_size: int = 1000) -> Iterator[Recipient]:
+        """The delivery's targets in (email_key, position) order, read in keyset batches.
+
+        Equal addresses come out next to each other, so duplicates are found with O(1) memory.
+        """
+        if delivery.audience.kind == "list":
+            key_col = audience_members.c.position
+            base = select(recipients, key_col.label("k")).join(
+                audience_members, audience_members.c.recipient_id == recipients.c.id
+            ).where(audience_members.c.delivery_id == delivery.id)
+        else:
+            key_col = recipients.c.id
+            base = select(recipients, key_col.label("k"))
+        last: tuple[str, int] | None = None
+        while True:
+            query = base.order_by(recipients.c.email_key, key_col).limit(batch_size)
+            if last is not None:
+                query = query.where(tuple_(recipients.c.email_key, key_col) > tuple_(*last))
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _recipient(row)
+            last = (rows[-1].email_key, rows[-1].k)
+
+    def set_audience_list(self, delivery_id: int, recipient_ids: Sequence[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(audience_members).where(audience_members.c.delivery_id ==
+                                                        delivery_id))
+            for start, batch in enumerate(_chunks(recipient_ids)):
+                conn.execute(
+                    insert(audience_members),
+                    [
+                        {"delivery_id": delivery_id, "position": start * _CHUNK + i,
+                         "recipient_id": rid}
+                        for i, rid in enumerate(batch)
+                    ],
+                )
+
+    # -- templates ----------------------------------------------------------------------------
+
+    def ensure_template(self, name: str, props: Properties, *, builtin: bool,
+                        now: datetime) -> None:
+        """Create the template if it does not exist (used for the built-in default)."""
+        with self.engine.begin() as conn:
+            if conn.scalar(select(templates.c.id).where(templates.c.name == name)) is None:
+                conn.execute(insert(templates).values(
+                    name=name, builtin=builtin, properties=props.model_dump(mode="json"),
+                    created_at=now, updated_at=now))
+
+    def create_template(self, name: str, props: Properties, now: datetime) -> Template:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(templates).values(
+                    name=name, builtin=False, properties=props.model_dump(mode="json"),
+                    created_at=now, updated_at=now))
+        except IntegrityError:
+            raise InputError(f"a template named {name!r} already exists") from None
+        return self.get_template(name)
+
+    def get_template(self, name: str) -> Template:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(templates).where(templates.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no template named {name!r} (see `postroom templates list`)")
+        return Template(row.id, row.name, bool(row.builtin),
+                        Properties.model_validate(row.properties))
+
+    def list_templates(self) -> list[Template]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(templates).order_by(templates.c.name)).all()
+        return [Template(r.id, r.name, bool(r.builtin), Properties.model_validate(r.properties))
+                for r in rows]
+
+    def update_template(self, name: str, props: Properties, now: datetime) -> Template:
+        self._writable(name)
+        with self.engine.begin() as conn:
+            conn.execute(update(templates).where(templates.c.name == name).values(
+                properties=props.model_dump(mode="json"), updated_at=now))
+        return self.get_template(name)
+
+    def delete_template(self, name: str) -> None:
+        self._writable(name)
+        with self.engine.begin() as conn:
+            conn.execute(delete(templates).where(templates.c.name == name))
+
+    def _writable(self, name: str) -> None:
+        if self.get_template(name).builtin:
+            raise ReadOnlyError(
+                f"{name!r} is the built-in template and cannot be changed; "
+                f"duplicate it (`postroom templates duplicate {name} NEW`) and edit the copy"
+            )
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    def create_delivery(self, *, name: str, template_name: str, props: Properties,
+                        audience: Audience, salt: str, now: datetime) -> Delivery:
+        with self.engine.begin() as conn:
+            new_id = conn.execute(insert(deliveries).values(
+                name=name, template_name=template_name, state=DeliveryState.EDITING,
+                properties=props.model_dump(mode="json"), audience=audience.to_json(),
+                salt=salt, last_error="", created_at=now)).inserted_primary_key
+        assert new_id is not None
+        return self.get_delivery(int(new_id[0]))
+
+    def get_delivery(self, delivery_id: int) -> Delivery:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
+        if row is None:
+            raise NotFoundError(f"no delivery #{delivery_id} (see `postroom deliveries list`)")
+        return _delivery(row)
+
+    def list_deliveries(self) -> list[Delivery]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(deliveries).order_by(deliveries.c.id)).all()
+        return [_delivery(r) for r in rows]
+
+    def move_delivery(self, delivery_id: int, target: DeliveryState, now: datetime, *,
+                      error: str | None = None) -> Delivery:
+        """Change a delivery's state through the transition table (compare-and-set)."""
+        current = self.get_delivery(delivery_id).state
+        transition(current, target)
+        values: dict[str, Any] = {"state": target}
+        if error is not None:
+            values["last_error"] = error
+        if target is DeliveryState.READY:
+            values["analyzed_at"] = now
+        if target is DeliveryState.SENDING:
+            values["started_at"] = func.coalesce(deliveries.c.started_at, now)
+        if target in (DeliveryState.FINISHED, DeliveryState.STOPPED):
+            values["finished_at"] = now
+        statement = (update(deliveries)
+                     .where(deliveries.c.id == delivery_id, deliveries.c.state == current)
+                     .values(**values))
+        with self.engine.begin() as conn:
+            changed = conn.execute(statement).rowcount
+        if changed != 1:
+            raise StateError(f"delivery #{delivery_id} changed state meanwhile; try again")
+        return self.get_delivery(delivery_id)
+
+    # -- analysis -----------------------------------------------------------------------------
+
+    def replace_logs(self, delivery_id: int, logs: Iterable[NewLog], now: datetime) -> None:
+        """Write the delivery's logs afresh in one transaction: all of them, or none.
+
+        `logs` may raise (a template error for some recipient): nothing is then written.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(delete(delivery_logs).where(delivery_logs.c.delivery_id == delivery_id))
+            for batch in _chunks(logs, 2000):
+                conn.execute(insert(delivery_logs), [
+                    {"delivery_id": delivery_id, "recipient_id": log.recipient_id,
+                     "email": log.email, "status": log.status,
+                     "failure_type": FailureType.IGNORED if log.failure_reason else None,
+                     "failure_reason": log.failure_reason, "detail": log.detail,
+                     "attempts": 0,
+                     "next_attempt_at": now if log.status is LogStatus.PENDING else None,
+                     "smtp_reply": "", "updated_at": now}
+                    for log in batch])
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def claim_due(self, delivery_id: int, now: datetime, limit: int,
+                  lease: timedelta) -> list[Target]:
+        """Take up to `limit` due pending logs; they are ours until `now + lease`."""
+        due = and_(delivery_logs.c.delivery_id == delivery_id,
+                   delivery_logs.c.status == LogStatus.PENDING,
+                   delivery_logs.c.next_attempt_at <= now)
+        with self.engine.begin() as conn:
+            ids = list(conn.scalars(select(delivery_logs.c.id).where(due)
+                                    .order_by(delivery_logs.c.next_attempt_at,
+                                              delivery_logs.c.id).limit(limit)))
+            if not ids:
+                return []
+            conn.execute(update(delivery_logs).where(due, delivery_logs.c.id.in_(ids))
+                         .values(next_attempt_at=now + lease))
+            rows = conn.execute(
+                select(delivery_logs.c.id.label("log_id"), delivery_logs.c.attempts, recipients)
+                .join(recipients, recipients.c.id == delivery_logs.c.recipient_id)
+                .where(delivery_logs.c.id.in_(ids)).order_by(delivery_logs.c.id)).all()
+        return [Target(row.log_id, row.attempts, _recipient(row)) for row in rows]
+
+    def record(self, updates: Sequence[LogUpdate], now: datetime) -> None:
+        """Record send outcomes; a sent log's archive copy enters the outbox in the same commit."""
+        if not updates:
+            return
+        with self.engine.begin() as conn:
+            for moves, rows in _by_source_states(updates, now):
+                conn.execute(
+                    update(delivery_logs)
+                    .where(delivery_logs.c.id == bindparam("b_id"),
+                           or_(*(delivery_logs.c.status == status for status in moves)))
+                    .values({name: bindparam(name) for name in _UPDATE_COLUMNS})
+                    .execution_options(synchronize_session=False),
+                    rows)
+            copies = {u.log_id: u for u in updates if u.archive_data is not None}
+            if copies:
+                # Only logs this very update made `sent`, and never a second copy for a log.
+                owed = conn.execute(
+                    select(delivery_logs.c.id, delivery_logs.c.delivery_id)
+                    .where(delivery_logs.c.id.in_(copies),
+                           delivery_logs.c.status == LogStatus.SENT,
+                           ~select(archive_outbox.c.id)
+                           .where(archive_outbox.c.log_id == delivery_logs.c.id).exists())
+                ).tuples().all()
+                if owed:
+                    conn.execute(insert(archive_outbox), [
+                        {"log_id": log_id, "delivery_id": delivery_id,
+                         "state": ArchiveState.PENDING, "attempts": 0, "next_attempt_at": now,
+                         "data": copies[log_id].archive_data,
+                         "sha256": copies[log_id].sha256 or _sha(copies[log_id].archive_data),
+                         "reply": "", "created_at": now}
+                        for log_id, delivery_id in owed])
+
+    def next_due(self, delivery_id: int) -> datetime | None:
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.scalar(
+                select(func.min(delivery_logs.c.next_attempt_at)).where(
+                    delivery_logs.c.delivery_id == delivery_id,
+                    delivery_logs.c.status == LogStatus.PENDING))
+        return value
+
+    def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
+                       reason: FailureReason | None, detail: str) -> int:
+        """Close every pending log of a delivery (validity over, or the delivery stopped)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(delivery_logs)
+                .where(delivery_logs.c.delivery_id == delivery_id,
+                       delivery_logs.c.status == LogStatus.PENDING)
+                .values(status=status, next_attempt_at=None, detail=detail,
+                        failure_reason=reason,
+                        failure_type=FailureType.SOFT if reason is not None else None,
+                        updated_at=now)).rowcount
+
+    # -- archive outbox -----------------------------------------------------------------------
+
+    def claim_archive(self, now: datetime, limit: int, lease: timedelta, *,
+                      delivery_id: int | None = None) -> list[ArchiveCopy]:
+        due = and_(archive_outbox.c.state == ArchiveState.PENDING,
+                   archive_outbox.c.next_attempt_at <= now)
+        if delivery_id is not None:
+            due = and_(due, archive_outbox.c.delivery_id == delivery_id)
+        with self.engine.begin() as conn:
+            ids = list(conn.scalars(select(archive_outbox.c.id).where(due)
+                                    .order_by(archive_outbox.c.id).limit(limit)))
+            if not ids:
+                return []
+            conn.execute(update(archive_outbox).where(due, archive_outbox.c.id.in_(ids))
+                         .values(next_attempt_at=now + lease))
+            rows = conn.execute(select(archive_outbox).where(archive_outbox.c.id.in_(ids))
+                                .order_by(archive_outbox.c.id)).all()
+        return [ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, r.data, r.sha256)
+                for r in rows]
+
+    def record_archive(self, results: Sequence[ArchiveResult], now: datetime) -> None:
+        if not results:
+            return
+        with self.engine.begin() as conn:
+            for result in results:
+                values: dict[str, Any] = {"state": result.state}
+                if result.attempted:
+                    values.update(reply=result.reply, attempts=archive_outbox.c.attempts + 1)
+                if result.state is ArchiveState.ARCHIVED:
+                    values.update(archived_at=now, data=None, next_attempt_at=now)
+                elif result.next_attempt_at is not None:
+                    values["next_attempt_at"] = result.next_attempt_at
+                conn.execute(update(archive_outbox)
+                             .where(archive_outbox.c.id == result.copy_id,
+                                    archive_outbox.c.state == ArchiveState.PENDING)
+                             .values(**values))
+
+    def retry_failed_archive(self, now: datetime, delivery_id: int | None = None) -> int:
+        """Put failed copies back in the queue (after the archive side was fixed)."""
+        where = archive_outbox.c.state == ArchiveState.FAILED
+        if delivery_id is not None:
+            where = and_(where, archive_outbox.c.delivery_id == delivery_id)
+        with self.engine.begin() as conn:
+            return conn.execute(update(archive_outbox).where(where).values(
+                state=ArchiveState.PENDING, next_attempt_at=now)).rowcount
+
+    def reset_archive_schedule(self, now: datetime, delivery_id: int | None = None) -> int:
+        """Make every pending copy due now (an operator asked to flush the outbox)."""
+        where = archive_outbox.c.state == ArchiveState.PENDING
+        if delivery_id is not None:
+            where = and_(where, archive_outbox.c.delivery_id == delivery_id)
+        with self.engine.begin() as conn:
+            return conn.execute(update(archive_outbox).where(where).values(
+                next_attempt_at=now)).rowcount
+
+    def archive_counts(self, delivery_id: int | None = None) -> dict[int, dict[str, int]]:
+        query = (select(archive_outbox.c.delivery_id, archive_outbox.c.state, func.count())
+                 .group_by(archive_outbox.c.delivery_id, archive_outbox.c.state))
+        if delivery_id is not None:
+            query = query.where(archive_outbox.c.delivery_id == delivery_id)
+        counts: dict[int, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for did, state, count in conn.execute(query).tuples():
+                counts.setdefault(did, {})[state] = count
+        return counts
+
+    def archive_replies(self, delivery_id: int, limit: int = 20) -> list[tuple[int, str, str]]:
+        """Recent (log id, state, reply) rows of one delivery's copies, failures first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(archive_outbox.c.log_id, archive_outbox.c.state, archive_outbox.c.reply)
+                .where(archive_outbox.c.delivery_id == delivery_id)
+                .order_by((archive_outbox.c.state == ArchiveState.ARCHIVED),
+                          archive_outbox.c.id.desc())
+                .limit(limit)).tuples().all()
+        return [(int(a), str(b), str(c)) for a, b, c in rows]
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def log_counts(self, delivery_id: int) -> list[tuple[str, str | None, int | None, int]]:
+        """(status, failure type, reason, count) for one delivery."""
+        c = delivery_logs.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.status, c.failure_type, c.failure_reason, func.count())
+                .where(c.delivery_id == delivery_id)
+                .group_by(c.status, c.failure_type, c.failure_reason)).tuples().all()
+        return [(str(s), t, r, int(n)) for s, t, r, n in rows]
+
+    def list_logs(self, delivery_id: int, *, status: str | None = None,
+                  reason: int | None = None, email: str | None = None,
+                  archive: str | None = None, limit: int = 100,
+                  offset: int = 0) -> list[DeliveryLog]:
+        query = (select(delivery_logs, archive_outbox.c.state.label("archive_state"))
+                 .outerjoin(archive_outbox, archive_outbox.c.log_id == delivery_logs.c.id)
+                 .where(delivery_logs.c.delivery_id == delivery_id))
+        if status:
+            query = query.where(delivery_logs.c.status == status)
+        if reason is not None:
+            query = query.where(delivery_logs.c.failure_reason == reason)
+        if email:
+            query = query.where(delivery_logs.c.email.contains(email, autoescape=True))
+        if archive == "none":
+            query = query.where(archive_outbox.c.id.is_(None))
+        elif archive:
+            query = query.where(archive_outbox.c.state == archive)
+        query = query.order_by(delivery_logs.c.id).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [_log(row) for row in conn.execute(query)]
+
+
+_UPDATE_COLUMNS = ("status", "attempts", "next_attempt_at", "failure_type", "failure_reason",
+                   "detail", "smtp_reply", "message_id", "sent_at", "size", "sha256",
+                   "updated_at")
+
+
+def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:
+    return {"b_id": u.log_id, "status": u.status, "attempts": u.attempts,
+            "next_attempt_at": u.next_attempt_at, "failure_type": u.failure_type,
+            "failure_reason": u.failure_reason, "detail": u.detail,
+            "smtp_reply": u.smtp_reply, "message_id": u.message_id, "sent_at": u.sent_at,
+            "size": u.size, "sha256": u.sha256, "updated_at": now}
+
+
+def _by_source_states(updates: Sequence[LogUpdate], now: datetime) -> Iterator[
+    tuple[list[LogStatus], list[dict[str, Any]]]
+]:
+    """Group updates by the statuses a log may have for the update to apply (LOG_MOVES)."""
+    groups: dict[tuple[LogStatus, ...], list[dict[str, Any]]] = {}
+    for u in updates:
+        sources = tuple(s for s in (LogStatus.PENDING, LogStatus.CANCELLED)
+                        if can_log_move(s, u.status))
+        groups.setdefault(sources, []).append(_update_values(u, now))
+    for sources, rows in groups.items():
+        yield list(sources), rows
+
+
+def _without(values: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in keys}
+
+
+def _sha(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+

@@ -1,0 +1,379 @@
+"""Loopback capture SMTP server with scriptable replies (tests and the demo relay).
+
+Built on aiosmtpd 1.4.x's threaded ``Controller``: the server runs its own event loop in
+its own thread, so plain synchronous tests can drive it while an aiosmtplib client runs
+under ``asyncio.run``.
+
+Byte fidelity: with ``decode_data=False`` aiosmtpd builds ``envelope.original_content``
+from the DATA lines *including* their CRLF, drops only the terminating ``.<CRLF>`` line
+and removes dot-stuffing. The CRLF before ``<CRLF>.<CRLF>`` is therefore part of
+``Received.data``: a CRLF-normalised message ending in CRLF arrives byte-identical
+(aiosmtplib normalises line endings and appends a final CRLF when missing).
+
+PIPELINING: aiosmtpd 1.4.x does not advertise it in its EHLO reply (it advertises SIZE,
+8BITMIME, SMTPUTF8, HELP), so neither does this server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn, Self, TypeAlias
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+__all__ = [
+    "DEFAULT_REJECT_REPLY",
+    "Action",
+    "CaptureServer",
+    "Drop",
+    "Matcher",
+    "Received",
+    "Script",
+    "Sleep",
+    "is_rejected",
+]
+
+DEFAULT_REJECT_REPLY = "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown"
+_REPLY_RE = re.compile(r"[2-5]\d\d(?:[ -].*)?", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Close the connection without sending any reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait ``seconds``, then reply ``then`` (``None``: fall through to the default)."""
+
+    seconds: float
+    then: str | Drop | None = None
+
+
+Action: TypeAlias = str | Drop | Sleep
+Matcher: TypeAlias = str | Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One accepted transaction, exactly as carried over SMTP."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    peer: str
+    received_at: float
+
+
+def is_rejected(address: str, ratio: float) -> bool:
+    """Whether ``reject_ratio=ratio`` rejects ``address`` (stable, case-insensitive)."""
+    if ratio <= 0.0:
+        return False
+    digest = hashlib.sha256(address.lower().encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < ratio
+
+
+def _check_action(action: Action | None) -> None:
+    if isinstance(action, Sleep):
+        if action.seconds < 0:
+            raise ValueError("Sleep.seconds must be >= 0")
+        _check_action(action.then)
+    elif isinstance(action, str) and not _REPLY_RE.fullmatch(action):
+        raise ValueError(f"not an SMTP reply (need a 2xx-5xx code): {action!r}")
+
+
+@dataclass
+class _Rule:
+    command: str
+    match: Matcher | None
+    action: Action
+    remaining: int | None
+
+    def matches(self, addresses: Sequence[str]) -> bool:
+        if self.match is None:
+            return True
+        if isinstance(self.match, str):
+            wanted = self.match.lower()
+            return any(a.lower() == wanted for a in addresses)
+        return any(self.match(a) for a in addresses)
+
+
+class Script:
+    """Ordered reply rules; the first live matching rule wins, else the default applies.
+
+    ``times=N`` makes a rule fire for its first N matches only. String matchers compare
+    addresses case-insensitively; callables receive the address as sent. ``on_data``
+    matches when any recipient of the transaction matches.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[_Rule] = []
+
+    def on_mail(
+        self, action: Action, *, times: int | None = None, sender: Matcher | None = None
+    ) -> Self:
+        return self._add("MAIL", sender, action, times)
+
+    def on_rcpt(self, match: Matcher, action: Action, *, times: int | None = None) -> Self:
+        return self._add("RCPT", match, action, times)
+
+    def on_data(self, match: Matcher, action: Action, *, times: int | None = None) -> Self:
+        return self._add("DATA", match, action, times)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def _add(self, command: str, match: Matcher | None, action: Action, times: int | None) -> Self:
+        _check_action(action)
+        if times is not None and times < 1:
+            raise ValueError("times must be >= 1 or None")
+        with self._lock:
+            self._rules.append(_Rule(command, match, action, times))
+        return self
+
+    def resolve(self, command: str, addresses: Sequence[str]) -> Action | None:
+        """Consume and return the action for ``command`` (``None``: use the default)."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.command == command and rule.remaining != 0 and rule.matches(addresses):
+                    if rule.remaining is not None:
+                        rule.remaining -= 1
+                    return rule.action
+        return None
+
+
+async def _drop(server: SMTP) -> NoReturn:
+    if server.transport is not None:
+        server.transport.close()
+    # connection_lost() cancels the session task, and with it this wait.
+    await asyncio.get_running_loop().create_future()
+    raise ConnectionAbortedError  # pragma: no cover
+
+
+async def _perform(server: SMTP, action: Action | None) -> str | None:
+    if isinstance(action, Sleep):
+        await asyncio.sleep(action.seconds)
+        action = action.then
+    if isinstance(action, Drop):
+        await _drop(server)
+    return action
+
+
+class _Handler:
+    def __init__(self, owner: CaptureServer) -> None:
+        self._owner = owner
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = await _perform(server, self._owner.script.resolve("MAIL", [address])) or "250 OK"
+        if reply.startswith("2"):
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+        return reply
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        owner = self._owner
+        with owner._lock:
+            owner._rcpt_attempts.append(address)
+        reply = await _perform(server, owner.script.resolve("RCPT", [address]))
+        if reply is None:
+            rejected = is_rejected(address, owner.reject_ratio)
+            reply = owner.reject_reply.format(rcpt=address) if rejected else "250 OK"
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        else:
+            with owner._lock:
+                owner._rejected[address] = reply
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        action = self._owner.script.resolve("DATA", envelope.rcpt_tos)
+        reply = await _perform(server, action) or "250 OK"
+        if reply.startswith("2"):
+            assert envelope.mail_from is not None and envelope.original_content is not None
+            peer: Any = session.peer
+            self._owner._record(
+                Received(
+                    mail_from=envelope.mail_from,
+                    rcpt_tos=tuple(envelope.rcpt_tos),
+                    data=envelope.original_content,
+                    peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer),
+                    received_at=time.time(),
+                )
+            )
+        return reply
+
+
+class _Controller(Controller):
+    """Controller that tracks sessions (for clean shutdown) and resolves port 0."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    def factory(self) -> SMTP:
+        smtp = SMTP(self.handler, **self.SMTP_kwargs)
+        self.sessions.add(smtp)
+        return smtp
+
+    def _trigger_server(self) -> None:
+        # Upstream connects to (hostname, port), which is useless for port 0.
+        if self.port == 0 and isinstance(self.server, asyncio.Server):
+            self.port = int(self.server.sockets[0].getsockname()[1])
+        with socket.create_connection((self.hostname, self.port), 1.0) as sock:
+            sock.recv(1024)
+
+    async def close_sessions(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for smtp in list(self.sessions):
+            if smtp.transport is not None:
+                smtp.transport.close()
+        pending = asyncio.all_tasks() - {asyncio.current_task()}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=2.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+class CaptureServer:
+    """Real SMTP server on loopback that records accepted mail; see module docstring."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mail_dir: Path | None = None,
+        reject_ratio: float = 0.0,
+        reject_reply: str = DEFAULT_REJECT_REPLY,
+        script: Script | None = None,
+        data_size_limit: int = 32 * 1024 * 1024,
+        ready_timeout: float = 5.0,
+    ) -> None:
+        if not 0.0 <= reject_ratio <= 1.0:
+            raise ValueError("reject_ratio must be within [0, 1]")
+        _check_action(reject_reply.format(rcpt="x@example.invalid"))
+        self.host, self.port, self.mail_dir = host, port, mail_dir
+        self.reject_ratio, self.reject_reply = reject_ratio, reject_reply
+        self.script = script if script is not None else Script()
+        self.data_size_limit, self.ready_timeout = data_size_limit, ready_timeout
+        self._lock = threading.Lock()
+        self._messages: list[Received] = []
+        self._rcpt_attempts: list[str] = []
+        self._rejected: dict[str, str] = {}
+        self._seq = 0  # server-wide number of accepted messages (mail_dir file names)
+        self._controller: _Controller | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._controller is not None
+
+    def start(self) -> None:
+        """Start listening; after the first start ``port`` is fixed, so restarts reuse it."""
+        if self._controller is not None:
+            raise RuntimeError("CaptureServer already running")
+        controller = _Controller(
+            _Handler(self),
+            hostname=self.host,
+            port=self.port,
+            server_hostname="localhost",  # keeps aiosmtpd away from socket.getfqdn()
+            ready_timeout=self.ready_timeout,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            data_size_limit=self.data_size_limit,
+        )
+        try:
+            controller.start()
+        except BaseException:
+            controller.stop(no_assert=True)
+            if not controller.loop.is_closed():
+                controller.loop.close()
+            raise
+        self.port = controller.port
+        self._controller = controller
+
+    def stop(self) -> None:
+        """Close client connections, stop the loop and join the thread (idempotent)."""
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(controller.close_sessions(), controller.loop)
+            future.result(timeout=10.0)
+        finally:
+            controller.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def messages(self) -> list[Received]:
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def rcpt_attempts(self) -> list[str]:
+        """Every address tried at RCPT, in order (accepted or not)."""
+        with self._lock:
+            return list(self._rcpt_attempts)
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """Address -> last non-2xx RCPT reply (reject_ratio or script)."""
+        with self._lock:
+            return dict(self._rejected)
+
+    def received_for(self, address: str) -> list[Received]:
+        wanted = address.lower()
+        return [m for m in self.messages if any(r.lower() == wanted for r in m.rcpt_tos)]
+
+    def reset(self) -> None:
+        """Forget recorded messages and counters (files in mail_dir are kept)."""
+        with self._lock:
+            self._messages.clear()
+            self._rcpt_attempts.clear()
+            self._rejected.clear()
+
+    def _record(self, message: Received) -> None:
+        with self._lock:
+            self._messages.append(message)
+            self._seq += 1
+            seq = self._seq
+        if self.mail_dir is None:
+            return
+        for rcpt in message.rcpt_tos:
+            name = rcpt.replace("/", "_").replace("\\", "_").replace("\x00", "_")
+            box = self.mail_dir / (name if name.strip(".") else "_")
+            box.mkdir(parents=True, exist_ok=True)
+            tmp = box / f".{seq:06d}.eml.tmp"
+            tmp.write_bytes(message.data)
+            os.replace(tmp, box / f"{seq:06d}.eml")

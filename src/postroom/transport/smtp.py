@@ -1,0 +1,89 @@
+"""SMTP to a relay with aiosmtplib: one reused connection per `SmtpConnection`.
+
+Every send returns an `Outcome` value: a reply (2xx, 4xx or 5xx, qualified) or a connection
+fault. Nothing here raises for a refused recipient or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import aiosmtplib
+
+from postroom.domain.outcomes import Outcome, SmtpReply, connection_fault, qualify_reply
+from postroom.settings import SmtpRelay, TlsMode
+
+__all__ = ["SmtpConnection"]
+
+class SmtpConnection:
+    """One SMTP connection to a relay, opened on first use and renewed after N messages."""
+
+    def __init__(self, relay: SmtpRelay, *, helo_name: str, messages_per_connection: int = 1000):
+        self._relay = relay
+        self._helo = helo_name
+        self._limit = messages_per_connection
+        self._client: aiosmtplib.SMTP | None = None
+        self._sent_on_connection = 0
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        relay = self._relay
+        client = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            local_hostname=self._helo,
+            timeout=relay.timeout_seconds,
+            use_tls=relay.tls is TlsMode.IMPLICIT,
+            start_tls=relay.tls is TlsMode.STARTTLS,
+            validate_certs=relay.verify_tls,
+        )
+        await client.connect()
+        if relay.username:
+            await client.login(relay.username, relay.password.get_secret_value())
+        self._sent_on_connection = 0
+        return client
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+        """One transaction: MAIL FROM sender, RCPT TO recipient, DATA data."""
+        try:
+            if self._client is None or not self._client.is_connected:
+                self._client = await self._connect()
+            client = self._client
+            try:
+                await client.mail(sender)
+                await client.rcpt(recipient)
+                response = await client.data(data)
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code == 421:
+                    await self.close()
+                else:
+                    await self._reset()
+                return qualify_reply(SmtpReply(exc.code, exc.message))
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await self.close()
+            return connection_fault(f"authentication failed: {exc.code} {exc.message}")
+        except aiosmtplib.SMTPResponseException as exc:  # refused at greeting, EHLO or STARTTLS
+            await self.close()
+            return connection_fault(f"relay refused the session: {exc.code} {exc.message}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            return connection_fault(f"{type(exc).__name__}: {exc}".strip())
+        self._sent_on_connection += 1
+        if self._sent_on_connection >= self._limit:
+            await self.close()
+        return qualify_reply(SmtpReply(response.code, response.message))
+
+    async def _reset(self) -> None:
+        if self._client is None:
+            return
+        try:
+            await self._client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            await self.close()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
