@@ -85,9 +85,9 @@ class DefaultsSettings(_Section):
     """Platform defaults for deliveries (operators may override From, Reply-To, errors-to)."""
 
     from_name: str = Field("Postroom", description="Default From display name.")
-    from_address: str = Field("postroom@localhost", description="Default From address.")
+    from_address: str = Field("postroom@example.com", description="Default From address.")
     reply_to: str = Field("", description="Default Reply-To address; empty means none.")
-    errors_to: str = Field("bounces@localhost", description="Default envelope sender.")
+    errors_to: str = Field("bounces@example.com", description="Default envelope sender.")
     retry_period_minutes: int = Field(60, ge=1, description="Period between retries.")
     max_retries: int = Field(5, ge=0, description="Retries after a temporary failure.")
     validity_days: float = Field(5.0, gt=0, description="How long a delivery keeps trying.")
@@ -101,7 +101,7 @@ class ArchiveSettings(_Section):
         default_factory=list, description="The one archive address (exactly one when enabled)."
     )
     envelope_sender: str = Field(
-        "archive-bounces@localhost",
+        "archive-bounces@example.com",
         description="Envelope sender of archive copies, apart from recipients' errors-to.",
     )
     relay: SmtpRelay | None = Field(None, description="Archive relay; default: the sending relay.")

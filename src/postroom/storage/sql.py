@@ -442,7 +442,7 @@ class SqlStore:
                            delivery_logs.c.status == LogStatus.SENT,
                            ~select(archive_outbox.c.id)
                            .where(archive_outbox.c.log_id == delivery_logs.c.id).exists())
-                ).tuples().all()
+                ).all()
                 if owed:
                     conn.execute(insert(archive_outbox), [
                         {"log_id": log_id, "delivery_id": delivery_id,
@@ -535,7 +535,7 @@ class SqlStore:
             query = query.where(archive_outbox.c.delivery_id == delivery_id)
         counts: dict[int, dict[str, int]] = {}
         with self.engine.connect() as conn:
-            for did, state, count in conn.execute(query).tuples():
+            for did, state, count in conn.execute(query):
                 counts.setdefault(did, {})[state] = count
         return counts
 
@@ -547,7 +547,7 @@ class SqlStore:
                 .where(archive_outbox.c.delivery_id == delivery_id)
                 .order_by((archive_outbox.c.state == ArchiveState.ARCHIVED),
                           archive_outbox.c.id.desc())
-                .limit(limit)).tuples().all()
+                .limit(limit)).all()
         return [(int(a), str(b), str(c)) for a, b, c in rows]
 
     # -- reports ------------------------------------------------------------------------------
@@ -559,7 +559,7 @@ class SqlStore:
             rows = conn.execute(
                 select(c.status, c.failure_type, c.failure_reason, func.count())
                 .where(c.delivery_id == delivery_id)
-                .group_by(c.status, c.failure_type, c.failure_reason)).tuples().all()
+                .group_by(c.status, c.failure_type, c.failure_reason)).all()
         return [(str(s), t, r, int(n)) for s, t, r, n in rows]
 
     def list_logs(self, delivery_id: int, *, status: str | None = None,
