@@ -12,8 +12,6 @@ from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
 
-import pytest
-
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.service import Postroom
 from postroom.testing.archive_check import check_archive
@@ -75,7 +73,7 @@ def test_archive_holds_exactly_the_accepted_messages(
     assert summary.state is DeliveryState.FINISHED
 
     # What the relay received is what the log says was sent, each exactly once.
-    assert sorted(r for m in relay.messages for r in m.rcpt_tos) == sorted(l.email for l in sent)
+    assert sorted(r for m in relay.messages for r in m.rcpt_tos) == sorted(x.email for x in sent)
     # The archive: one byte-identical copy per accepted message, none for refused ones,
     # BCC address in no header, only in RCPT TO.
     check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE)
