@@ -15,11 +15,7 @@ from postroom.testing import CaptureServer, Drop, Received, Script, Sleep, is_re
 
 SENDER = "sender@postroom.test"
 MESSAGE = (
-    b"From: sender@postroom.test\r\n"
-    b"To: alice@example.com\r\n"
-    b"Subject: hello\r\n"
-    b"\r\n"
-    b"body line\r\n"
+    b"From: sender@postroom.test\r\nTo: alice@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"
 )
 
 

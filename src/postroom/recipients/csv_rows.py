@@ -24,6 +24,7 @@ KNOWN = ("email", "first_name", "last_name", "email_format", "opted_out")
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 _MAX_NAME = 200
+MAX_RECORD_LINES = 100  # a quoted field may span this many lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +49,57 @@ def normalize_address(address: str) -> str:
     return normalized
 
 
-def _decoded(lines: Iterable[bytes], encoding: str, bad: dict[int, str]) -> Iterator[str]:
-    for number, raw in enumerate(lines, start=1):
+class _Lines:
+    """Physical lines for csv.reader, decoded one by one, that can be rewound to a line.
+
+    Keeps the lines of the record being read, so that a record the csv module cannot parse
+    (an unterminated quote, a quoted field that runs on for too long) is reported at its first
+    line and the lines after that line are read again as records of their own.
+    """
+
+    def __init__(self, lines: Iterable[bytes], encoding: str):
+        self._source = iter(lines)
+        self._encoding = encoding
+        self._replay: list[tuple[int, str, str | None]] = []
+        self._next_number = 1
+        self.record: list[tuple[int, str, str | None]] = []  # (line, text, decode error)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        entry = self._replay.pop(0) if self._replay else self._read()
+        self.record.append(entry)
+        if len(self.record) > MAX_RECORD_LINES:
+            raise _RunawayRecord
+        return entry[1]
+
+    def _read(self) -> tuple[int, str, str | None]:
+        raw = next(self._source)
+        number = self._next_number
+        self._next_number += 1
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         try:
-            yield raw.decode(encoding)
+            return number, raw.decode(self._encoding), None
         except UnicodeDecodeError as exc:
-            bad[number] = (
-                f"not valid {encoding}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
-            )
-            yield "\n"  # an empty row stands in for the undecodable line
+            reason = f"not valid {self._encoding}: byte 0x{raw[exc.start]:02x} at column " \
+                     f"{exc.start + 1}"
+            return number, "\n", reason  # an empty line stands in for the undecodable one
+
+    def start_record(self) -> None:
+        self.record = []
+
+    def rewind_after_first(self) -> int:
+        """Forget the current record but its first line; its other lines are read again."""
+        first, rest = self.record[0], self.record[1:]
+        self._replay[:0] = rest
+        self.record = []
+        return first[0]
+
+
+class _RunawayRecord(Exception):
+    """A quoted field ran on for more than MAX_RECORD_LINES lines."""
 
 
 def _flag(value: str, column: str) -> bool:
@@ -103,16 +144,16 @@ def parse_csv(lines: Iterable[bytes], *, encoding: str = "utf-8") -> Iterator[
 
     Raises InputError when the header itself is unusable (no `email` column): nothing is read.
     """
-    bad: dict[int, str] = {}
-    reader = csv.reader(_decoded(lines, encoding, bad))
+    source = _Lines(lines, encoding)
+    reader = csv.reader(source, strict=True)
     try:
         header = next(reader)
     except StopIteration:
         raise InputError("the file is empty") from None
-    except csv.Error as exc:
-        raise InputError(f"line 1: {exc}") from None
-    if 1 in bad:
-        raise InputError(f"line 1 (header): {bad[1]}")
+    except (csv.Error, _RunawayRecord) as exc:
+        raise InputError(f"line 1 (header): malformed CSV: {exc}") from None
+    if any(error for _, _, error in source.record):
+        raise InputError(f"line 1 (header): {source.record[0][2]}")
     columns = [name.strip().lower() for name in header]
     if "email" not in columns:
         raise InputError(f"no 'email' column in the header (columns: {', '.join(columns)})")
@@ -120,16 +161,26 @@ def parse_csv(lines: Iterable[bytes], *, encoding: str = "utf-8") -> Iterator[
     if duplicates:
         raise InputError(f"duplicate columns in the header: {', '.join(duplicates)}")
     while True:
+        source.start_record()
         try:
             values = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:
-            yield RowError(reader.line_num, f"malformed CSV: {exc}")
+        except (csv.Error, _RunawayRecord) as exc:
+            if not source.record:
+                return
+            line = source.rewind_after_first()
+            reason = (f"a quoted field runs on for more than {MAX_RECORD_LINES} lines"
+                      if isinstance(exc, _RunawayRecord) else str(exc))
+            yield RowError(line, f"malformed CSV ({reason}); the lines after it are read again")
+            reader = csv.reader(source, strict=True)
             continue
-        line = reader.line_num
-        if line in bad:
-            yield RowError(line, bad.pop(line))
+        line = source.record[0][0]
+        broken = [(number, error) for number, _, error in source.record if error]
+        if broken:
+            number, error = broken[0]
+            where = "" if number == line else f"line {number} of this record is "
+            yield RowError(line, where + error)
             continue
         if not values or all(not v.strip() for v in values):
             continue

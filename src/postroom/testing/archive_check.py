@@ -40,8 +40,14 @@ def _headers(data: bytes) -> bytes:
     return data.split(b"\r\n\r\n", 1)[0]
 
 
-def check_archive(logs: list[DeliveryLog], relay: list[Received], archive: list[Received], *,
-                  bcc_address: str, max_problems: int = 20) -> ArchiveCheck:
+def check_archive(
+    logs: list[DeliveryLog],
+    relay: list[Received],
+    archive: list[Received],
+    *,
+    bcc_address: str,
+    max_problems: int = 20,
+) -> ArchiveCheck:
     """Compare the delivery logs, the recipients' relay and the archive mailbox."""
     check = ArchiveCheck(relay_received=len(relay), archive_received=len(archive))
 

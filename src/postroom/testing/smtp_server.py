@@ -1,17 +1,13 @@
 """Loopback capture SMTP server with scriptable replies (tests and the demo relay).
 
-Built on aiosmtpd 1.4.x's threaded ``Controller``: the server runs its own event loop in
-its own thread, so plain synchronous tests can drive it while an aiosmtplib client runs
-under ``asyncio.run``.
+Runs aiosmtpd 1.4.x's threaded ``Controller`` (own thread, own event loop).
 
-Byte fidelity: with ``decode_data=False`` aiosmtpd builds ``envelope.original_content``
-from the DATA lines *including* their CRLF, drops only the terminating ``.<CRLF>`` line
-and removes dot-stuffing. The CRLF before ``<CRLF>.<CRLF>`` is therefore part of
-``Received.data``: a CRLF-normalised message ending in CRLF arrives byte-identical
-(aiosmtplib normalises line endings and appends a final CRLF when missing).
-
-PIPELINING: aiosmtpd 1.4.x does not advertise it in its EHLO reply (it advertises SIZE,
-8BITMIME, SMTPUTF8, HELP), so neither does this server.
+Byte fidelity: with ``decode_data=False`` aiosmtpd's ``envelope.original_content`` keeps
+each DATA line's CRLF, drops only the terminating ``.<CRLF>`` line and undoes dot-stuffing,
+so the CRLF before ``<CRLF>.<CRLF>`` is part of ``Received.data``: a CRLF-normalised message
+ending in CRLF arrives byte-identical (aiosmtplib appends a final CRLF when missing).
+PIPELINING: aiosmtpd 1.4.x does not advertise it (EHLO: SIZE, 8BITMIME, SMTPUTF8, HELP),
+though it reads pipelined commands correctly; we keep its EHLO reply unchanged.
 """
 
 from __future__ import annotations
@@ -27,23 +23,10 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, NoReturn, Self, TypeAlias
+from typing import Any, Self, TypeAlias
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
-__all__ = [
-    "DEFAULT_REJECT_REPLY",
-    "Action",
-    "CaptureServer",
-    "Drop",
-    "Matcher",
-    "Received",
-    "Script",
-    "Sleep",
-    "is_rejected",
-]
 
 DEFAULT_REJECT_REPLY = "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown"
 _REPLY_RE = re.compile(r"[2-5]\d\d(?:[ -].*)?", re.DOTALL)
@@ -133,10 +116,6 @@ class Script:
     def on_data(self, match: Matcher, action: Action, *, times: int | None = None) -> Self:
         return self._add("DATA", match, action, times)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
     def _add(self, command: str, match: Matcher | None, action: Action, times: int | None) -> Self:
         _check_action(action)
         if times is not None and times < 1:
@@ -156,20 +135,17 @@ class Script:
         return None
 
 
-async def _drop(server: SMTP) -> NoReturn:
-    if server.transport is not None:
-        server.transport.close()
-    # connection_lost() cancels the session task, and with it this wait.
-    await asyncio.get_running_loop().create_future()
-    raise ConnectionAbortedError  # pragma: no cover
-
-
 async def _perform(server: SMTP, action: Action | None) -> str | None:
+    """Run a scripted action; returns the reply, or None for "use the default"."""
     if isinstance(action, Sleep):
         await asyncio.sleep(action.seconds)
         action = action.then
     if isinstance(action, Drop):
-        await _drop(server)
+        if server.transport is not None:
+            server.transport.close()
+        # connection_lost() cancels the session task, and with it this wait.
+        await asyncio.get_running_loop().create_future()
+        raise ConnectionAbortedError  # pragma: no cover
     return action
 
 
@@ -209,16 +185,10 @@ class _Handler:
         reply = await _perform(server, action) or "250 OK"
         if reply.startswith("2"):
             assert envelope.mail_from is not None and envelope.original_content is not None
-            peer: Any = session.peer
-            self._owner._record(
-                Received(
-                    mail_from=envelope.mail_from,
-                    rcpt_tos=tuple(envelope.rcpt_tos),
-                    data=envelope.original_content,
-                    peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer),
-                    received_at=time.time(),
-                )
-            )
+            peer: Any = session.peer  # (host, port) at runtime, despite aiosmtpd's hint
+            peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            rcpts, data = tuple(envelope.rcpt_tos), envelope.original_content
+            self._owner._record(Received(envelope.mail_from, rcpts, data, peer, time.time()))
         return reply
 
 
@@ -327,12 +297,7 @@ class CaptureServer:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     @property
@@ -356,24 +321,19 @@ class CaptureServer:
         wanted = address.lower()
         return [m for m in self.messages if any(r.lower() == wanted for r in m.rcpt_tos)]
 
-    def reset(self) -> None:
-        """Forget recorded messages and counters (files in mail_dir are kept)."""
-        with self._lock:
-            self._messages.clear()
-            self._rcpt_attempts.clear()
-            self._rejected.clear()
-
     def _record(self, message: Received) -> None:
+        """Write ``mail_dir/<rcpt>/<seq:06d>.eml`` (seq: server-wide), then record."""
         with self._lock:
-            self._messages.append(message)
             self._seq += 1
             seq = self._seq
-        if self.mail_dir is None:
-            return
-        for rcpt in message.rcpt_tos:
+        mail_dir = self.mail_dir
+        for rcpt in message.rcpt_tos if mail_dir is not None else ():
+            assert mail_dir is not None
             name = rcpt.replace("/", "_").replace("\\", "_").replace("\x00", "_")
-            box = self.mail_dir / (name if name.strip(".") else "_")
+            box = mail_dir / (name if name.strip(".") else "_")
             box.mkdir(parents=True, exist_ok=True)
-            tmp = box / f".{seq:06d}.eml.tmp"
+            tmp = box / f".{seq:06d}.eml.tmp"  # write-then-rename: watchers never see halves
             tmp.write_bytes(message.data)
             os.replace(tmp, box / f"{seq:06d}.eml")
+        with self._lock:
+            self._messages.append(message)
