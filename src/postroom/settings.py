@@ -8,19 +8,24 @@ masked wherever the settings are printed. Components receive their own part of t
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from postroom.errors import ConfigError
 
@@ -97,7 +102,7 @@ class ArchiveSettings(_Section):
     """Email BCC: the compliance copy of every sent message (administrator only)."""
 
     enabled: bool = Field(False, description="Capability switch for Email BCC.")
-    bcc_address: list[str] = Field(
+    bcc_address: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="The one archive address (exactly one when enabled)."
     )
     envelope_sender: str = Field(
@@ -114,6 +119,11 @@ class ArchiveSettings(_Section):
     @field_validator("bcc_address", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("not a valid JSON list of addresses") from None
         if isinstance(value, str):
             return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
         return value
@@ -162,14 +172,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = _ACTIVE_FILE.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
-
-
-_ACTIVE_FILE: dict[str, Path | None] = {"path": None}
 
 
 def _config_path(explicit: Path | None) -> Path | None:
@@ -219,14 +225,21 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     config_file = _config_path(path)
     if config_file is not None:
         _check_file(config_file)
-    _ACTIVE_FILE["path"] = config_file
+    schema: type[Settings] = Settings
+    if config_file is not None:
+        # A subclass that reads this file: no global state, nothing else changes.
+        schema = type("Settings", (Settings,), {
+            "model_config": SettingsConfigDict(**{**Settings.model_config,
+                                                  "toml_file": config_file}),
+            "__module__": __name__,
+        })
     try:
-        return Settings(**overrides)
+        return schema(**overrides)
     except ValidationError as exc:
         source = str(config_file) if config_file else "environment and defaults"
         raise ConfigError(format_validation_error(exc, source)) from None
-    finally:
-        _ACTIVE_FILE["path"] = None
+    except SettingsError as exc:  # an environment value that could not be parsed at all
+        raise ConfigError(f"invalid configuration: {exc}") from None
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
@@ -244,4 +257,13 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
         return value
 
     result: dict[str, Any] = mask(settings)
+    result["database_url"] = mask_url(settings.database_url)
     return result
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit to print: its password replaced by asterisks."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL hidden)"
