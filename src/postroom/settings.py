@@ -62,6 +62,7 @@ class SmtpRelay(_Section):
     port: int = Field(25, ge=1, le=65535, description="Relay TCP port.")
     tls: TlsMode = Field(TlsMode.NONE, description="none, starttls or implicit (SMTPS).")
     verify_tls: bool = Field(True, description="Verify the relay's TLS certificate.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the relay with.")
     username: str = Field("", description="AUTH user name; empty means no AUTH.")
     password: SecretStr = Field(SecretStr(""), description="AUTH password (environment only).")
     timeout_seconds: float = Field(30.0, gt=0, description="Timeout of each SMTP command.")

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Self, TypeAlias
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DEFAULT_REJECT_REPLY = "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown"
 _REPLY_RE = re.compile(r"[2-5]\d\d(?:[ -].*)?", re.DOTALL)
@@ -239,6 +240,8 @@ class CaptureServer:
         script: Script | None = None,
         data_size_limit: int = 32 * 1024 * 1024,
         ready_timeout: float = 5.0,
+        tls_context: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         if not 0.0 <= reject_ratio <= 1.0:
             raise ValueError("reject_ratio must be within [0, 1]")
@@ -247,6 +250,7 @@ class CaptureServer:
         self.reject_ratio, self.reject_reply = reject_ratio, reject_reply
         self.script = script if script is not None else Script()
         self.data_size_limit, self.ready_timeout = data_size_limit, ready_timeout
+        self.tls_context, self.credentials = tls_context, credentials
         self._lock = threading.Lock()
         self._messages: list[Received] = []
         self._rcpt_attempts: list[str] = []
@@ -271,6 +275,7 @@ class CaptureServer:
             decode_data=False,
             enable_SMTPUTF8=True,
             data_size_limit=self.data_size_limit,
+            **self._security(),
         )
         try:
             controller.start()
@@ -281,6 +286,24 @@ class CaptureServer:
             raise
         self.port = controller.port
         self._controller = controller
+
+    def _security(self) -> dict[str, Any]:
+        """STARTTLS (required when a TLS context is given) and AUTH (when credentials are)."""
+        options: dict[str, Any] = {}
+        if self.tls_context is not None:
+            options.update(tls_context=self.tls_context, require_starttls=True)
+        if self.credentials is not None:
+            user, password = self.credentials
+
+            def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
+                              auth_data: Any) -> AuthResult:
+                ok = isinstance(auth_data, LoginPassword) and \
+                    auth_data.login.decode() == user and auth_data.password.decode() == password
+                return AuthResult(success=ok, handled=False)
+
+            options.update(authenticator=authenticator, auth_required=True,
+                           auth_require_tls=self.tls_context is not None)
+        return options
 
     def stop(self) -> None:
         """Close client connections, stop the loop and join the thread (idempotent)."""

@@ -33,10 +33,15 @@ class SmtpConnection:
             use_tls=relay.tls is TlsMode.IMPLICIT,
             start_tls=relay.tls is TlsMode.STARTTLS,
             validate_certs=relay.verify_tls,
+            cert_bundle=str(relay.ca_file) if relay.ca_file else None,
         )
-        await client.connect()
-        if relay.username:
-            await client.login(relay.username, relay.password.get_secret_value())
+        try:
+            await client.connect()
+            if relay.username:
+                await client.login(relay.username, relay.password.get_secret_value())
+        except BaseException:
+            client.close()  # a failed TLS handshake or login must not leak the socket
+            raise
         self._sent_on_connection = 0
         return client
 
