@@ -21,12 +21,30 @@ from postroom.errors import TemplateError
 __all__ = ["CompiledContent", "RenderedContent", "compile_content", "recipient_context"]
 
 
-class _Named(dict[str, Any]):
-    """A namespace for templates whose missing keys are reported by their dotted name."""
+class _Named:
+    """A namespace for templates: `recipient.x` and `recipient["x"]` read the value `x`.
 
-    def __init__(self, name: str, values: dict[str, Any]):
-        super().__init__(values)
-        self.name = name
+    It has no public attributes of its own, so a field may be called `name`, `items` or
+    `keys`; its private slots start with `_`, which the sandbox refuses to read.
+    """
+
+    __slots__ = ("_label", "_values")
+
+    def __init__(self, label: str, values: dict[str, Any]):
+        self._label = label
+        self._values = values
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
 
 
 class _Undefined(StrictUndefined):
@@ -41,7 +59,7 @@ class _Undefined(StrictUndefined):
         obj = self._undefined_obj
         if obj is missing:
             return f"undefined variable '{self._undefined_name}'"
-        owner = obj.name if isinstance(obj, _Named) else type(obj).__name__
+        owner = obj._label if isinstance(obj, _Named) else type(obj).__name__
         return f"undefined variable '{owner}.{self._undefined_name}'"
 
     def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:

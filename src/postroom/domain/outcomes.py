@@ -85,23 +85,43 @@ class Outcome:
 
 
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+# Enhanced status codes (RFC 3463), without the class digit; they win over the reply's text.
+_BY_STATUS: dict[str, FailureReason] = {
+    "1.1": FailureReason.USER_UNKNOWN,
+    "1.6": FailureReason.USER_UNKNOWN,
+    "1.2": FailureReason.INVALID_DOMAIN,
+    "2.1": FailureReason.ACCOUNT_DISABLED,
+    "2.2": FailureReason.MAILBOX_FULL,
+    "4.1": FailureReason.UNREACHABLE,
+    "4.2": FailureReason.UNREACHABLE,
+    "4.4": FailureReason.UNREACHABLE,
+    "4.7": FailureReason.UNREACHABLE,
+}
 _PATTERNS: tuple[tuple[re.Pattern[str], FailureReason], ...] = (
-    (re.compile(r"\b5\.1\.[16]\b|user unknown|no such user|unknown user|does not exist", re.I),
-     FailureReason.USER_UNKNOWN),
-    (re.compile(r"\b[45]\.1\.[28]\b|domain not found|unrouteable|no mx", re.I),
+    (re.compile(r"user unknown|no such user|unknown user|does not exist|unknown recipient",
+                re.I), FailureReason.USER_UNKNOWN),
+    (re.compile(r"domain not found|unrouteable|no mx|host not found", re.I),
      FailureReason.INVALID_DOMAIN),
-    (re.compile(r"\b[45]\.2\.2\b|mailbox full|over quota|quota exceeded", re.I),
+    (re.compile(r"mailbox full|over quota|quota exceeded|insufficient storage", re.I),
      FailureReason.MAILBOX_FULL),
-    (re.compile(r"\b[45]\.2\.1\b|disabled|inactive|suspended", re.I),
-     FailureReason.ACCOUNT_DISABLED),
-    (re.compile(r"\b[45]\.7\.\d+\b|spam|blocked|blacklist|denylist|policy|rejected for", re.I),
+    (re.compile(r"disabled|inactive|suspended", re.I), FailureReason.ACCOUNT_DISABLED),
+    (re.compile(r"spam|blocked|blacklist|denylist|policy|rejected for", re.I),
      FailureReason.REFUSED),
 )
+# Failures that are temporary by nature even when the reply is 5xx (DESIGN.md §5: soft).
+_SOFT_REASONS = frozenset({FailureReason.MAILBOX_FULL})
 
 
-def _reason_for(text: str) -> FailureReason:
+def _reason_for(reply: SmtpReply) -> FailureReason:
+    enhanced = reply.enhanced
+    if enhanced is not None:
+        detail = enhanced.split(".", 1)[1]
+        if detail in _BY_STATUS:
+            return _BY_STATUS[detail]
+        if detail.startswith("7."):
+            return FailureReason.REFUSED
     for pattern, reason in _PATTERNS:
-        if pattern.search(text):
+        if pattern.search(reply.text):
             return reason
     return FailureReason.UNDEFINED
 
@@ -110,12 +130,12 @@ def qualify_reply(reply: SmtpReply) -> Outcome:
     """Qualify a reply to one message's SMTP transaction (the last reply it got)."""
     if 200 <= reply.code < 300:
         return Outcome(Verdict.SENT, reply)
-    if 400 <= reply.code < 500:
-        reason = _reason_for(reply.text)
+    reason = _reason_for(reply)
+    if 400 <= reply.code < 500 or reason in _SOFT_REASONS:
         if reason is FailureReason.UNDEFINED:
             reason = FailureReason.UNREACHABLE
         return Outcome(Verdict.DEFERRED, reply, FailureType.SOFT, reason)
-    return Outcome(Verdict.FAILED, reply, FailureType.HARD, _reason_for(reply.text))
+    return Outcome(Verdict.FAILED, reply, FailureType.HARD, reason)
 
 
 def connection_fault(detail: str) -> Outcome:

@@ -1,0 +1,265 @@
+"""delivery.plan: resolve properties, render one target, settle one attempt (all pure)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default
+from typing import Any
+
+import pytest
+
+from postroom.delivery.plan import Message, Plan, RetryPolicy, make_plan
+from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
+from postroom.domain.outcomes import (
+    FailureReason,
+    FailureType,
+    SmtpReply,
+    connection_fault,
+    qualify_reply,
+)
+from postroom.domain.properties import MessageFormat, Properties
+from postroom.domain.states import DeliveryState, LogStatus
+from postroom.errors import TemplateError
+from postroom.settings import DefaultsSettings, SendingSettings
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=1)
+DEFAULTS = DefaultsSettings(
+    from_name="Postroom", from_address="postroom@platform.example", reply_to="",
+    errors_to="bounces@platform.example", retry_period_minutes=60, max_retries=5,
+    validity_days=5,
+)
+SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
+ANN = Recipient(id=11, email="ann@example.org", first_name="Ann", last_name="Lee",
+                fields={"tier": "gold"})
+ACCEPTED = qualify_reply(SmtpReply(250, "2.0.0 Ok: queued as 4BQ2"))
+USER_UNKNOWN = qualify_reply(SmtpReply(550, "5.1.1 User unknown"))
+MAILBOX_FULL = qualify_reply(SmtpReply(452, "4.2.2 Mailbox full"))
+
+
+def delivery(*, started_at: datetime | None = T0, **props: Any) -> Delivery:
+    properties = Properties(**{
+        "subject": "Hi {{ recipient.first_name }}",
+        "html": "<p>Your tier: {{ recipient.tier }}</p>",
+        **props,
+    })
+    return Delivery(
+        id=3, name="Spring news", template_name="default", state=DeliveryState.SENDING,
+        properties=properties, audience=Audience(), salt="s4lt", last_error="",
+        created_at=T0 - timedelta(days=1), analyzed_at=T0 - timedelta(hours=1),
+        started_at=started_at,
+    )
+
+
+def plan(*, archive_available: bool = True, **props: Any) -> Plan:
+    return make_plan(delivery(**props), defaults=DEFAULTS, sending=SENDING,
+                     archive_available=archive_available)
+
+
+def target(attempts: int = 0, recipient: Recipient = ANN) -> Target:
+    return Target(log_id=42, attempts=attempts, recipient=recipient)
+
+
+def parse(data: bytes) -> EmailMessage:
+    msg = BytesParser(policy=default).parsebytes(data)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+# --- make_plan -------------------------------------------------------------------------------
+
+
+def test_platform_defaults_fill_empty_properties() -> None:
+    p = plan()
+    assert (p.from_name, p.from_address) == ("Postroom", "postroom@platform.example")
+    assert p.reply_to == ""
+    assert p.errors_to == "bounces@platform.example"
+    assert p.retry == RetryPolicy(
+        max_retries=5, retry_period=timedelta(minutes=60), validity=timedelta(days=5),
+        quick_retries=2, quick_delay=timedelta(seconds=5),
+    )
+
+
+def test_properties_override_defaults() -> None:
+    p = plan(from_name="News", from_address="news@example.com", reply_to="help@example.com",
+             errors_to="bounce@example.com", max_retries=0, retry_period_minutes=15,
+             validity_days=1)
+    assert (p.from_name, p.from_address, p.reply_to, p.errors_to) == (
+        "News", "news@example.com", "help@example.com", "bounce@example.com")
+    assert (p.retry.max_retries, p.retry.retry_period, p.retry.validity) == (
+        0, timedelta(minutes=15), timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("email_bcc", "available", "expected"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_archive_needs_property_and_capability(email_bcc: bool, available: bool,
+                                               expected: bool) -> None:
+    assert plan(email_bcc=email_bcc, archive_available=available).archive is expected
+
+
+def test_syntax_error_fails_make_plan() -> None:
+    with pytest.raises(TemplateError, match="subject, line 1"):
+        plan(subject="{{ oops")
+
+
+@pytest.mark.parametrize(
+    ("started_at", "start"),
+    [(T0, T0), (None, T0 - timedelta(hours=1))],  # else analyzed_at
+)
+def test_valid_until(started_at: datetime | None, start: datetime) -> None:
+    assert plan(started_at=started_at).valid_until == start + timedelta(days=5)
+
+
+# --- render ----------------------------------------------------------------------------------
+
+
+def test_render_personalizes_and_identifies_the_log() -> None:
+    message = plan(from_address="news@example.com").render(target(), NOW)
+    assert message.message_id == "<42.3.s4lt@example.com>"
+    assert message.target == target()
+    msg = parse(message.data)
+    assert msg["Message-ID"] == "<42.3.s4lt@example.com>"
+    assert msg["Subject"] == "Hi Ann"
+    assert msg["To"] == "Ann Lee <ann@example.org>"
+    assert msg["From"] == "Postroom <news@example.com>"
+    assert msg["Date"].datetime == NOW
+    html = msg.get_body(("html",))
+    assert html is not None and "Your tier: gold" in html.get_content()
+
+
+def test_render_with_default_sender_domain() -> None:
+    assert plan().render(target(), NOW).message_id == "<42.3.s4lt@platform.example>"
+
+
+def test_render_reveals_neither_errors_to_nor_a_bcc() -> None:
+    data = plan(email_bcc=True, errors_to="bounce@example.com").render(target(), NOW).data
+    msg = parse(data)
+    assert msg.get_all("Bcc") is None
+    assert b"bounce@example.com" not in data
+
+
+def test_render_is_deterministic() -> None:
+    p = plan()
+    assert p.render(target(), NOW).data == p.render(target(), NOW).data
+
+
+def test_render_follows_recipient_format() -> None:
+    text_reader = Recipient(id=12, email="tom@example.org", email_format=EmailFormat.TEXT,
+                            fields={"tier": "silver"})
+    msg = parse(plan(format=MessageFormat.RECIPIENT).render(target(recipient=text_reader),
+                                                            NOW).data)
+    assert msg.get_content_type() == "text/plain"
+    assert "Your tier: silver" in msg.get_content()
+
+
+def test_render_fails_for_a_missing_field() -> None:
+    nobody = Recipient(id=13, email="no@example.org")
+    with pytest.raises(TemplateError, match=r"recipient\.tier.*no@example\.org"):
+        plan().render(target(recipient=nobody), NOW)
+
+
+def test_unrenderable_fails_hard_without_counting_an_attempt() -> None:
+    update = plan().unrenderable(target(attempts=2), TemplateError("html: boom"))
+    assert update.status is LogStatus.FAILED
+    assert update.failure_type is FailureType.HARD
+    assert update.attempts == 2
+    assert update.detail == "message not built: html: boom"
+
+
+# --- settle ----------------------------------------------------------------------------------
+
+
+def sent_message(p: Plan, attempts: int = 0) -> Message:
+    return p.render(target(attempts), NOW)
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_settle_sent(archive: bool) -> None:
+    p = plan(email_bcc=archive)
+    message = sent_message(p, attempts=1)
+    update = p.settle(message, ACCEPTED, NOW)
+    assert update.status is LogStatus.SENT
+    assert update.attempts == 2
+    assert update.next_attempt_at is None
+    assert update.sent_at == NOW
+    assert update.message_id == "<42.3.s4lt@platform.example>"
+    assert update.smtp_reply == "250 2.0.0 Ok: queued as 4BQ2"
+    assert update.size == len(message.data)
+    assert update.sha256 == hashlib.sha256(message.data).hexdigest()
+    assert update.archive_data == (message.data if archive else None)
+    assert update.failure_type is None
+
+
+def test_settle_5xx_is_failed_hard() -> None:
+    p = plan(email_bcc=True)
+    update = p.settle(sent_message(p), USER_UNKNOWN, NOW)
+    assert update.status is LogStatus.FAILED
+    assert (update.failure_type, update.failure_reason) == (
+        FailureType.HARD, FailureReason.USER_UNKNOWN)
+    assert update.next_attempt_at is None
+    assert update.smtp_reply == "550 5.1.1 User unknown"
+    assert update.archive_data is None and update.sha256 is None and update.sent_at is None
+
+
+@pytest.mark.parametrize(
+    ("previous_attempts", "delay"),
+    [(0, timedelta(seconds=5)), (1, timedelta(seconds=5)), (2, timedelta(minutes=60)),
+     (4, timedelta(minutes=60))],
+)
+def test_settle_4xx_reschedules(previous_attempts: int, delay: timedelta) -> None:
+    p = plan(email_bcc=True)
+    update = p.settle(sent_message(p, previous_attempts), MAILBOX_FULL, NOW)
+    assert update.status is LogStatus.PENDING
+    assert update.attempts == previous_attempts + 1
+    assert update.next_attempt_at == NOW + delay
+    assert (update.failure_type, update.failure_reason) == (
+        FailureType.SOFT, FailureReason.MAILBOX_FULL)
+    assert update.smtp_reply == "452 4.2.2 Mailbox full"
+    assert update.archive_data is None
+
+
+def test_retry_policy_delay() -> None:
+    policy = plan().retry
+    assert [policy.delay(n) for n in (1, 2, 3, 6)] == [
+        timedelta(seconds=5), timedelta(seconds=5), timedelta(hours=1), timedelta(hours=1)]
+
+
+def test_settle_fails_after_max_retries() -> None:
+    p = plan()  # 5 retries: the 6th attempt is the last
+    assert p.settle(sent_message(p, 4), MAILBOX_FULL, NOW).status is LogStatus.PENDING
+    update = p.settle(sent_message(p, 5), MAILBOX_FULL, NOW)
+    assert update.status is LogStatus.FAILED
+    assert update.attempts == 6
+    assert update.next_attempt_at is None
+    assert (update.failure_type, update.failure_reason) == (
+        FailureType.SOFT, FailureReason.MAILBOX_FULL)
+
+
+def test_settle_without_retries_fails_at_once() -> None:
+    p = plan(max_retries=0)
+    assert p.settle(sent_message(p), MAILBOX_FULL, NOW).status is LogStatus.FAILED
+
+
+def test_settle_fails_when_retry_would_fall_after_validity() -> None:
+    p = plan()
+    late = p.valid_until - timedelta(minutes=30)
+    update = p.settle(p.render(target(3), late), MAILBOX_FULL, late)
+    assert update.status is LogStatus.FAILED
+    assert update.failure_type is FailureType.SOFT
+    early = p.valid_until - timedelta(minutes=61)
+    assert p.settle(p.render(target(3), early), MAILBOX_FULL, early).next_attempt_at == (
+        early + timedelta(minutes=60))
+
+
+def test_settle_connection_fault() -> None:
+    p = plan()
+    update = p.settle(sent_message(p), connection_fault("timed out"), NOW)
+    assert update.status is LogStatus.PENDING
+    assert update.failure_reason is FailureReason.UNREACHABLE
+    assert update.detail == "timed out"
+    assert update.smtp_reply == "timed out"
