@@ -16,16 +16,27 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from postroom.compose.charsets import charset_for
 from postroom.compose.personalize import compile_content
-from postroom.delivery.analysis import AnalysisReport, analyze
+from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, read_token
+from postroom.delivery.analysis import AnalysisReport, analyze, static_checks
 from postroom.delivery.archive import Archiver, ArchiveTarget, Transport
-from postroom.delivery.audience import parse_filter
+from postroom.delivery.audience import matcher, parse_filter
 from postroom.delivery.engine import Engine, RunSummary
-from postroom.domain.models import ArchiveState, Audience, Delivery, DeliveryLog, Template
-from postroom.domain.outcomes import FailureReason
+from postroom.delivery.plan import Planner
+from postroom.domain.addresses import wire_address
+from postroom.domain.models import (
+    ArchiveState,
+    Audience,
+    Delivery,
+    DeliveryLog,
+    Recipient,
+    Template,
+)
+from postroom.domain.outcomes import FailureReason, Outcome, Verdict
 from postroom.domain.properties import Properties, parse_properties
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.errors import InputError, StateError, TemplateError
+from postroom.errors import InputError, NotFoundError, StateError, TemplateError
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
 from postroom.storage.sql import SqlStore
@@ -71,6 +82,26 @@ def read_content(path: Path, what: str) -> str:
         raise InputError(f"{what}: {path} is not valid UTF-8 (byte {exc.start})") from None
 
 
+@dataclass(frozen=True)
+class MirrorPage:
+    html: bytes
+    charset: str
+    expired: bool
+
+
+@dataclass(frozen=True)
+class ProofReport:
+    delivery_id: int
+    number: int
+    sample: str
+    results: list[tuple[str, Verdict, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"delivery": self.delivery_id, "proof": self.number, "sample": self.sample,
+                "sent": [{"to": to, "result": verdict, "reply": reply}
+                         for to, verdict, reply in self.results]}
+
+
 @dataclass
 class Report:
     delivery: Delivery
@@ -94,11 +125,12 @@ class Report:
 
 
 class Postroom:
-    def __init__(self, store: SqlStore, settings: Settings, *,
+    def __init__(self, store: SqlStore, settings: Settings, *, planner: Planner,
                  connect: Callable[[], Transport], connect_archive: Callable[[], Transport],
                  clock: Callable[[], datetime]):
         self.store = store
         self.settings = settings
+        self.planner = planner
         self._connect = connect
         self._connect_archive = connect_archive
         self.clock = clock
@@ -162,8 +194,7 @@ class Postroom:
         return delivery, report
 
     def analyze(self, delivery_id: int) -> AnalysisReport:
-        return analyze(self.store, delivery_id, defaults=self.settings.defaults,
-                       sending=self.settings.sending,
+        return analyze(self.store, delivery_id, planner=self.planner,
                        archive_available=self.settings.archive.enabled, now=self.clock())
 
     def send(self, delivery_id: int, *, progress: Callable[[int], None] | None = None,
@@ -218,6 +249,82 @@ class Postroom:
         self.store.get_delivery(delivery_id)
         return self.store.list_logs(delivery_id, **filters)
 
+    # -- proofs, mirror pages, unsubscribe -----------------------------------------------------
+
+    def proof(self, delivery_id: int, *, to: list[str] | None = None,
+              recipient: str | None = None) -> ProofReport:
+        """Send proof #N of a delivery now: never archived, never in its delivery log."""
+        delivery = self.store.get_delivery(delivery_id)
+        plan = self.planner(delivery)
+        problems = [p for p in static_checks(plan, archive_available=True)]
+        if problems:
+            raise InputError("the delivery cannot be proofed:\n" + "\n".join(problems))
+        addresses = to or list(delivery.properties.proof_addresses)
+        if not addresses:
+            raise InputError("no proof address: pass --to or set the proof_addresses property")
+        sample = self._sample(delivery, recipient)
+        number = self.store.next_proof_number(delivery_id)
+        messages = [plan.render_proof(sample, address, number, self.clock())
+                    for address in addresses]
+        sender = wire_address(plan.errors_to).address
+
+        async def send_all() -> list[Outcome]:
+            transport = self._connect()
+            try:
+                return [await transport.send(sender, wire.address, data, smtputf8=wire.smtputf8)
+                        for data, wire in messages]
+            finally:
+                await transport.close()
+
+        outcomes = asyncio.run(send_all())
+        return ProofReport(delivery_id, number, sample.email,
+                           [(a, o.verdict, o.text) for a, o in zip(addresses, outcomes,
+                                                                  strict=True)])
+
+    def _sample(self, delivery: Delivery, email: str | None) -> Recipient:
+        if email is not None:
+            found = self.store.recipient_by_email(email)
+            if found is None:
+                raise NotFoundError(f"no recipient {email!r}")
+            return found
+        wanted = matcher(delivery.audience.filters)
+        for candidate in self.store.iter_audience(delivery, batch_size=50):
+            if wanted(candidate) and not candidate.opted_out:
+                return candidate
+        raise InputError("the delivery's audience is empty: name a sample with --recipient")
+
+    def mirror_url(self, log_id: int) -> str:
+        """The URL of one message's mirror page (how `id_only` pages are reached)."""
+        if self.store.mirror_page(log_id) is None:
+            log = self.store.get_log(log_id)
+            raise NotFoundError(f"delivery log #{log_id} ({log.status}) has no mirror page")
+        return self.planner.links.mirror_url(log_id)
+
+    def open_mirror(self, token: str) -> MirrorPage | None:
+        """The page a mirror link names: None if the token does not verify or no page."""
+        log_id = read_token(self.planner.links.secret, MIRROR, token)
+        page = None if log_id is None else self.store.mirror_page(log_id)
+        if page is None:
+            return None
+        html, expires_at, delivery = page
+        charset = charset_for(delivery.properties.charset).mime
+        return MirrorPage(html, charset, expired=expires_at <= self.clock())
+
+    def purge_mirrors(self) -> int:
+        return self.store.purge_mirror_pages(self.clock())
+
+    def unsubscribe(self, token: str) -> Recipient | None:
+        """Opt out the recipient an unsubscribe link names; None if the token does not verify."""
+        log_id = read_token(self.planner.links.secret, UNSUBSCRIBE, token)
+        recipient = None if log_id is None else self.store.log_recipient(log_id)
+        if recipient is not None:
+            self.store.opt_out(recipient.id, self.clock())
+        return recipient
+
+    def check_unsubscribe(self, token: str) -> Recipient | None:
+        log_id = read_token(self.planner.links.secret, UNSUBSCRIBE, token)
+        return None if log_id is None else self.store.log_recipient(log_id)
+
     # -- archive ------------------------------------------------------------------------------
 
     def archive_flush(self, *, delivery_id: int | None = None, wait_seconds: float = 30.0,
@@ -251,7 +358,7 @@ class Postroom:
             clock=self.clock, lease=timedelta(seconds=self.settings.sending.lease_seconds))
 
     def _engine(self) -> Engine:
-        return Engine(self.store, self._connect, sending=self.settings.sending,
-                      defaults=self.settings.defaults, archiver=self._archiver(),
+        return Engine(self.store, self._connect, planner=self.planner,
+                      sending=self.settings.sending, archiver=self._archiver(),
                       archive_drain_seconds=self.settings.archive.drain_seconds,
                       clock=self.clock)

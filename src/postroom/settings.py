@@ -32,17 +32,19 @@ from postroom.errors import ConfigError
 __all__ = [
     "ArchiveSettings",
     "DefaultsSettings",
+    "DkimKey",
     "SendingSettings",
     "Settings",
     "SmtpRelay",
     "TlsMode",
+    "WebSettings",
     "load_settings",
     "masked_dump",
 ]
 
 CONFIG_ENV = "POSTROOM_CONFIG"
 DEFAULT_CONFIG_FILE = "postroom.toml"
-SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"))
+SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"))
 
 
 class TlsMode(StrEnum):
@@ -144,6 +146,41 @@ class ArchiveSettings(_Section):
         return self.bcc_address[0] if self.enabled else None
 
 
+class WebSettings(_Section):
+    """Postroom's web server: mirror pages and one-click unsubscribe."""
+
+    base_url: str = Field(
+        "http://127.0.0.1:8025", description="Public base URL of links in messages."
+    )
+    host: str = Field("127.0.0.1", description="Address `postroom serve` listens on.")
+    port: int = Field(8025, ge=1, le=65535, description="Port `postroom serve` listens on.")
+    secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Signs mirror and unsubscribe links (environment only); empty: a random "
+        "secret generated once and kept in the database.",
+    )
+    unsubscribe_mailto: str = Field(
+        "", description="Address of mailto unsubscribes; empty: unsubscribe@<From domain>."
+    )
+    resource_validity_days: float = Field(30.0, gt=0, description="Mirror pages' lifetime.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class DkimKey(_Section):
+    """A DKIM signing key for one sending domain."""
+
+    domain: str = Field(..., description="The From domain this key signs for.")
+    selector: str = Field(..., description="DNS selector (selector._domainkey.domain).")
+    private_key_file: Path = Field(..., description="PEM private key (keep it readable only "
+                                   "by Postroom).")
+
+
 class Settings(BaseSettings):
     """Everything the administrator configures."""
 
@@ -159,6 +196,8 @@ class Settings(BaseSettings):
     sending: SendingSettings = Field(default_factory=SendingSettings)
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
 
     @property
     def archive_relay(self) -> SmtpRelay:

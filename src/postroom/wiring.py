@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from postroom.compose.dkim import DkimSigner
 from postroom.delivery.archive import Transport
+from postroom.delivery.plan import Links, Planner
+from postroom.errors import ConfigError
 from postroom.service import Postroom
-from postroom.settings import Settings, SmtpRelay
+from postroom.settings import DkimKey, Settings, SmtpRelay
 from postroom.storage.sql import open_store
 from postroom.transport.smtp import SmtpConnection
 
@@ -25,12 +29,39 @@ def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[],
     return connect
 
 
+def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
+    signers: dict[str, DkimSigner] = {}
+    for index, key in enumerate(keys):
+        try:
+            pem = key.private_key_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"dkim[{index}].private_key_file: cannot read "
+                              f"{key.private_key_file}: {exc.strerror}") from None
+        if b"PRIVATE KEY" not in pem:
+            raise ConfigError(f"dkim[{index}].private_key_file: {key.private_key_file} is not "
+                              "a PEM private key")
+        signers[key.domain.lower()] = DkimSigner(key.domain.lower(), key.selector, pem)
+    return signers
+
+
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Postroom:
     """A ready Postroom: database opened and migrated, SMTP connectors configured."""
     sending = settings.sending
+    store = open_store(settings.database_url)
+    web = settings.web
+    secret = web.secret_key.get_secret_value() or store.instance_secret(
+        "link-signing", lambda: secrets.token_hex(32))
+    planner = Planner(
+        defaults=settings.defaults, sending=sending,
+        links=Links(web.base_url, secret.encode(), web.unsubscribe_mailto),
+        archive_available=settings.archive.enabled,
+        resource_validity_days=web.resource_validity_days,
+        signers=_signers(settings.dkim),
+    )
     return Postroom(
-        open_store(settings.database_url),
+        store,
         settings,
+        planner=planner,
         connect=_connector(settings.smtp, sending.helo_name, sending.messages_per_connection),
         connect_archive=_connector(settings.archive_relay, sending.helo_name,
                                    sending.messages_per_connection),

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postroom.domain.models import EmailFormat
+from postroom.domain.addresses import normalize_address
+from postroom.domain.models import EmailFormat, RecipientRow
 from postroom.errors import InputError
-from postroom.recipients.csv_rows import RowError, normalize_address, parse_csv
-from postroom.storage.sql import RecipientRow
+from postroom.recipients.csv_rows import RowError, parse_csv
 
 
 def parse(data: bytes) -> list[RecipientRow | RowError]:

@@ -178,11 +178,6 @@ def test_bare_line_ends_in_content_become_crlf() -> None:
     assert body(msg, "plain").splitlines() == ["a", "b", "c", "d"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data that looks like an RFC 2047 encoded word is written as-is, so the "
-    "header decodes to different text",
-)
 def test_encoded_word_lookalike_in_data_decodes_to_itself() -> None:
     lookalike = "=?utf-8?b?SGVsbG8=?="  # decodes to "Hello"
     msg = parse(build(Parts.TEXT, replace(CONTENT, subject=lookalike), to_name=lookalike))

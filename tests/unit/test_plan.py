@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from postroom.delivery.plan import Message, Plan, RetryPolicy, make_plan
+from postroom.delivery.plan import Links, Message, Plan, RetryPolicy, make_plan
 from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
 from postroom.domain.outcomes import (
     FailureReason,
@@ -54,9 +54,12 @@ def delivery(*, started_at: datetime | None = T0, **props: Any) -> Delivery:
     )
 
 
+LINKS = Links("https://mail.example.com", b"k" * 32, "")
+
+
 def plan(*, archive_available: bool = True, **props: Any) -> Plan:
     return make_plan(delivery(**props), defaults=DEFAULTS, sending=SENDING,
-                     archive_available=archive_available)
+                     archive_available=archive_available, links=LINKS)
 
 
 def target(attempts: int = 0, recipient: Recipient = ANN) -> Target:
@@ -230,11 +233,11 @@ def test_retry_policy_delay() -> None:
 
 
 def test_settle_fails_after_max_retries() -> None:
-    p = plan()  # 5 retries: the 6th attempt is the last
-    assert p.settle(sent_message(p, 4), MAILBOX_FULL, NOW).status is LogStatus.PENDING
-    update = p.settle(sent_message(p, 5), MAILBOX_FULL, NOW)
+    p = plan()  # 2 quick retries + 5 retries: the 8th attempt is the last
+    assert p.settle(sent_message(p, 6), MAILBOX_FULL, NOW).status is LogStatus.PENDING
+    update = p.settle(sent_message(p, 7), MAILBOX_FULL, NOW)
     assert update.status is LogStatus.FAILED
-    assert update.attempts == 6
+    assert update.attempts == 8
     assert update.next_attempt_at is None
     assert (update.failure_type, update.failure_reason) == (
         FailureType.SOFT, FailureReason.MAILBOX_FULL)

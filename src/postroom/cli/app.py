@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from postroom.cli import archive, config, deliveries, demo, recipients, templates
+from postroom.cli import archive, config, deliveries, demo, recipients, templates, web
 from postroom.cli.common import State, err_console
 from postroom.errors import ConfigError, InputError, NotFoundError, PostroomError
 
@@ -24,7 +24,9 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(deliveries.app, name="deliveries")
 app.add_typer(archive.app, name="archive")
 app.add_typer(config.app, name="config")
+app.add_typer(web.mirror_app, name="mirror")
 app.command("demo")(demo.demo)
+app.command("serve")(web.serve)
 
 
 @app.callback()

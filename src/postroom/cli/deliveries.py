@@ -162,6 +162,34 @@ def stop(ctx: typer.Context, delivery_id: int) -> None:
     console.print(f"delivery #{d.id} is {d.state}")
 
 
+@app.command("proof")
+def proof(
+    ctx: typer.Context,
+    delivery_id: int,
+    to: list[str] = typer.Option([], "--to", help="Proof address (default: proof_addresses)."),
+    recipient: str | None = typer.Option(None, help="Personalize for this recipient's data."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Send a proof now: subject prefixed `Proof #N`, never archived, not in the report."""
+    report = state(ctx).postroom().proof(delivery_id, to=to or None, recipient=recipient)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        console.print(f"proof #{report.number} of delivery #{delivery_id}, personalized for "
+                      f"{report.sample}:")
+        for address, verdict, reply in report.results:
+            console.print(f"  {address}: {verdict} ({reply})", markup=False, highlight=False)
+    if any(verdict != "sent" for _, verdict, _ in report.results):
+        raise typer.Exit(1)
+
+
+@app.command("mirror")
+def mirror(ctx: typer.Context, log_id: int, as_json: bool = JsonOption) -> None:
+    """Print the mirror-page URL of one message (the way to reach `id_only` pages)."""
+    url = state(ctx).postroom().mirror_url(log_id)
+    emit_json({"log": log_id, "url": url}) if as_json else typer.echo(url)
+
+
 @app.command("report")
 def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Counts by status and reason, and the state of the archive copies."""

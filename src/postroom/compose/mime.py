@@ -1,44 +1,46 @@
 """MIME composition: rendered content + header values → the exact bytes of one message.
 
 Pure and deterministic: the same inputs give the same bytes (the multipart boundary derives from
-the Message-ID), so a preview, a retry and the archive copy agree. Lines end in CRLF and stay
-under 998 octets (the policy folds headers; bodies use quoted-printable or base64 when needed).
-Values that come from data go through `header_text`, so no data can start a new header.
+the Message-ID), so a retry and the archive copy agree. Lines end in CRLF and never exceed 998
+octets; each body part takes the smallest legal transfer encoding (7bit, quoted-printable or
+base64) for the delivery's charset. A character the charset cannot represent raises
+`EncodingError` naming it and the field: nothing is sent with replacement characters.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email import policy
-from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime
 from enum import StrEnum
 
-from inscriptis import get_text
-from inscriptis.model.config import ParserConfig
-
+from postroom.compose.charsets import Charset, first_unrepresentable
+from postroom.compose.headers import address_header, header_text, unstructured_header
+from postroom.compose.html import html_to_text
 from postroom.compose.personalize import RenderedContent
 from postroom.domain.models import EmailFormat
 from postroom.domain.properties import MessageFormat
 from postroom.errors import InputError
 
 __all__ = [
+    "EncodingError",
     "HeaderValues",
     "Parts",
+    "body_part",
     "build_message",
+    "decoded_part",
     "header_text",
     "html_to_text",
     "make_message_id",
     "parts_for",
 ]
 
-POLICY = policy.SMTP.clone(max_line_length=78, cte_type="7bit")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-_TEXT_CONFIG = ParserConfig(display_links=True)
+_MAX_LINE = 998
+UTF8 = Charset("utf-8", "utf-8")
 
 
 class Parts(StrEnum):
@@ -47,27 +49,21 @@ class Parts(StrEnum):
     TEXT = "text"
 
 
+class EncodingError(InputError):
+    """Content holds a character the delivery's charset cannot represent."""
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderValues:
     from_name: str
     from_address: str
     to_name: str
-    to_address: str
+    to_address: str  # header form: A-label domain (or UTF-8 when the message needs SMTPUTF8)
     reply_to: str
     subject: str
     message_id: str
     date: datetime
-
-
-def header_text(value: str) -> str:
-    """A header value from data: every line break or control character becomes one space."""
-    return _CONTROL.sub(" ", value).strip()
-
-
-def html_to_text(html: str) -> str:
-    """A readable text version of HTML: headings, lists and tables kept, links with their URL."""
-    text: str = get_text(html, _TEXT_CONFIG)
-    return text.strip() + "\n"
+    extra: tuple[tuple[str, str], ...] = ()  # after the standard headers, in order
 
 
 def make_message_id(*, log_id: int, delivery_id: int, salt: str, domain: str) -> str:
@@ -92,27 +88,87 @@ def parts_for(
     return wanted
 
 
-def build_message(*, content: RenderedContent, parts: Parts, headers: HeaderValues) -> bytes:
-    """The message, as the bytes to hand to SMTP (CRLF line ends, ending in CRLF)."""
-    msg = EmailMessage(policy=POLICY)
-    msg["Date"] = format_datetime(headers.date)
-    msg["From"] = Address(header_text(headers.from_name), addr_spec=headers.from_address)
-    msg["To"] = Address(header_text(headers.to_name), addr_spec=headers.to_address)
+def _encoded(text: str, charset: Charset, where: str) -> bytes:
+    problem = first_unrepresentable(text, charset)
+    if problem is not None:
+        raise EncodingError(problem.describe(charset, where))
+    return charset.encode(text)
+
+
+def part_bytes(text: str, charset: Charset, where: str) -> list[bytes]:
+    """The lines of one text part in `charset` (what transfer decoding gives back)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [_encoded(line, charset, where) for line in lines]  # stateful codecs reset per line
+
+
+def decoded_part(text: str, charset: Charset, where: str) -> bytes:
+    """The bytes a reader gets back from the part after transfer decoding (mirror pages)."""
+    return b"\r\n".join(part_bytes(text, charset, where)) + b"\r\n"
+
+
+def body_part(text: str, charset: Charset, where: str) -> tuple[str, bytes]:
+    """(transfer encoding, CRLF body) for one text part: the smallest legal choice."""
+    encoded = part_bytes(text, charset, where)
+    raw = b"\r\n".join(encoded) + b"\r\n"
+    if raw.isascii() and b"\0" not in raw and all(len(line) <= _MAX_LINE for line in encoded):
+        return "7bit", raw
+    qp = binascii.b2a_qp(b"\n".join(encoded) + b"\n", istext=True).replace(b"\n", b"\r\n")
+    b64 = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+    return ("quoted-printable", qp) if len(qp) <= len(b64) else ("base64", b64)
+
+
+def _part_headers(subtype: str, charset: Charset, cte: str) -> str:
+    return (f'Content-Type: text/{subtype}; charset="{charset.mime}"\r\n'
+            f"Content-Transfer-Encoding: {cte}\r\n")
+
+
+def _guarded(field: str, charset: Charset, make: Callable[..., str], *args: str) -> str:
+    """A header line; EncodingError names the field when the charset cannot represent it."""
+    try:
+        return make(*args, charset)
+    except UnicodeEncodeError as exc:
+        text = str(exc.object)
+        character = text[exc.start]
+        raise EncodingError(f"{field}: the character {character!r} (U+{ord(character):04X}) at "
+                            f"position {exc.start + 1} cannot be encoded in {charset.mime}"
+                            ) from None
+
+
+def build_message(*, content: RenderedContent, parts: Parts, headers: HeaderValues,
+                  charset: Charset = UTF8, utf8_headers: bool = False) -> bytes:
+    """The message, as the bytes to hand to SMTP (CRLF line ends, ending in CRLF).
+
+    `utf8_headers` allows raw UTF-8 in headers (RFC 6532), for SMTPUTF8 recipients.
+    """
+    lines = [
+        f"Date: {format_datetime(headers.date)}",
+        _guarded("from_name", charset, address_header, "From", headers.from_name,
+                 headers.from_address),
+        _guarded("to", charset, address_header, "To", headers.to_name, headers.to_address),
+    ]
     if headers.reply_to:
-        msg["Reply-To"] = headers.reply_to
-    msg["Subject"] = header_text(content.subject)
-    msg["Message-ID"] = headers.message_id
+        lines.append(f"Reply-To: {headers.reply_to}")
+    lines.append(_guarded("subject", charset, unstructured_header, "Subject", content.subject))
+    lines.append(f"Message-ID: {headers.message_id}")
+    for name, value in headers.extra:
+        lines.append(_guarded(name, charset, unstructured_header, name, value))
+    lines.append("MIME-Version: 1.0")
     text = content.text if content.text.strip() else html_to_text(content.html)
-    if parts is Parts.TEXT:
-        msg.set_content(text, subtype="plain", charset="utf-8")
-    elif parts is Parts.HTML:
-        msg.set_content(content.html, subtype="html", charset="utf-8")
+    if parts is Parts.MULTIPART:
+        boundary = "=_pr_" + hashlib.sha256(headers.message_id.encode()).hexdigest()[:32]
+        lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        body = bytearray()
+        for subtype, source in (("plain", text), ("html", content.html)):
+            cte, data = body_part(source, charset, "text" if subtype == "plain" else "html")
+            body += f"--{boundary}\r\n{_part_headers(subtype, charset, cte)}\r\n".encode()
+            body += data
+        body += f"--{boundary}--\r\n".encode()
     else:
-        msg.set_content(text, subtype="plain", charset="utf-8")
-        msg.add_alternative(content.html, subtype="html", charset="utf-8")
-        for part in msg.iter_parts():
-            del part["MIME-Version"]
-        digest = hashlib.sha256(headers.message_id.encode()).hexdigest()[:32]
-        msg.set_boundary(f"=_pr_{digest}")
-    data = msg.as_bytes(policy=POLICY)
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
+        subtype, source = ("plain", text) if parts is Parts.TEXT else ("html", content.html)
+        cte, data = body_part(source, charset, "text" if subtype == "plain" else "html")
+        head = "\r\n".join(lines) + "\r\n" + _part_headers(subtype, charset, cte) + "\r\n"
+        body = bytearray(data)
+    return head.encode("utf-8" if utf8_headers else "ascii") + bytes(body)

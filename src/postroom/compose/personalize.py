@@ -7,10 +7,11 @@ pure function of the compiled templates and the recipient.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
@@ -18,7 +19,13 @@ from jinja2.utils import missing
 from postroom.domain.models import Recipient
 from postroom.errors import TemplateError
 
-__all__ = ["CompiledContent", "RenderedContent", "compile_content", "recipient_context"]
+__all__ = [
+    "CompiledContent",
+    "RenderedContent",
+    "compile_content",
+    "recipient_context",
+    "static_text",
+]
 
 
 class _Named:
@@ -95,6 +102,7 @@ class CompiledContent:
     _text: Any
     has_html: bool
     has_text: bool
+    variables: frozenset[str]  # the top-level names the content uses (mirror_url, ...)
 
     def render(self, context: dict[str, Any], *, who: str = "") -> RenderedContent:
         """Render for one recipient; TemplateError names the field, the variable and `who`."""
@@ -130,19 +138,34 @@ def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str) -> Any
 
 def compile_content(*, subject: str, html: str, text: str) -> CompiledContent:
     """Compile a delivery's content; a syntax error raises TemplateError naming field and line."""
-    return CompiledContent(
+    compiled = CompiledContent(
         _subject=_compile(_TEXT_ENV, subject, "subject"),
         _html=_compile(_HTML_ENV, html, "html"),
         _text=_compile(_TEXT_ENV, text, "text"),
         has_html=bool(html.strip()),
         has_text=bool(text.strip()),
+        variables=frozenset().union(*(
+            meta.find_undeclared_variables(_TEXT_ENV.parse(source))
+            for source in (subject, html, text))),
     )
+    return compiled
 
 
-def recipient_context(recipient: Recipient, *, delivery_id: int, delivery_name: str) -> dict[
-    str, Any
-]:
-    """The variables a template sees for one recipient."""
+def static_text(source: str) -> Iterator[tuple[int, str]]:
+    """(offset in the source, text) of each stretch of literal text in a template's source."""
+    offset = 0
+    for _line, kind, value in _TEXT_ENV.lex(source):
+        position = source.find(value, offset) if value else offset
+        if position >= 0:
+            offset = position
+        if kind == "data":
+            yield offset, value
+        offset += len(value)
+
+
+def recipient_context(recipient: Recipient, *, delivery_id: int, delivery_name: str,
+                      links: dict[str, str] | None = None) -> dict[str, Any]:
+    """The variables a template sees for one recipient (`links`: mirror_url, ...)."""
     values: dict[str, Any] = dict(recipient.fields)
     values.update(
         email=recipient.email,
@@ -153,4 +176,5 @@ def recipient_context(recipient: Recipient, *, delivery_id: int, delivery_name: 
     return {
         "recipient": _Named("recipient", values),
         "delivery": _Named("delivery", {"id": delivery_id, "name": delivery_name}),
+        **(links or {}),
     }

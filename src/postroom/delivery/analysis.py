@@ -9,22 +9,22 @@ opted out.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from postroom.compose.mime import parts_for
-from postroom.compose.personalize import recipient_context
+from postroom.compose.charsets import first_unrepresentable
+from postroom.compose.mime import EncodingError
+from postroom.compose.personalize import static_text
 from postroom.delivery.audience import matcher
-from postroom.delivery.plan import Plan, make_plan
-from postroom.domain.models import Delivery, NewLog, Recipient
-from postroom.domain.outcomes import FailureReason
-from postroom.domain.properties import MessageFormat
+from postroom.delivery.plan import Plan
+from postroom.domain.addresses import normalize_address
+from postroom.domain.models import Delivery, NewLog, Recipient, Target
+from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.properties import MessageFormat, MirrorMode
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.errors import InputError, PostroomError, TemplateError
-from postroom.recipients.csv_rows import normalize_address
-from postroom.settings import DefaultsSettings, SendingSettings
+from postroom.errors import InputError, PostroomError
 
 __all__ = ["AnalysisReport", "analyze"]
 
@@ -45,6 +45,7 @@ class AnalysisReport:
     ok: bool = False
     targets: int = 0
     pending: int = 0
+    failed: int = 0  # recipients whose data the charset cannot represent
     excluded: Counter[FailureReason] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
 
@@ -54,9 +55,46 @@ class AnalysisReport:
             "ok": self.ok,
             "targets": self.targets,
             "to_send": self.pending,
+            "failed": self.failed,
             "excluded": {reason.label: n for reason, n in sorted(self.excluded.items())},
             "errors": self.errors,
         }
+
+
+def _charset_problems(plan: Plan) -> list[str]:
+    """Static text (outside personalization) that the delivery's charset cannot represent."""
+    problems: list[str] = []
+    sources = {"subject": plan.props.subject, "html": plan.props.html, "text": plan.props.text}
+    for field_name, source in sources.items():
+        for offset, text in static_text(source):
+            problem = first_unrepresentable(text, plan.charset)
+            if problem is not None:
+                index = offset + problem.index
+                line = source.count("\n", 0, index) + 1
+                column = index - (source.rfind("\n", 0, index) + 1) + 1
+                problems.append(f"{field_name}: the character {problem.character!r} "
+                                f"(U+{ord(problem.character):04X}) at line {line}, column "
+                                f"{column} cannot be encoded in {plan.charset.mime}")
+                break
+    plain = {"from_name": plan.from_name, **{f"header {n}": v for n, v in plan.extra_headers}}
+    for field_name, value in plain.items():
+        problem = first_unrepresentable(value, plan.charset)
+        if problem is not None:
+            problems.append(problem.describe(plan.charset, field_name))
+    return problems
+
+
+def _mirror_problems(plan: Plan) -> list[str]:
+    mode = plan.props.mirror_mode
+    uses_link = "mirror_url" in plan.content.variables
+    if uses_link and mode is MirrorMode.NEVER:
+        return ["mirror_mode: the content uses mirror_url but mirror_mode is never"]
+    if uses_link and mode is MirrorMode.ID_ONLY:
+        return ["mirror_mode: id_only pages are reached only from the delivery log; remove "
+                "mirror_url from the content or choose auto or force"]
+    if plan.mirror and not plan.content.has_html:
+        return ["mirror_mode: a mirror page needs HTML content (also for text-only sends)"]
+    return []
 
 
 def static_checks(plan: Plan, *, archive_available: bool) -> list[str]:
@@ -77,17 +115,16 @@ def static_checks(plan: Plan, *, archive_available: bool) -> list[str]:
         problems.append("content: the delivery has neither HTML nor text content")
     if props.format is MessageFormat.HTML and not plan.content.has_html:
         problems.append("format: html was chosen but the delivery has no HTML content")
-    if props.charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
-        problems.append(f"charset: {props.charset!r} is not supported yet (use utf-8)")
     if props.email_bcc and not archive_available:
         problems.append(
             "email_bcc: the delivery asks for Email BCC, but this instance has no archive "
             "address (the administrator sets archive.enabled and archive.bcc_address)"
         )
-    return problems
+    return problems + _charset_problems(plan) + _mirror_problems(plan)
 
 
-def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport) -> Iterator[NewLog]:
+def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport,
+          now: datetime) -> Iterator[NewLog]:
     delivery = plan.delivery
     wanted = matcher(delivery.audience.filters)
     previous_key: str | None = None
@@ -113,13 +150,16 @@ def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport) -> Iterator[
             yield NewLog(recipient.id, recipient.email, LogStatus.IGNORED, reason, detail)
             continue
         try:
-            context = recipient_context(recipient, delivery_id=delivery.id,
-                                        delivery_name=delivery.name)
-            plan.content.render(context, who=f"recipient #{recipient.id} <{recipient.email}>")
-            parts_for(plan.props.format, recipient.email_format,
-                      has_html=plan.content.has_html, has_text=plan.content.has_text)
+            plan.render(Target(0, 0, recipient), now, sign=False)
+        except EncodingError as exc:  # this recipient's data does not fit the charset
+            report.failed += 1
+            yield NewLog(recipient.id, recipient.email, LogStatus.FAILED,
+                         FailureReason.UNDEFINED, f"message not built: {exc}",
+                         FailureType.HARD)
+            continue
         except InputError as exc:
-            report.errors.append(str(exc))
+            report.errors.append(f"recipient #{recipient.id} <{recipient.email}>: {exc}"
+                                 if recipient.email not in str(exc) else str(exc))
             if len(report.errors) >= MAX_ERRORS:
                 raise _Abort from None
             continue
@@ -133,21 +173,18 @@ class _Abort(Exception):
     """Rolls the log writing back when some recipient cannot be rendered."""
 
 
-def analyze(store: AnalysisStore, delivery_id: int, *, defaults: DefaultsSettings,
-            sending: SendingSettings, archive_available: bool, now: datetime) -> AnalysisReport:
+def analyze(store: AnalysisStore, delivery_id: int, *, planner: Callable[[Delivery], Plan],
+            archive_available: bool, now: datetime) -> AnalysisReport:
     """Analyze a delivery; its state ends `ready` or `failed` (with the errors kept)."""
     report = AnalysisReport(delivery_id)
     delivery = store.move_delivery(delivery_id, DeliveryState.ANALYZING, now)
     try:
-        plan = make_plan(delivery, defaults=defaults, sending=sending,
-                         archive_available=archive_available)
+        plan = planner(delivery)
         report.errors = static_checks(plan, archive_available=archive_available)
         if not report.errors:
-            store.replace_logs(delivery_id, _logs(store, plan, report), now)
+            store.replace_logs(delivery_id, _logs(store, plan, report, now), now)
     except _Abort:
         pass
-    except TemplateError as exc:
-        report.errors.append(str(exc))
     except PostroomError as exc:
         report.errors.append(str(exc))
     except BaseException:
@@ -155,7 +192,7 @@ def analyze(store: AnalysisStore, delivery_id: int, *, defaults: DefaultsSetting
                             error="analysis interrupted")
         raise
     if report.errors:
-        report.pending = 0
+        report.pending = report.failed = 0
         store.move_delivery(delivery_id, DeliveryState.FAILED, now,
                             error="\n".join(report.errors))
         return report

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from postroom.domain.models import ArchiveCopy, ArchiveState
+from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.domain.outcomes import Outcome, Verdict
-from postroom.storage.sql import ArchiveResult
 
 __all__ = ["ArchiveTarget", "Archiver", "Transport"]
 
 
 class Transport(Protocol):
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome: ...
+    async def send(self, sender: str, recipient: str, data: bytes, *,
+                   smtputf8: bool = False) -> Outcome: ...
     async def close(self) -> None: ...
 
 

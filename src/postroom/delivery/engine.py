@@ -9,18 +9,20 @@ unreachable archive relay never holds recipients' messages back.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from postroom.delivery.archive import Archiver, Transport
-from postroom.delivery.plan import Message, Plan, make_plan
+from postroom.delivery.plan import Message, Plan
+from postroom.domain.addresses import wire_address
 from postroom.domain.models import Delivery, LogUpdate, Target
 from postroom.domain.outcomes import FailureReason, Verdict
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import ConfigError, PostroomError, StateError
-from postroom.settings import DefaultsSettings, SendingSettings
+from postroom.settings import SendingSettings
 
 __all__ = ["Engine", "RunSummary", "SendStore"]
 
@@ -34,6 +36,7 @@ class SendStore(Protocol):
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
                   lease: timedelta) -> list[Target]: ...
     def record(self, updates: list[LogUpdate], now: datetime) -> None: ...
+    def release(self, log_ids: list[int]) -> None: ...
     def next_due(self, delivery_id: int) -> datetime | None: ...
     def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
                        reason: FailureReason | None, detail: str) -> int: ...
@@ -52,25 +55,26 @@ class RunSummary:
 
 class Engine:
     def __init__(self, store: SendStore, connect: Callable[[], Transport], *,
-                 sending: SendingSettings, defaults: DefaultsSettings,
+                 planner: Callable[[Delivery], Plan], sending: SendingSettings,
                  archiver: Archiver | None, archive_drain_seconds: float,
                  clock: Callable[[], datetime]):
         self._store = store
         self._connect = connect
+        self._planner = planner
         self._sending = sending
-        self._defaults = defaults
         self._archiver = archiver
         self._drain = archive_drain_seconds
         self._clock = clock
         self._updates: list[LogUpdate] = []
+        self._state = DeliveryState.SENDING
+        self._state_read_at = 0.0
 
     async def run(self, delivery_id: int, *, progress: Progress | None = None) -> RunSummary:
         """Send a delivery in state `sending` until nothing is due soon, then return."""
         delivery = self._store.get_delivery(delivery_id)
         if delivery.state is not DeliveryState.SENDING:
             raise StateError(f"delivery #{delivery_id} is {delivery.state}, not sending")
-        plan = make_plan(delivery, defaults=self._defaults, sending=self._sending,
-                         archive_available=self._archiver is not None)
+        plan = self._planner(delivery)
         if delivery.properties.email_bcc and self._archiver is None:
             raise ConfigError("the delivery asks for Email BCC but archive.enabled is off; "
                               "nothing was sent (the administrator must switch it back on)")
@@ -103,25 +107,32 @@ class Engine:
                                    detail="the delivery's validity ended")
 
     async def _send_all(self, plan: Plan, summary: RunSummary, progress: Progress | None) -> None:
-        queue: asyncio.Queue[Message | None] = asyncio.Queue(self._sending.connections * 8)
-        workers = [asyncio.create_task(self._worker(queue, plan, summary, progress))
-                   for _ in range(self._sending.connections)]
+        """Feed claimed logs to N connection workers; a worker's crash stops the run."""
+        queue: asyncio.Queue[Message] = asyncio.Queue(self._sending.connections * 8)
+        sender = wire_address(plan.errors_to).address
         try:
-            await self._feed(queue, plan)
+            async with asyncio.TaskGroup() as group:
+                workers = [group.create_task(self._worker(queue, plan, sender, summary,
+                                                          progress))
+                           for _ in range(self._sending.connections)]
+                await self._feed(queue, plan)
+                await queue.join()
+                for worker in workers:
+                    worker.cancel()
         finally:
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
             self._flush()
 
-    async def _feed(self, queue: asyncio.Queue[Message | None], plan: Plan) -> None:
+    async def _feed(self, queue: asyncio.Queue[Message], plan: Plan) -> None:
         delivery_id = plan.delivery.id
         lease = timedelta(seconds=self._sending.lease_seconds)
-        while self._store.get_delivery(delivery_id).state is DeliveryState.SENDING:
+        while self._sending_allowed(delivery_id, force=True):
             targets = self._store.claim_due(delivery_id, self._clock(),
                                             self._sending.batch_size, lease)
             if targets:
-                for target in targets:
+                for index, target in enumerate(targets):
+                    if not self._sending_allowed(delivery_id):
+                        self._store.release([t.log_id for t in targets[index:]])
+                        return
                     try:
                         await queue.put(plan.render(target, self._clock()))
                     except PostroomError as exc:
@@ -132,15 +143,23 @@ class Engine:
             due = self._store.next_due(delivery_id)
             if due is None:
                 return
-            wait = (due - self._clock()).total_seconds()
             if due >= plan.valid_until:
                 self._expire(delivery_id)
                 return
+            wait = (due - self._clock()).total_seconds()
             if wait > self._sending.wait_for_retries_seconds:
                 return  # a later run picks them up
             await asyncio.sleep(max(wait, 0.01))
 
-    async def _worker(self, queue: asyncio.Queue[Message | None], plan: Plan,
+    def _sending_allowed(self, delivery_id: int, *, force: bool = False) -> bool:
+        """Whether the delivery is still `sending` (re-read at most every half second)."""
+        now = time.monotonic()
+        if force or now - self._state_read_at >= 0.5:
+            self._state_read_at = now
+            self._state = self._store.get_delivery(delivery_id).state
+        return self._state is DeliveryState.SENDING
+
+    async def _worker(self, queue: asyncio.Queue[Message], plan: Plan, sender: str,
                       summary: RunSummary, progress: Progress | None) -> None:
         transport = self._connect()
         faults = 0
@@ -148,10 +167,8 @@ class Engine:
             while True:
                 message = await queue.get()
                 try:
-                    if message is None:
-                        return
-                    outcome = await transport.send(plan.errors_to, message.target.recipient.email,
-                                                   message.data)
+                    outcome = await transport.send(sender, message.recipient, message.data,
+                                                   smtputf8=message.smtputf8)
                     update = plan.settle(message, outcome, self._clock())
                     self._updates.append(update)
                     if update.status is LogStatus.SENT:

@@ -1,25 +1,43 @@
 """A delivery made ready to send: resolved properties, compiled content, pure steps.
 
-`Plan.render()` turns one target into the bytes of its message; `Plan.settle()` turns the outcome
-of one attempt into the log update (sent, failed, or pending again with the time of the retry).
-Both are pure: the clock arrives as `now`.
+`Plan.render()` turns one target into the bytes of its message (and its mirror page);
+`Plan.settle()` turns the outcome of one attempt into the log update (sent, failed, or pending
+again with the time of the retry). Both are pure: the clock arrives as `now`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from urllib.parse import quote
 
-from postroom.compose.mime import HeaderValues, build_message, make_message_id, parts_for
-from postroom.compose.personalize import CompiledContent, compile_content, recipient_context
-from postroom.domain.models import Delivery, LogUpdate, Target
-from postroom.domain.outcomes import FailureType, Outcome, Verdict
-from postroom.domain.properties import Properties
+from postroom.compose.charsets import Charset, charset_for
+from postroom.compose.dkim import DkimSigner
+from postroom.compose.extra_headers import parse_extra_headers
+from postroom.compose.html import inline_css
+from postroom.compose.mime import (
+    HeaderValues,
+    build_message,
+    decoded_part,
+    make_message_id,
+    parts_for,
+)
+from postroom.compose.personalize import (
+    CompiledContent,
+    RenderedContent,
+    compile_content,
+    recipient_context,
+)
+from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, make_token
+from postroom.domain.addresses import WireAddress, wire_address
+from postroom.domain.models import Delivery, LogUpdate, Recipient, Target
+from postroom.domain.outcomes import FailureReason, FailureType, Outcome, Verdict
+from postroom.domain.properties import MirrorMode, Properties
 from postroom.domain.states import LogStatus
 from postroom.settings import DefaultsSettings, SendingSettings
 
-__all__ = ["Message", "Plan", "RetryPolicy", "make_plan"]
+__all__ = ["Links", "Message", "Plan", "Planner", "RetryPolicy", "make_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +52,47 @@ class RetryPolicy:
         """Wait before the next attempt, after `attempts` attempts failed temporarily."""
         return self.quick_delay if attempts <= self.quick_retries else self.retry_period
 
+    def may_retry(self, attempts: int) -> bool:
+        """Whether another attempt may follow `attempts` failed ones.
+
+        The quick in-run retries come on top of the delivery's `max_retries` (DESIGN.md §3:
+        at most 5, every retry period); `max_retries = 0` means no retry at all.
+        """
+        if self.max_retries == 0:
+            return False
+        return attempts <= self.quick_retries + self.max_retries
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Where links in messages point, and the key that signs them."""
+
+    base_url: str
+    secret: bytes
+    unsubscribe_mailto: str
+
+    def mirror_url(self, log_id: int | None) -> str:
+        token = "proof" if log_id is None else make_token(self.secret, MIRROR, log_id)
+        return f"{self.base_url}/m/{token}"
+
+    def unsubscribe_url(self, log_id: int | None) -> str:
+        token = "proof" if log_id is None else make_token(self.secret, UNSUBSCRIBE, log_id)
+        return f"{self.base_url}/u/{token}"
+
+    def list_unsubscribe(self, log_id: int | None) -> str:
+        token = "proof" if log_id is None else make_token(self.secret, UNSUBSCRIBE, log_id)
+        mailto = f"mailto:{self.unsubscribe_mailto}?subject={quote('unsubscribe ' + token)}"
+        return f"<{mailto}>, <{self.unsubscribe_url(log_id)}>"
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
     target: Target
     data: bytes
     message_id: str
+    recipient: str  # the envelope recipient (A-label domain)
+    smtputf8: bool = False
+    mirror_html: bytes | None = None  # the HTML part's bytes, for the mirror page
 
 
 @dataclass(frozen=True)
@@ -47,78 +100,132 @@ class Plan:
     delivery: Delivery
     props: Properties
     content: CompiledContent
+    charset: Charset
     from_name: str
     from_address: str
     reply_to: str
     errors_to: str
     archive: bool
     retry: RetryPolicy
+    links: Links
+    extra_headers: tuple[tuple[str, str], ...]
+    resource_validity: timedelta
+    signer: DkimSigner | None = None
 
     @property
     def valid_until(self) -> datetime:
         start = self.delivery.started_at or self.delivery.analyzed_at or self.delivery.created_at
         return start + self.retry.validity
 
-    def render(self, target: Target, now: datetime) -> Message:
+    @property
+    def mirror(self) -> bool:
+        """Whether each message gets a mirror page."""
+        mode = self.props.mirror_mode
+        return mode in (MirrorMode.FORCE, MirrorMode.ID_ONLY) or (
+            mode is MirrorMode.AUTO and "mirror_url" in self.content.variables)
+
+    def personalize(self, recipient: Recipient, log_id: int | None) -> RenderedContent:
+        """The recipient's subject, HTML and text (TemplateError if the content fails)."""
+        links = {"mirror_url": self.links.mirror_url(log_id),
+                 "unsubscribe_url": self.links.unsubscribe_url(log_id)}
+        context = recipient_context(recipient, delivery_id=self.delivery.id,
+                                    delivery_name=self.delivery.name, links=links)
+        content = self.content.render(context, who=recipient.email)
+        if self.props.inline_css and content.html:
+            content = RenderedContent(content.subject, inline_css(content.html), content.text)
+        return content
+
+    def render(self, target: Target, now: datetime, *, sign: bool = True) -> Message:
         """The message for one target; raises TemplateError/InputError if it cannot be built."""
         recipient = target.recipient
-        context = recipient_context(
-            recipient, delivery_id=self.delivery.id, delivery_name=self.delivery.name
-        )
-        content = self.content.render(context, who=recipient.email)
-        parts = parts_for(self.props.format, recipient.email_format,
-                          has_html=self.content.has_html, has_text=self.content.has_text)
-        message_id = make_message_id(
-            log_id=target.log_id, delivery_id=self.delivery.id, salt=self.delivery.salt,
-            domain=self.from_address.rpartition("@")[2],
-        )
+        wire = wire_address(recipient.email)
+        content = self.personalize(recipient, target.log_id)
+        message_id = self.message_id(target.log_id)
         to_name = f"{recipient.first_name} {recipient.last_name}".strip()
+        data = self._compose(content, recipient, wire, to_name, target.log_id, message_id, now,
+                             sign=sign)
+        mirror = (decoded_part(content.html, self.charset, "html")
+                  if self.mirror and content.html else None)
+        return Message(target, data, message_id, wire.address, wire.smtputf8, mirror)
+
+    def render_proof(self, sample: Recipient, to: str, number: int,
+                     now: datetime) -> tuple[bytes, WireAddress]:
+        """Proof #number: the content personalized for `sample`, addressed to `to`.
+
+        Links in proofs are inactive (they point to .../proof, which serves no page).
+        """
+        wire = wire_address(to)
+        content = self.personalize(sample, None)
+        content = RenderedContent(f"Proof #{number} {content.subject}", content.html,
+                                  content.text)
+        domain = self.from_address.rpartition("@")[2]
+        message_id = f"<proof.{number}.{self.delivery.id}.{self.delivery.salt}@{domain}>"
+        return self._compose(content, sample, wire, "", None, message_id, now), wire
+
+    def _compose(self, content: RenderedContent, recipient: Recipient, wire: WireAddress,
+                 to_name: str, log_id: int | None, message_id: str, now: datetime, *,
+                 sign: bool = True) -> bytes:
+        extra = self.extra_headers
+        if self.props.list_unsubscribe:
+            extra = (("List-Unsubscribe", self.links.list_unsubscribe(log_id)),
+                     ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"), *extra)
         headers = HeaderValues(
             from_name=self.from_name, from_address=self.from_address, to_name=to_name,
-            to_address=recipient.email, reply_to=self.reply_to, subject=content.subject,
-            message_id=message_id, date=now,
-        )
-        return Message(target, build_message(content=content, parts=parts, headers=headers),
-                       message_id)
+            to_address=wire.address, reply_to=self.reply_to, subject=content.subject,
+            message_id=message_id, date=now, extra=extra)
+        parts = parts_for(self.props.format, recipient.email_format,
+                          has_html=self.content.has_html, has_text=self.content.has_text)
+        data = build_message(content=content, parts=parts, headers=headers,
+                             charset=self.charset, utf8_headers=wire.smtputf8)
+        if sign and self.signer is not None:
+            data = self.signer.sign(data)
+        return data
+
+    def message_id(self, log_id: int) -> str:
+        return make_message_id(log_id=log_id, delivery_id=self.delivery.id,
+                               salt=self.delivery.salt,
+                               domain=self.from_address.rpartition("@")[2])
 
     def settle(self, message: Message, outcome: Outcome, now: datetime) -> LogUpdate:
         """The log update that records `outcome` for `message`."""
         attempts = message.target.attempts + 1
-        reply = outcome.text
+        failed = LogUpdate(
+            log_id=message.target.log_id, status=LogStatus.FAILED, attempts=attempts,
+            next_attempt_at=None, failure_type=outcome.failure_type or FailureType.UNDEFINED,
+            failure_reason=outcome.reason, detail=outcome.detail, smtp_reply=outcome.text,
+            message_id=message.message_id)
         if outcome.verdict is Verdict.SENT:
-            return LogUpdate(
-                log_id=message.target.log_id, status=LogStatus.SENT, attempts=attempts,
-                next_attempt_at=None, smtp_reply=reply, message_id=message.message_id,
+            mirrored = message.mirror_html is not None
+            return replace(
+                failed, status=LogStatus.SENT, failure_type=None, failure_reason=None,
                 sent_at=now, size=len(message.data),
                 sha256=hashlib.sha256(message.data).hexdigest(),
                 archive_data=message.data if self.archive else None,
-            )
-        if outcome.verdict is Verdict.DEFERRED:
-            retry_at = now + self.retry.delay(attempts)
-            if attempts <= self.retry.max_retries and retry_at < self.valid_until:
-                return LogUpdate(
-                    log_id=message.target.log_id, status=LogStatus.PENDING, attempts=attempts,
-                    next_attempt_at=retry_at, failure_type=outcome.failure_type,
-                    failure_reason=outcome.reason, detail=outcome.detail, smtp_reply=reply,
-                )
-        return LogUpdate(
-            log_id=message.target.log_id, status=LogStatus.FAILED, attempts=attempts,
-            next_attempt_at=None, failure_type=outcome.failure_type or FailureType.UNDEFINED,
-            failure_reason=outcome.reason, detail=outcome.detail, smtp_reply=reply,
-        )
+                mirror_html=message.mirror_html,
+                mirror_until=now + self.resource_validity if mirrored else None)
+        retry_at = now + self.retry.delay(attempts)
+        if outcome.verdict is Verdict.DEFERRED and self.retry.may_retry(attempts) \
+                and retry_at < self.valid_until:
+            return replace(failed, status=LogStatus.PENDING, next_attempt_at=retry_at,
+                           failure_type=outcome.failure_type)
+        return failed
 
     def unrenderable(self, target: Target, error: Exception) -> LogUpdate:
         """A target whose message cannot be built fails alone (hard: retrying cannot help)."""
         return LogUpdate(
             log_id=target.log_id, status=LogStatus.FAILED, attempts=target.attempts,
-            next_attempt_at=None, failure_type=FailureType.HARD, failure_reason=None,
-            detail=f"message not built: {error}",
+            next_attempt_at=None, failure_type=FailureType.HARD,
+            failure_reason=FailureReason.UNDEFINED, detail=f"message not built: {error}",
         )
 
 
 def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: SendingSettings,
-              archive_available: bool) -> Plan:
-    """Resolve a delivery's properties against the platform defaults and compile its content."""
+              archive_available: bool, links: Links, resource_validity_days: float = 30.0,
+              signers: dict[str, DkimSigner] | None = None) -> Plan:
+    """Resolve a delivery's properties against the platform defaults and compile its content.
+
+    Raises InputError (or TemplateError) when a property cannot be used.
+    """
     props = delivery.properties
     content = compile_content(subject=props.subject, html=props.html, text=props.text)
     retry = RetryPolicy(
@@ -129,12 +236,38 @@ def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: Sendin
         quick_retries=sending.quick_retries,
         quick_delay=timedelta(seconds=sending.quick_retry_seconds),
     )
+    from_address = props.from_address or defaults.from_address
+    domain = from_address.rpartition("@")[2].lower()
     return Plan(
-        delivery=delivery, props=props, content=content,
+        delivery=delivery, props=props, content=content, charset=charset_for(props.charset),
         from_name=props.from_name or defaults.from_name,
-        from_address=props.from_address or defaults.from_address,
+        from_address=from_address,
         reply_to=props.reply_to or defaults.reply_to,
         errors_to=props.errors_to or defaults.errors_to,
         archive=props.email_bcc and archive_available,
         retry=retry,
+        links=Links(links.base_url, links.secret,
+                    links.unsubscribe_mailto or f"unsubscribe@{domain}"),
+        extra_headers=parse_extra_headers(props.extra_headers),
+        resource_validity=timedelta(days=props.resource_validity_days
+                                    or resource_validity_days),
+        signer=(signers or {}).get(domain),
     )
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Makes the plan of any delivery from the instance settings (built once, in wiring)."""
+
+    defaults: DefaultsSettings
+    sending: SendingSettings
+    links: Links
+    archive_available: bool
+    resource_validity_days: float = 30.0
+    signers: dict[str, DkimSigner] | None = None
+
+    def __call__(self, delivery: Delivery) -> Plan:
+        return make_plan(delivery, defaults=self.defaults, sending=self.sending,
+                         archive_available=self.archive_available, links=self.links,
+                         resource_validity_days=self.resource_validity_days,
+                         signers=self.signers)

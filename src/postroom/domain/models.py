@@ -13,6 +13,7 @@ from postroom.domain.states import DeliveryState, LogStatus
 
 __all__ = [
     "ArchiveCopy",
+    "ArchiveResult",
     "ArchiveState",
     "Audience",
     "Delivery",
@@ -21,8 +22,10 @@ __all__ = [
     "LogUpdate",
     "NewLog",
     "Recipient",
+    "RecipientRow",
     "Target",
     "Template",
+    "UpsertCounts",
 ]
 
 
@@ -147,6 +150,8 @@ class LogUpdate:
     size: int | None = None
     sha256: str | None = None
     archive_data: bytes | None = None  # set when the message was sent and Email BCC is on
+    mirror_html: bytes | None = None  # the HTML the recipient got, for its mirror page
+    mirror_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,3 +163,31 @@ class NewLog:
     status: LogStatus
     failure_reason: FailureReason | None = None
     detail: str = ""
+    failure_type: FailureType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    """A recipient as the importer hands it over (already validated and normalized)."""
+
+    email: str
+    first_name: str = ""
+    last_name: str = ""
+    email_format: EmailFormat = EmailFormat.UNKNOWN
+    opted_out: bool = False
+    fields: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    inserted: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveResult:
+    copy_id: int
+    state: ArchiveState
+    reply: str
+    next_attempt_at: datetime | None = None
+    attempted: bool = True

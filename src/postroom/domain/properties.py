@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from postroom.errors import InputError
 
-__all__ = ["MessageFormat", "Properties", "parse_properties"]
+__all__ = ["MessageFormat", "MirrorMode", "Properties", "parse_properties"]
 
 
 class MessageFormat(StrEnum):
@@ -22,6 +22,13 @@ class MessageFormat(StrEnum):
     MULTIPART = "multipart"
     HTML = "html"
     TEXT = "text"
+
+
+class MirrorMode(StrEnum):
+    AUTO = "auto"  # a page when the content uses mirror_url
+    FORCE = "force"  # always a page
+    NEVER = "never"
+    ID_ONLY = "id_only"  # a page reachable only from the delivery log (`deliveries mirror`)
 
 
 class Properties(BaseModel):
@@ -38,6 +45,11 @@ class Properties(BaseModel):
     text: str = ""
     format: MessageFormat = MessageFormat.MULTIPART
     charset: str = "utf-8"
+    inline_css: bool = True
+    mirror_mode: MirrorMode = MirrorMode.AUTO
+    resource_validity_days: float | None = Field(None, gt=0)
+    list_unsubscribe: bool = True
+    extra_headers: str = ""
     email_bcc: bool = False
     max_retries: int | None = Field(None, ge=0)
     retry_period_minutes: int | None = Field(None, ge=1)

@@ -12,13 +12,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
-
-from postroom.domain.models import EmailFormat
+from postroom.domain.addresses import normalize_address
+from postroom.domain.models import EmailFormat, RecipientRow
 from postroom.errors import InputError
-from postroom.storage.sql import RecipientRow
 
-__all__ = ["RowError", "normalize_address", "parse_csv"]
+__all__ = ["RowError", "parse_csv"]
 
 KNOWN = ("email", "first_name", "last_name", "email_format", "opted_out")
 _TRUE = {"1", "true", "yes", "y", "t"}
@@ -34,19 +32,6 @@ class RowError:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.reason}"
-
-
-def normalize_address(address: str) -> str:
-    """The address, validated (syntax only, no DNS) and normalized (domain lower-cased).
-
-    Raises InputError with the reason when the address is not usable.
-    """
-    try:
-        result = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as exc:
-        raise InputError(str(exc)) from None
-    normalized: str = result.normalized
-    return normalized
 
 
 class _Lines:

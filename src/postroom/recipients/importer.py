@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from postroom.domain.models import RecipientRow, UpsertCounts
 from postroom.recipients.csv_rows import RowError, parse_csv
-from postroom.storage.sql import RecipientRow, UpsertCounts
 
 __all__ = ["ImportReport", "RecipientStore", "import_csv"]
 

@@ -33,7 +33,9 @@ __all__ = [
     "audience_members",
     "deliveries",
     "delivery_logs",
+    "instance_secrets",
     "metadata",
+    "mirror_pages",
     "recipients",
     "templates",
 ]
@@ -102,6 +104,7 @@ deliveries = Table(
     Column("audience", JSON, nullable=False),
     Column("salt", String(32), nullable=False),  # unguessable part of Message-IDs
     Column("last_error", Text, nullable=False, default=""),
+    Column("proofs", Integer, nullable=False, default=0),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("analyzed_at", UtcDateTime()),
     Column("started_at", UtcDateTime()),
@@ -126,12 +129,14 @@ delivery_logs = Table(
            nullable=False),
     Column("recipient_id", Integer, ForeignKey("recipients.id", ondelete="SET NULL")),
     Column("email", String(320), nullable=False),
+    Column("domain", String(255)),  # lower-cased, for reports by recipient domain
     Column("status", String(16), nullable=False),
     Column("failure_type", String(16)),
     Column("failure_reason", Integer),
     Column("detail", Text, nullable=False, default=""),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime()),
+    Column("claimed_until", UtcDateTime()),  # a sender holds it until then (lease)
     Column("smtp_reply", Text, nullable=False, default=""),
     Column("message_id", String(255)),
     Column("sent_at", UtcDateTime()),
@@ -152,6 +157,7 @@ archive_outbox = Table(
     Column("state", String(16), nullable=False),  # pending | archived | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("claimed_until", UtcDateTime()),
     Column("data", LargeBinary),  # the exact bytes sent; cleared once archived
     Column("sha256", String(64), nullable=False),
     Column("reply", Text, nullable=False, default=""),
@@ -161,3 +167,21 @@ archive_outbox = Table(
     Index("ix_archive_due", "state", "next_attempt_at"),
 )
 
+mirror_pages = Table(
+    "mirror_pages",
+    metadata,
+    Column("log_id", Integer, ForeignKey("delivery_logs.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("html", LargeBinary, nullable=False),  # zlib of the exact bytes the recipient got
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False, index=True),
+)
+
+instance_secrets = Table(
+    "instance_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)

@@ -7,8 +7,8 @@ and its archive copy entering the outbox commit together, or not at all.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from postroom.domain.models import (
     ArchiveCopy,
+    ArchiveResult,
     ArchiveState,
     Audience,
     Delivery,
@@ -38,8 +39,10 @@ from postroom.domain.models import (
     LogUpdate,
     NewLog,
     Recipient,
+    RecipientRow,
     Target,
     Template,
+    UpsertCounts,
 )
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.properties import Properties
@@ -51,41 +54,16 @@ from postroom.storage.schema import (
     audience_members,
     deliveries,
     delivery_logs,
+    instance_secrets,
+    mirror_pages,
     recipients,
     templates,
 )
 
-__all__ = ["ArchiveResult", "RecipientRow", "SqlStore", "UpsertCounts", "open_store"]
+__all__ = ["SqlStore", "open_store"]
 
 _CHUNK = 500
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientRow:
-    """A recipient as the importer hands it over (already validated and normalized)."""
-
-    email: str
-    first_name: str = ""
-    last_name: str = ""
-    email_format: EmailFormat = EmailFormat.UNKNOWN
-    opted_out: bool = False
-    fields: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UpsertCounts:
-    inserted: int
-    updated: int
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveResult:
-    copy_id: int
-    state: ArchiveState
-    reply: str
-    next_attempt_at: datetime | None = None
-    attempted: bool = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -174,6 +152,7 @@ class SqlStore:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._dialect = engine.dialect.name
 
     def close(self) -> None:
         self.engine.dispose()
@@ -365,8 +344,8 @@ class SqlStore:
             values["last_error"] = error
         if target is DeliveryState.READY:
             values["analyzed_at"] = now
-        if target is DeliveryState.SENDING:
-            values["started_at"] = func.coalesce(deliveries.c.started_at, now)
+        if target is DeliveryState.SENDING and self.get_delivery(delivery_id).started_at is None:
+            values["started_at"] = now
         if target in (DeliveryState.FINISHED, DeliveryState.STOPPED):
             values["finished_at"] = now
         statement = (update(deliveries)
@@ -390,8 +369,10 @@ class SqlStore:
             for batch in _chunks(logs, 2000):
                 conn.execute(insert(delivery_logs), [
                     {"delivery_id": delivery_id, "recipient_id": log.recipient_id,
-                     "email": log.email, "status": log.status,
-                     "failure_type": FailureType.IGNORED if log.failure_reason else None,
+                     "email": log.email, "domain": log.email.rpartition("@")[2].lower(),
+                     "status": log.status,
+                     "failure_type": log.failure_type or (
+                         FailureType.IGNORED if log.status is LogStatus.IGNORED else None),
                      "failure_reason": log.failure_reason, "detail": log.detail,
                      "attempts": 0,
                      "next_attempt_at": now if log.status is LogStatus.PENDING else None,
@@ -402,23 +383,36 @@ class SqlStore:
 
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
                   lease: timedelta) -> list[Target]:
-        """Take up to `limit` due pending logs; they are ours until `now + lease`."""
-        due = and_(delivery_logs.c.delivery_id == delivery_id,
-                   delivery_logs.c.status == LogStatus.PENDING,
-                   delivery_logs.c.next_attempt_at <= now)
+        """Take up to `limit` due pending logs; they are ours until `now + lease`.
+
+        Only rows this call's UPDATE changed are returned, so two senders never get one log.
+        """
+        c = delivery_logs.c
+        due = and_(c.delivery_id == delivery_id, c.status == LogStatus.PENDING,
+                   c.next_attempt_at <= now, _unclaimed(c.claimed_until, now))
         with self.engine.begin() as conn:
-            ids = list(conn.scalars(select(delivery_logs.c.id).where(due)
-                                    .order_by(delivery_logs.c.next_attempt_at,
-                                              delivery_logs.c.id).limit(limit)))
+            candidates = (select(c.id).where(due).order_by(c.next_attempt_at, c.id)
+                          .limit(limit).with_for_update(skip_locked=True))
+            ids = list(conn.scalars(update(delivery_logs)
+                                    .where(due, c.id.in_(candidates.scalar_subquery()
+                                                         if self._dialect == "sqlite"
+                                                         else list(conn.scalars(candidates))))
+                                    .values(claimed_until=now + lease)
+                                    .returning(c.id)))
             if not ids:
                 return []
-            conn.execute(update(delivery_logs).where(due, delivery_logs.c.id.in_(ids))
-                         .values(next_attempt_at=now + lease))
             rows = conn.execute(
-                select(delivery_logs.c.id.label("log_id"), delivery_logs.c.attempts, recipients)
-                .join(recipients, recipients.c.id == delivery_logs.c.recipient_id)
-                .where(delivery_logs.c.id.in_(ids)).order_by(delivery_logs.c.id)).all()
+                select(c.id.label("log_id"), c.attempts, recipients)
+                .join(recipients, recipients.c.id == c.recipient_id)
+                .where(c.id.in_(ids)).order_by(c.id)).all()
         return [Target(row.log_id, row.attempts, _recipient(row)) for row in rows]
+
+    def release(self, log_ids: Sequence[int]) -> None:
+        """Give claimed logs back unsent (a pause or stop came between claim and send)."""
+        with self.engine.begin() as conn:
+            for batch in _chunks(log_ids):
+                conn.execute(update(delivery_logs).where(delivery_logs.c.id.in_(batch))
+                             .values(claimed_until=None))
 
     def record(self, updates: Sequence[LogUpdate], now: datetime) -> None:
         """Record send outcomes; a sent log's archive copy enters the outbox in the same commit."""
@@ -451,6 +445,24 @@ class SqlStore:
                          "sha256": copies[log_id].sha256 or _sha(copies[log_id].archive_data),
                          "reply": "", "created_at": now}
                         for log_id, delivery_id in owed])
+            self._record_mirrors(conn, updates, now)
+
+    def _record_mirrors(self, conn: Any, updates: Sequence[LogUpdate], now: datetime) -> None:
+        pages = [u for u in updates if u.mirror_html is not None and u.mirror_until is not None
+                 and u.status is LogStatus.SENT]
+        if not pages:
+            return
+        sent = dict(conn.execute(
+            select(delivery_logs.c.id, delivery_logs.c.delivery_id)
+            .where(delivery_logs.c.id.in_([u.log_id for u in pages]),
+                   delivery_logs.c.status == LogStatus.SENT,
+                   ~select(mirror_pages.c.log_id)
+                   .where(mirror_pages.c.log_id == delivery_logs.c.id).exists())).all())
+        rows = [{"log_id": u.log_id, "delivery_id": sent[u.log_id],
+                 "html": zlib.compress(u.mirror_html or b""), "created_at": now,
+                 "expires_at": u.mirror_until} for u in pages if u.log_id in sent]
+        if rows:
+            conn.execute(insert(mirror_pages), rows)
 
     def next_due(self, delivery_id: int) -> datetime | None:
         with self.engine.connect() as conn:
@@ -463,6 +475,8 @@ class SqlStore:
     def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
                        reason: FailureReason | None, detail: str) -> int:
         """Close every pending log of a delivery (validity over, or the delivery stopped)."""
+        if not can_log_move(LogStatus.PENDING, status):
+            raise StateError(f"a pending log cannot become {status}")
         with self.engine.begin() as conn:
             return conn.execute(
                 update(delivery_logs)
@@ -477,19 +491,24 @@ class SqlStore:
 
     def claim_archive(self, now: datetime, limit: int, lease: timedelta, *,
                       delivery_id: int | None = None) -> list[ArchiveCopy]:
-        due = and_(archive_outbox.c.state == ArchiveState.PENDING,
-                   archive_outbox.c.next_attempt_at <= now)
+        c = archive_outbox.c
+        due = and_(c.state == ArchiveState.PENDING, c.next_attempt_at <= now,
+                   _unclaimed(c.claimed_until, now))
         if delivery_id is not None:
-            due = and_(due, archive_outbox.c.delivery_id == delivery_id)
+            due = and_(due, c.delivery_id == delivery_id)
         with self.engine.begin() as conn:
-            ids = list(conn.scalars(select(archive_outbox.c.id).where(due)
-                                    .order_by(archive_outbox.c.id).limit(limit)))
+            candidates = (select(c.id).where(due).order_by(c.id).limit(limit)
+                          .with_for_update(skip_locked=True))
+            ids = list(conn.scalars(update(archive_outbox)
+                                    .where(due, c.id.in_(candidates.scalar_subquery()
+                                                         if self._dialect == "sqlite"
+                                                         else list(conn.scalars(candidates))))
+                                    .values(claimed_until=now + lease)
+                                    .returning(c.id)))
             if not ids:
                 return []
-            conn.execute(update(archive_outbox).where(due, archive_outbox.c.id.in_(ids))
-                         .values(next_attempt_at=now + lease))
-            rows = conn.execute(select(archive_outbox).where(archive_outbox.c.id.in_(ids))
-                                .order_by(archive_outbox.c.id)).all()
+            rows = conn.execute(select(archive_outbox).where(c.id.in_(ids))
+                                .order_by(c.id)).all()
         return [ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, r.data, r.sha256)
                 for r in rows]
 
@@ -498,7 +517,7 @@ class SqlStore:
             return
         with self.engine.begin() as conn:
             for result in results:
-                values: dict[str, Any] = {"state": result.state}
+                values: dict[str, Any] = {"state": result.state, "claimed_until": None}
                 if result.attempted:
                     values.update(reply=result.reply, attempts=archive_outbox.c.attempts + 1)
                 if result.state is ArchiveState.ARCHIVED:
@@ -550,6 +569,78 @@ class SqlStore:
                 .limit(limit)).all()
         return [(int(a), str(b), str(c)) for a, b, c in rows]
 
+    # -- mirror pages, unsubscribe, proofs, secrets --------------------------------------------
+
+    def mirror_page(self, log_id: int) -> tuple[bytes, datetime, Delivery] | None:
+        """(HTML bytes, expiry, delivery) of one message's mirror page, if it has one."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(mirror_pages, deliveries.c.id.label("d"))
+                               .join(deliveries, deliveries.c.id == mirror_pages.c.delivery_id)
+                               .where(mirror_pages.c.log_id == log_id)).first()
+        if row is None:
+            return None
+        return zlib.decompress(row.html), row.expires_at, self.get_delivery(row.d)
+
+    def purge_mirror_pages(self, now: datetime) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(mirror_pages)
+                                .where(mirror_pages.c.expires_at <= now)).rowcount
+
+    def log_recipient(self, log_id: int) -> Recipient | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(recipients).join(
+                delivery_logs, delivery_logs.c.recipient_id == recipients.c.id)
+                .where(delivery_logs.c.id == log_id)).first()
+        return _recipient(row) if row is not None else None
+
+    def get_log(self, log_id: int) -> DeliveryLog:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(delivery_logs, archive_outbox.c.state.label("archive_state"))
+                .outerjoin(archive_outbox, archive_outbox.c.log_id == delivery_logs.c.id)
+                .where(delivery_logs.c.id == log_id)).first()
+        if row is None:
+            raise NotFoundError(f"no delivery log #{log_id}")
+        return _log(row)
+
+    def opt_out(self, recipient_id: int, now: datetime) -> bool:
+        """Opt a recipient out; False when they already were."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(recipients)
+                                .where(recipients.c.id == recipient_id,
+                                       recipients.c.opted_out.is_(False))
+                                .values(opted_out=True, updated_at=now)).rowcount == 1
+
+    def next_proof_number(self, delivery_id: int) -> int:
+        with self.engine.begin() as conn:
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                         .values(proofs=deliveries.c.proofs + 1))
+            return int(conn.scalar(select(deliveries.c.proofs)
+                                   .where(deliveries.c.id == delivery_id)) or 0)
+
+    def recipient_by_email(self, email: str) -> Recipient | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(recipients).where(
+                or_(recipients.c.email == email,
+                    recipients.c.email_key == email.lower()))
+                .order_by(recipients.c.id).limit(1)).first()
+        return _recipient(row) if row is not None else None
+
+    def instance_secret(self, name: str, make: Callable[[], str]) -> str:
+        """A secret kept in the database, made once (by `make`) on first use."""
+        with self.engine.begin() as conn:
+            value = conn.scalar(select(instance_secrets.c.value)
+                                .where(instance_secrets.c.name == name))
+            if value is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(instance_secrets).values(name=name, value=make()))
+                except IntegrityError:
+                    pass  # another process made it first
+                value = conn.scalar(select(instance_secrets.c.value)
+                                    .where(instance_secrets.c.name == name))
+        return str(value)
+
     # -- reports ------------------------------------------------------------------------------
 
     def log_counts(self, delivery_id: int) -> list[tuple[str, str | None, int | None, int]]:
@@ -586,7 +677,7 @@ class SqlStore:
 
 _UPDATE_COLUMNS = ("status", "attempts", "next_attempt_at", "failure_type", "failure_reason",
                    "detail", "smtp_reply", "message_id", "sent_at", "size", "sha256",
-                   "updated_at")
+                   "updated_at", "claimed_until")
 
 
 def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:
@@ -594,7 +685,11 @@ def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:
             "next_attempt_at": u.next_attempt_at, "failure_type": u.failure_type,
             "failure_reason": u.failure_reason, "detail": u.detail,
             "smtp_reply": u.smtp_reply, "message_id": u.message_id, "sent_at": u.sent_at,
-            "size": u.size, "sha256": u.sha256, "updated_at": now}
+            "size": u.size, "sha256": u.sha256, "updated_at": now, "claimed_until": None}
+
+
+def _unclaimed(claimed_until: Any, now: datetime) -> Any:
+    return or_(claimed_until.is_(None), claimed_until <= now)
 
 
 def _by_source_states(updates: Sequence[LogUpdate], now: datetime) -> Iterator[

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import aiosmtplib
 
-from postroom.domain.outcomes import Outcome, SmtpReply, connection_fault, qualify_reply
+from postroom.domain.outcomes import (
+    FailureReason,
+    FailureType,
+    Outcome,
+    SmtpReply,
+    Verdict,
+    connection_fault,
+    qualify_reply,
+)
 from postroom.settings import SmtpRelay, TlsMode
 
 __all__ = ["SmtpConnection"]
@@ -45,15 +53,33 @@ class SmtpConnection:
         self._sent_on_connection = 0
         return client
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
-        """One transaction: MAIL FROM sender, RCPT TO recipient, DATA data."""
+    async def send(self, sender: str, recipient: str, data: bytes, *,
+                   smtputf8: bool = False) -> Outcome:
+        """One transaction: MAIL FROM sender, RCPT TO recipient, DATA data.
+
+        `smtputf8`: the message has a non-ASCII address; it needs the SMTPUTF8 extension.
+        """
         try:
             if self._client is None or not self._client.is_connected:
                 self._client = await self._connect()
             client = self._client
+            options: list[str] = []
+            if smtputf8:
+                if not client.supports_extension("smtputf8"):
+                    return Outcome(Verdict.FAILED, None, FailureType.HARD,
+                                   FailureReason.UNDEFINED,
+                                   "the address has a non-ASCII local part and the relay does "
+                                   "not offer SMTPUTF8")
+                options = ["SMTPUTF8", "BODY=8BITMIME"]
             try:
-                await client.mail(sender)
-                await client.rcpt(recipient)
+                try:
+                    await client.mail(sender, options=options,
+                                      encoding="utf-8" if smtputf8 else "ascii")
+                except aiosmtplib.SMTPResponseException as exc:  # refuses us, not the recipient
+                    await self._reset()
+                    return connection_fault(f"the relay refused the sender: {exc.code} "
+                                            f"{exc.message}")
+                await client.rcpt(recipient, encoding="utf-8" if smtputf8 else "ascii")
                 response = await client.data(data)
             except aiosmtplib.SMTPResponseException as exc:
                 if exc.code == 421:

@@ -1,0 +1,45 @@
+"""Email addresses: validation and normalization (email-validator, no DNS), and their wire form.
+
+Addresses are stored normalized (domain lower-cased, IDN domains as Unicode). On the wire, the
+domain goes out as its A-label (punycode); a non-ASCII local part needs SMTPUTF8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+from postroom.errors import InputError
+
+__all__ = ["WireAddress", "normalize_address", "wire_address"]
+
+
+@dataclass(frozen=True, slots=True)
+class WireAddress:
+    address: str  # what goes in RCPT TO / MAIL FROM and in headers
+    smtputf8: bool  # the local part is not ASCII: the server must offer SMTPUTF8
+
+
+def _validate(address: str) -> object:
+    try:
+        return validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise InputError(str(exc)) from None
+
+
+def normalize_address(address: str) -> str:
+    """The address, validated (syntax only, no DNS) and normalized (domain lower-cased).
+
+    Raises InputError with the reason when the address is not usable.
+    """
+    normalized: str = _validate(address).normalized  # type: ignore[attr-defined]
+    return normalized
+
+
+def wire_address(address: str) -> WireAddress:
+    """The form of a (normalized) address to put on the wire: A-label domain."""
+    result = _validate(address)
+    local = result.local_part  # type: ignore[attr-defined]
+    ascii_domain: str = result.ascii_domain  # type: ignore[attr-defined]
+    return WireAddress(f"{local}@{ascii_domain}", smtputf8=not local.isascii())
