@@ -164,7 +164,7 @@ def build_message(*, content: RenderedContent, parts: Parts, headers: HeaderValu
         for subtype, source in (("plain", text), ("html", content.html)):
             cte, data = body_part(source, charset, "text" if subtype == "plain" else "html")
             body += f"--{boundary}\r\n{_part_headers(subtype, charset, cte)}\r\n".encode()
-            body += data
+            body += data + b"\r\n"  # that CRLF belongs to the delimiter (RFC 2046 §5.1.1)
         body += f"--{boundary}--\r\n".encode()
     else:
         subtype, source = ("plain", text) if parts is Parts.TEXT else ("html", content.html)

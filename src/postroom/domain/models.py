@@ -168,7 +168,11 @@ class NewLog:
 
 @dataclass(frozen=True, slots=True)
 class RecipientRow:
-    """A recipient as the importer hands it over (already validated and normalized)."""
+    """A recipient as the importer hands it over (already validated and normalized).
+
+    `given` names the columns the file had: a re-import changes only those (and merges custom
+    fields), so a file without `opted_out` never clears an opt-out.
+    """
 
     email: str
     first_name: str = ""
@@ -176,6 +180,7 @@ class RecipientRow:
     email_format: EmailFormat = EmailFormat.UNKNOWN
     opted_out: bool = False
     fields: dict[str, Any] | None = None
+    given: frozenset[str] = frozenset({"first_name", "last_name", "email_format", "opted_out"})
 
 
 @dataclass(frozen=True, slots=True)

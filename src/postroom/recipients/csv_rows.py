@@ -19,6 +19,7 @@ from postroom.errors import InputError
 __all__ = ["RowError", "parse_csv"]
 
 KNOWN = ("email", "first_name", "last_name", "email_format", "opted_out")
+_UPDATABLE = frozenset(KNOWN[1:])
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 _MAX_NAME = 200
@@ -113,6 +114,7 @@ def _row(values: dict[str, str]) -> RecipientRow:
             raise InputError(f"{key} is longer than {_MAX_NAME} characters")
     fields: dict[str, Any] = {k: v for k, v in values.items() if k not in KNOWN}
     return RecipientRow(
+        given=frozenset(values) & _UPDATABLE,
         email=normalized,
         first_name=names["first_name"],
         last_name=names["last_name"],

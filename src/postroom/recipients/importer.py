@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from postroom.domain.models import RecipientRow, UpsertCounts
+from postroom.errors import InputError
 from postroom.recipients.csv_rows import RowError, parse_csv
 
 __all__ = ["ImportReport", "RecipientStore", "import_csv"]
@@ -62,7 +63,11 @@ def import_csv(
             progress(len(batch))
         batch.clear()
 
-    with path.open("rb") as stream:
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file: {exc.strerror}") from None
+    with stream:
         for item in parse_csv(stream, encoding=encoding):
             report.rows += 1
             if isinstance(item, RowError):

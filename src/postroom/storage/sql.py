@@ -160,47 +160,35 @@ class SqlStore:
     # -- recipients ---------------------------------------------------------------------------
 
     def upsert_recipients(self, rows: Sequence[RecipientRow], now: datetime) -> UpsertCounts:
-        """Insert new recipients and update existing ones (matched by email), in one transaction."""
+        """Insert new recipients and update existing ones (matched by email), in one transaction.
+
+        An update changes only the columns the row was given and merges custom fields.
+        """
         latest = {row.email: row for row in rows}  # the last row for an address wins
         with self.engine.begin() as conn:
-            existing = set(
-                conn.scalars(select(recipients.c.email).where(recipients.c.email.in_(latest)))
-            )
-            values = [
-                {
-                    "b_email": row.email,
-                    "email": row.email,
-                    "email_key": row.email.lower(),
-                    "first_name": row.first_name,
-                    "last_name": row.last_name,
-                    "email_format": str(row.email_format),
-                    "opted_out": row.opted_out,
-                    "fields": row.fields or {},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for row in latest.values()
-            ]
-            fresh = [v for v in values if v["email"] not in existing]
-            stale = [v for v in values if v["email"] in existing]
+            existing = {
+                row.email: row.fields or {}
+                for row in conn.execute(select(recipients.c.email, recipients.c.fields)
+                                        .where(recipients.c.email.in_(latest)))
+            }
+            fresh = [row for email, row in latest.items() if email not in existing]
             if fresh:
-                conn.execute(insert(recipients), [_without(v, "b_email") for v in fresh])
-            if stale:
-                conn.execute(
-                    update(recipients)
-                    .where(recipients.c.email == bindparam("b_email"))
-                    .values(
-                        first_name=bindparam("first_name"),
-                        last_name=bindparam("last_name"),
-                        email_format=bindparam("email_format"),
-                        opted_out=bindparam("opted_out"),
-                        fields=bindparam("fields"),
-                        updated_at=bindparam("updated_at"),
-                    )
-                    .execution_options(synchronize_session=False),
-                    [_without(v, "email", "email_key", "created_at") for v in stale],
-                )
-        return UpsertCounts(inserted=len(fresh), updated=len(stale))
+                conn.execute(insert(recipients), [
+                    {"email": row.email, "email_key": row.email.lower(),
+                     "first_name": row.first_name, "last_name": row.last_name,
+                     "email_format": str(row.email_format), "opted_out": row.opted_out,
+                     "fields": row.fields or {}, "created_at": now, "updated_at": now}
+                    for row in fresh])
+            for email, fields in existing.items():
+                row = latest[email]
+                values: dict[str, Any] = {"fields": {**fields, **(row.fields or {})},
+                                          "updated_at": now}
+                for column in row.given:
+                    value = getattr(row, column)
+                    values[column] = str(value) if column == "email_format" else value
+                conn.execute(update(recipients).where(recipients.c.email == email)
+                             .values(**values))
+        return UpsertCounts(inserted=len(fresh), updated=len(existing))
 
     def recipient_ids(self, emails: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}

@@ -242,6 +242,7 @@ class CaptureServer:
         ready_timeout: float = 5.0,
         tls_context: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
+        smtputf8: bool = True,
     ) -> None:
         if not 0.0 <= reject_ratio <= 1.0:
             raise ValueError("reject_ratio must be within [0, 1]")
@@ -251,6 +252,7 @@ class CaptureServer:
         self.script = script if script is not None else Script()
         self.data_size_limit, self.ready_timeout = data_size_limit, ready_timeout
         self.tls_context, self.credentials = tls_context, credentials
+        self.smtputf8 = smtputf8
         self._lock = threading.Lock()
         self._messages: list[Received] = []
         self._rcpt_attempts: list[str] = []
@@ -273,7 +275,7 @@ class CaptureServer:
             server_hostname="localhost",  # keeps aiosmtpd away from socket.getfqdn()
             ready_timeout=self.ready_timeout,
             decode_data=False,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=self.smtputf8,
             data_size_limit=self.data_size_limit,
             **self._security(),
         )

@@ -45,6 +45,8 @@ class SmtpConnection:
         )
         try:
             await client.connect()
+            if not client.esmtp_extensions:
+                await client.ehlo()  # know the extensions (SMTPUTF8) before the first MAIL
             if relay.username:
                 await client.login(relay.username, relay.password.get_secret_value())
         except BaseException:
