@@ -11,10 +11,19 @@ import base64
 import hashlib
 import hmac
 
-__all__ = ["MIRROR", "UNSUBSCRIBE", "make_token", "read_token"]
+__all__ = [
+    "MIRROR",
+    "UNSUBSCRIBE",
+    "VERP",
+    "make_token",
+    "read_token",
+    "verp_address",
+    "verp_log_id",
+]
 
 MIRROR = "mirror"
 UNSUBSCRIBE = "unsubscribe"
+VERP = "verp"
 
 
 def _mac(secret: bytes, purpose: str, log_id: int) -> str:
@@ -35,3 +44,16 @@ def read_token(secret: bytes, purpose: str, token: str) -> int | None:
     if not hmac.compare_digest(mac, _mac(secret, purpose, log_id)) or str(log_id) != head:
         return None
     return log_id
+
+
+def verp_address(secret: bytes, errors_to: str, log_id: int) -> str:
+    """The envelope sender of one message: errors-to with a signed token (`box+token@domain`)."""
+    local, _, domain = errors_to.rpartition("@")
+    return f"{local}+{make_token(secret, VERP, log_id)}@{domain}"
+
+
+def verp_log_id(secret: bytes, address: str) -> int | None:
+    """The log id a bounce's envelope recipient names, or None if it carries no valid token."""
+    local = address.strip().strip("<>").rpartition("@")[0]
+    _, plus, token = local.rpartition("+")
+    return read_token(secret, VERP, token) if plus else None

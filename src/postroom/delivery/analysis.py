@@ -143,6 +143,10 @@ def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport,
             except InputError as exc:
                 reason, detail = FailureReason.INVALID, str(exc)
         previous_key = key
+        if reason is None and recipient.address_status == "denylisted":
+            reason, detail = FailureReason.DENYLISTED, "the address is on the denylist"
+        if reason is None and recipient.address_status == "quarantine":
+            reason, detail = FailureReason.QUARANTINE, "the address is in quarantine"
         if reason is None and recipient.opted_out:
             reason, detail = FailureReason.OPTED_OUT, "the recipient opted out"
         if reason is not None:

@@ -17,7 +17,6 @@ from typing import Protocol
 
 from postroom.delivery.archive import Archiver, Transport
 from postroom.delivery.plan import Message, Plan
-from postroom.domain.addresses import wire_address
 from postroom.domain.models import Delivery, LogUpdate, Target
 from postroom.domain.outcomes import FailureReason, Verdict
 from postroom.domain.states import DeliveryState, LogStatus
@@ -109,11 +108,9 @@ class Engine:
     async def _send_all(self, plan: Plan, summary: RunSummary, progress: Progress | None) -> None:
         """Feed claimed logs to N connection workers; a worker's crash stops the run."""
         queue: asyncio.Queue[Message] = asyncio.Queue(self._sending.connections * 8)
-        sender = wire_address(plan.errors_to).address
         try:
             async with asyncio.TaskGroup() as group:
-                workers = [group.create_task(self._worker(queue, plan, sender, summary,
-                                                          progress))
+                workers = [group.create_task(self._worker(queue, plan, summary, progress))
                            for _ in range(self._sending.connections)]
                 await self._feed(queue, plan)
                 await queue.join()
@@ -159,7 +156,7 @@ class Engine:
             self._state = self._store.get_delivery(delivery_id).state
         return self._state is DeliveryState.SENDING
 
-    async def _worker(self, queue: asyncio.Queue[Message], plan: Plan, sender: str,
+    async def _worker(self, queue: asyncio.Queue[Message], plan: Plan,
                       summary: RunSummary, progress: Progress | None) -> None:
         transport = self._connect()
         faults = 0
@@ -167,7 +164,8 @@ class Engine:
             while True:
                 message = await queue.get()
                 try:
-                    outcome = await transport.send(sender, message.recipient, message.data,
+                    outcome = await transport.send(message.sender, message.recipient,
+                                                   message.data,
                                                    smtputf8=message.smtputf8)
                     update = plan.settle(message, outcome, self._clock())
                     self._updates.append(update)

@@ -29,7 +29,7 @@ from postroom.compose.personalize import (
     compile_content,
     recipient_context,
 )
-from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, make_token
+from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, make_token, verp_address
 from postroom.domain.addresses import WireAddress, wire_address
 from postroom.domain.models import Delivery, LogUpdate, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType, Outcome, Verdict
@@ -91,6 +91,7 @@ class Message:
     data: bytes
     message_id: str
     recipient: str  # the envelope recipient (A-label domain)
+    sender: str  # the envelope sender: errors-to with the log's VERP token
     smtputf8: bool = False
     mirror_html: bytes | None = None  # the HTML part's bytes, for the mirror page
 
@@ -146,7 +147,9 @@ class Plan:
                              sign=sign)
         mirror = (decoded_part(content.html, self.charset, "html")
                   if self.mirror and content.html else None)
-        return Message(target, data, message_id, wire.address, wire.smtputf8, mirror)
+        sender = verp_address(self.links.secret, wire_address(self.errors_to).address,
+                              target.log_id)
+        return Message(target, data, message_id, wire.address, sender, wire.smtputf8, mirror)
 
     def render_proof(self, sample: Recipient, to: str, number: int,
                      now: datetime) -> tuple[bytes, WireAddress]:

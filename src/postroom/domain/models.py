@@ -50,6 +50,7 @@ class Recipient:
     email_format: EmailFormat = EmailFormat.UNKNOWN
     opted_out: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
+    address_status: str = "valid"  # valid, with_errors, quarantine or denylisted
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,15 +29,20 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "UtcDateTime",
+    "address_status",
     "archive_outbox",
     "audience_members",
+    "bounce_results",
+    "bounces",
     "deliveries",
     "delivery_logs",
     "instance_secrets",
     "metadata",
     "mirror_pages",
+    "qualification_rules",
     "recipients",
     "templates",
+    "unqualified_texts",
 ]
 
 metadata = MetaData()
@@ -184,4 +189,76 @@ instance_secrets = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", String(255), nullable=False),
+)
+
+address_status = Table(
+    "address_status",
+    metadata,
+    Column("address", String(320), primary_key=True),  # normalized: domain lower-cased
+    Column("domain", String(255), nullable=False, index=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("error_count", Integer, nullable=False, default=0),
+    Column("first_error_at", UtcDateTime()),
+    Column("last_error_at", UtcDateTime()),
+    Column("last_reason", Integer),
+    Column("last_type", String(16)),
+    Column("last_text", Text, nullable=False, default=""),
+    Column("status_since", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+qualification_rules = Table(
+    "qualification_rules",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("position", Integer, nullable=False, index=True),
+    Column("pattern", Text, nullable=False, default=""),  # regular expression on the text
+    Column("status", String(16), nullable=False, default=""),  # enhanced status code prefix
+    Column("failure_type", String(16), nullable=False),
+    Column("reason", Integer, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("builtin", Boolean, nullable=False, default=False),
+)
+
+unqualified_texts = Table(
+    "unqualified_texts",
+    metadata,
+    Column("key", String(64), primary_key=True),  # SHA-256 of the normalized text
+    Column("normalized", Text, nullable=False),
+    Column("first_text", Text, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("first_seen", UtcDateTime(), nullable=False),
+    Column("last_seen", UtcDateTime(), nullable=False),
+)
+
+bounces = Table(
+    "bounces",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sha256", String(64), nullable=False, unique=True),  # the same mail twice: once
+    Column("source", String(255), nullable=False),
+    Column("envelope_to", String(320), nullable=False, default=""),
+    Column("data", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # new | processed | unattributed
+    Column("kind", String(16), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("processed_at", UtcDateTime()),
+)
+
+bounce_results = Table(
+    "bounce_results",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bounce_id", Integer, ForeignKey("bounces.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("recipient", String(320), nullable=False, default=""),
+    Column("log_id", Integer, ForeignKey("delivery_logs.id", ondelete="SET NULL"), index=True),
+    Column("status", String(16), nullable=False, default=""),
+    Column("action", String(16), nullable=False, default=""),
+    Column("failure_type", String(16), nullable=False),
+    Column("reason", Integer, nullable=False),
+    Column("rule_id", String(64)),
+    Column("attributed_by", String(16), nullable=False, default=""),  # verp | message-id
+    Column("applied", Boolean, nullable=False, default=False),
 )

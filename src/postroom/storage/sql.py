@@ -49,7 +49,9 @@ from postroom.domain.properties import Properties
 from postroom.domain.states import DeliveryState, LogStatus, can_log_move, transition
 from postroom.errors import InputError, NotFoundError, ReadOnlyError, StateError
 from postroom.storage import migrate
+from postroom.storage.inbound import InboundStore
 from postroom.storage.schema import (
+    address_status,
     archive_outbox,
     audience_members,
     deliveries,
@@ -93,6 +95,7 @@ def _recipient(row: Any) -> Recipient:
         email_format=EmailFormat(row.email_format),
         opted_out=bool(row.opted_out),
         fields=dict(row.fields or {}),
+        address_status=getattr(row, "address_status", None) or "valid",
     )
 
 
@@ -147,7 +150,7 @@ def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
         yield batch
 
 
-class SqlStore:
+class SqlStore(InboundStore):
     """Postroom's storage on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine):
@@ -209,14 +212,16 @@ class SqlStore:
 
         Equal addresses come out next to each other, so duplicates are found with O(1) memory.
         """
+        status = address_status.c.status.label("address_status")
         if delivery.audience.kind == "list":
             key_col = audience_members.c.position
-            base = select(recipients, key_col.label("k")).join(
+            base = select(recipients, key_col.label("k"), status).join(
                 audience_members, audience_members.c.recipient_id == recipients.c.id
             ).where(audience_members.c.delivery_id == delivery.id)
         else:
             key_col = recipients.c.id
-            base = select(recipients, key_col.label("k"))
+            base = select(recipients, key_col.label("k"), status)
+        base = base.outerjoin(address_status, address_status.c.address == recipients.c.email)
         last: tuple[str, int] | None = None
         while True:
             query = base.order_by(recipients.c.email_key, key_col).limit(batch_size)

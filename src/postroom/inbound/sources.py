@@ -1,0 +1,149 @@
+"""Where bounce mail comes from: .eml files, a Maildir, an mbox, an IMAP or POP3 mailbox.
+
+Each source yields messages with a way to remove them from the source *after* Postroom has
+stored them, so a crash between the two loses nothing (the same mail stored twice counts once:
+the store keeps one row per SHA-256).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import mailbox
+import os
+import poplib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from postroom.errors import InputError, TransportError
+
+__all__ = ["InboundMessage", "from_files", "from_imap", "from_maildir", "from_mbox", "from_pop3",
+           "mask_url"]
+
+PASSWORD_ENV = "POSTROOM_MAILBOX_PASSWORD"
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    data: bytes
+    source: str
+    envelope_to: str = ""
+    done: Callable[[], object] = field(default=lambda: None, compare=False)  # remove at source
+
+
+def _nothing() -> None:
+    return None
+
+
+def _pop_delete(client: poplib.POP3, number: int) -> None:
+    client.dele(number)
+
+
+def from_files(paths: list[Path]) -> Iterator[InboundMessage]:
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the file: {exc.strerror}") from None
+        yield InboundMessage(data, f"file:{path}")
+
+
+def from_maildir(path: Path, *, remove: bool = True) -> Iterator[InboundMessage]:
+    if not (path / "cur").is_dir() and not (path / "new").is_dir():
+        raise InputError(f"{path}: not a Maildir (no cur/ or new/ folder)")
+    box = mailbox.Maildir(path, factory=None, create=False)
+    for key in list(box.keys()):
+        try:
+            data = box.get_bytes(key)
+        except KeyError:
+            continue  # removed meanwhile by another reader
+        yield InboundMessage(data, f"maildir:{path}",
+                             done=partial(box.discard, key) if remove else _nothing)
+
+
+def from_mbox(path: Path) -> Iterator[InboundMessage]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such mbox file")
+    box = mailbox.mbox(path, create=False)
+    for key in box.iterkeys():
+        yield InboundMessage(box.get_bytes(key), f"mbox:{path}")
+
+
+def mask_url(url: str) -> str:
+    """A mailbox URL fit to print: no password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def _credentials(url: str) -> tuple[str, str, str, int | None, str]:
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.username:
+        raise InputError(f"{mask_url(url)}: expected SCHEME://USER@HOST[:PORT][/FOLDER]")
+    password = unquote(parts.password or "") or os.environ.get(PASSWORD_ENV, "")
+    return (parts.scheme, unquote(parts.username), password, parts.port,
+            parts.hostname)
+
+
+def from_imap(url: str, *, remove: bool = True, timeout: float = 30) -> Iterator[InboundMessage]:
+    """imap://user@host[:port]/FOLDER or imaps://...; the password from the URL or from
+    $POSTROOM_MAILBOX_PASSWORD. Messages are deleted (expunged) once stored, unless `remove`
+    is off, in which case they are only marked seen."""
+    scheme, user, password, port, host = _credentials(url)
+    folder = unquote(urlsplit(url).path.lstrip("/")) or "INBOX"
+    try:
+        client: imaplib.IMAP4 = (imaplib.IMAP4_SSL(host, port or 993, timeout=timeout)
+                                 if scheme == "imaps" else
+                                 imaplib.IMAP4(host, port or 143, timeout=timeout))
+        client.login(user, password)
+        client.select(folder)
+        _, found = client.uid("SEARCH", "ALL")
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise TransportError(f"{mask_url(url)}: {exc}") from None
+    try:
+        for uid in (found[0] or b"").split():
+            _, fetched = client.uid("FETCH", uid.decode(), "(RFC822)")
+            payload = next((part[1] for part in fetched
+                            if isinstance(part, tuple) and len(part) > 1), None)
+            if not isinstance(payload, bytes):
+                continue
+
+            def done(uid: bytes = uid) -> None:
+                flag = "\\Deleted" if remove else "\\Seen"
+                client.uid("STORE", uid.decode(), "+FLAGS", f"({flag})")
+
+            yield InboundMessage(payload, mask_url(url), done=done)
+        if remove:
+            client.expunge()
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            client.logout()
+
+
+def from_pop3(url: str, *, remove: bool = True, timeout: float = 30) -> Iterator[InboundMessage]:
+    """pop3://user@host[:port] or pop3s://...; deletions take effect when the session ends."""
+    scheme, user, password, port, host = _credentials(url)
+    try:
+        client: poplib.POP3 = (poplib.POP3_SSL(host, port or 995, timeout=timeout)
+                               if scheme == "pop3s" else poplib.POP3(host, port or 110,
+                                                                     timeout=timeout))
+        client.user(user)
+        client.pass_(password)
+        count = len(client.list()[1])
+    except (OSError, poplib.error_proto) as exc:
+        raise TransportError(f"{mask_url(url)}: {exc}") from None
+    try:
+        for number in range(1, count + 1):
+            lines = client.retr(number)[1]
+            data = b"\r\n".join(lines) + b"\r\n"
+            yield InboundMessage(data, mask_url(url),
+                                 done=partial(_pop_delete, client, number) if remove
+                                 else _nothing)
+    finally:
+        with contextlib.suppress(OSError, poplib.error_proto):
+            client.quit()
