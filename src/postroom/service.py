@@ -107,7 +107,10 @@ class Report:
     delivery: Delivery
     by_status: Counter[str]
     by_reason: Counter[str]
+    by_type: Counter[str]
+    by_domain: dict[str, dict[str, int]]
     archive: dict[str, int]
+    throughput: float | None  # messages sent per second, first to last acceptance
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -119,6 +122,9 @@ class Report:
             "total": sum(self.by_status.values()),
             "by_status": dict(self.by_status),
             "by_reason": dict(self.by_reason),
+            "by_type": dict(self.by_type),
+            "by_domain": self.by_domain,
+            "throughput_per_second": self.throughput,
             "archive": self.archive,
             "last_error": d.last_error,
         }
@@ -237,13 +243,52 @@ class Postroom:
         delivery = self.store.get_delivery(delivery_id)
         by_status: Counter[str] = Counter()
         by_reason: Counter[str] = Counter()
-        for status, _ftype, reason, count in self.store.log_counts(delivery_id):
+        by_type: Counter[str] = Counter()
+        for status, failure_type, reason, count in self.store.log_counts(delivery_id):
             by_status[status] += count
             if reason is not None:
                 by_reason[FailureReason(reason).label] += count
+            if failure_type is not None:
+                by_type[failure_type] += count
+        by_domain: dict[str, dict[str, int]] = {}
+        for domain, status, count in self.store.domain_counts(delivery_id):
+            by_domain.setdefault(domain, {})[status] = count
         archive = {state.value: 0 for state in ArchiveState}
         archive.update(self.store.archive_counts(delivery_id).get(delivery_id, {}))
-        return Report(delivery, by_status, by_reason, archive)
+        first, last, sent = self.store.send_window(delivery_id)
+        seconds = (last - first).total_seconds() if first and last else 0.0
+        throughput = round(sent / seconds, 1) if seconds > 0 else None
+        return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput)
+
+    def resend(self, delivery_id: int, *, reasons: list[int] | None = None,
+               name: str | None = None) -> Delivery:
+        """A follow-up delivery (same content and settings) to the recipients whose logs
+        failed (with one of `reasons`) and whose address is not in quarantine now."""
+        source = self.store.get_delivery(delivery_id)
+        targets = self.store.failed_recipients(delivery_id, reasons)
+        if not targets:
+            raise InputError(f"delivery #{delivery_id} has no failed recipient to resend to"
+                             + (f" with reasons {reasons}" if reasons else ""))
+        delivery = self.store.create_delivery(
+            name=name or f"{source.name} (resend)", template_name=source.template_name,
+            props=source.properties, audience=Audience("list", source=f"resend of #{source.id}"),
+            salt=secrets.token_hex(8), now=self.clock())
+        self.store.set_audience_list(delivery.id, targets)
+        return delivery
+
+    def non_deliverables(self, *, since: datetime | None = None) -> dict[str, Any]:
+        """Failures across deliveries by type, reason and domain, and the quarantine."""
+        by_reason: Counter[str] = Counter()
+        by_type: Counter[str] = Counter()
+        by_domain: Counter[str] = Counter()
+        for failure_type, reason, domain, count in self.store.failure_counts(since=since):
+            by_reason[FailureReason(reason).label if reason is not None else "none"] += count
+            by_type[failure_type or "none"] += count
+            by_domain[domain] += count
+        quarantine = self.store.address_counts()
+        return {"failed_by_reason": dict(by_reason), "failed_by_type": dict(by_type),
+                "failed_by_domain": dict(by_domain.most_common(20)),
+                "addresses": quarantine}
 
     def logs(self, delivery_id: int, **filters: Any) -> list[DeliveryLog]:
         self.store.get_delivery(delivery_id)

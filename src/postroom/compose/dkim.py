@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 import dkim
 
-__all__ = ["SIGNED_HEADERS", "DkimSigner"]
+__all__ = ["OVERSIGNED", "SIGNED_HEADERS", "DkimSigner"]
 
 SIGNED_HEADERS = (
     b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"MIME-Version",
     b"Content-Type", b"Content-Transfer-Encoding", b"List-Unsubscribe",
     b"List-Unsubscribe-Post",
 )
+
+OVERSIGNED = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,9 @@ class DkimSigner:
         present = {line.split(b":", 1)[0].strip().lower()
                    for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
                    if line and not line[:1].isspace()}
-        headers = [h for h in SIGNED_HEADERS if h.lower() in present]
+        # Each signed header is listed once more than it appears ("oversigning", RFC 6376
+        # §8.15), so a second From or Subject added on the way breaks the signature.
+        headers = [h for h in SIGNED_HEADERS if h.lower() in present] + list(OVERSIGNED)
         signature: bytes = dkim.sign(
             message, self.selector.encode(), self.domain.encode(), self.private_key,
             canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n",

@@ -18,6 +18,9 @@ __all__ = ["address_header", "encoded_words", "header_text", "unstructured_heade
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _WORD_LENGTH = 66  # an encoded word, so that "Subject: " + word stays under 78 columns
 _FOLD_AT = 78
+_LONG_PHRASE = 200  # longer display names go out as encoded words, which fold
+# Charsets whose encoded words use B (RFC 1468 for ISO-2022-JP; multibyte East Asian sets).
+_B_ONLY = frozenset({"iso-2022-jp", "shift_jis", "euc-jp", "euc-kr", "gb2312", "gbk"})
 _ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 
@@ -46,7 +49,8 @@ def encoded_words(text: str, charset: Charset) -> list[str]:
     """
     data = charset.encode(text)
     mostly_ascii = sum(b < 0x80 for b in data) >= 0.8 * max(1, len(data))
-    kind, encode = ("Q", _q) if mostly_ascii else ("B", _b)
+    use_q = mostly_ascii and charset.mime not in _B_ONLY
+    kind, encode = ("Q", _q) if use_q else ("B", _b)
     room = _WORD_LENGTH - len(charset.mime) - 7
     words: list[str] = []
     chunk = ""
@@ -66,7 +70,12 @@ def _fold_plain(name: str, value: str) -> str | None:
     """Fold plain ASCII text at spaces; None when a word is too long to fit a line."""
     lines: list[str] = []
     current = f"{name}:"
-    for word in value.split(" "):
+    pending = ""  # extra spaces of a run travel with the next word: no blank folded lines
+    for piece in value.split(" "):
+        if not piece:
+            pending += " "
+            continue
+        word, pending = pending + piece, ""
         if len(word) > 900:
             return None
         if len(current) + 1 + len(word) > _FOLD_AT and current.strip() != f"{name}:":
@@ -92,12 +101,26 @@ def unstructured_header(name: str, value: str, charset: Charset) -> str:
 
 
 def _phrase(display_name: str, charset: Charset) -> list[str]:
-    if _needs_encoding(display_name):
+    """The display name as the words of a header, to be joined by folding whitespace."""
+    words = display_name.split(" ")
+    if _needs_encoding(display_name) or any(len(word) > 900 for word in words):
+        # Encoded words also split a name too long for one line into legal pieces.
         return encoded_words(display_name, charset)
-    if _ATOM_PHRASE.match(display_name):
+    if _ATOM_PHRASE.match(display_name) and len(display_name) <= _LONG_PHRASE:
         return [display_name]
     escaped = display_name.replace("\\", "\\\\").replace('"', '\\"')
-    return [f'"{escaped}"']
+    if len(escaped) <= _LONG_PHRASE:
+        return [f'"{escaped}"']
+    # A long plain name: one quoted string, folded at its spaces (RFC 5322 FWS).
+    pieces = escaped.split(" ")
+    pieces[0], pieces[-1] = '"' + pieces[0], pieces[-1] + '"'
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 1 + len(piece) <= _FOLD_AT - 2:
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    return lines
 
 
 def address_header(name: str, display_name: str, address: str, charset: Charset) -> str:

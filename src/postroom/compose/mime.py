@@ -149,7 +149,7 @@ def build_message(*, content: RenderedContent, parts: Parts, headers: HeaderValu
         _guarded("to", charset, address_header, "To", headers.to_name, headers.to_address),
     ]
     if headers.reply_to:
-        lines.append(f"Reply-To: {headers.reply_to}")
+        lines.append(f"Reply-To: {header_text(headers.reply_to)}")
     lines.append(_guarded("subject", charset, unstructured_header, "Subject", content.subject))
     lines.append(f"Message-ID: {headers.message_id}")
     for name, value in headers.extra:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
@@ -25,6 +25,7 @@ __all__ = [
     "compile_content",
     "recipient_context",
     "static_text",
+    "template_literals",
 ]
 
 
@@ -149,6 +150,18 @@ def compile_content(*, subject: str, html: str, text: str) -> CompiledContent:
             for source in (subject, html, text))),
     )
     return compiled
+
+
+def template_literals(source: str) -> Iterator[tuple[int, str]]:
+    """(offset of its line, text) of each string constant inside `{{ }}` or `{% %}`."""
+    try:
+        tree = _TEXT_ENV.parse(source)
+    except TemplateSyntaxError:
+        return
+    starts = [0] + [i + 1 for i, c in enumerate(source) if c == "\n"]
+    for node in tree.find_all(nodes.Const):
+        if isinstance(node.value, str):
+            yield starts[min(node.lineno, len(starts)) - 1], node.value
 
 
 def static_text(source: str) -> Iterator[tuple[int, str]]:

@@ -38,7 +38,7 @@ def make_token(secret: bytes, purpose: str, log_id: int) -> str:
 def read_token(secret: bytes, purpose: str, token: str) -> int | None:
     """The log id a token names, or None when it does not verify."""
     head, _, mac = token.partition(".")
-    if not head.isdigit() or len(head) > 18 or not mac:
+    if not (head.isascii() and head.isdecimal()) or len(head) > 18 or not mac:
         return None
     log_id = int(head)
     if not hmac.compare_digest(mac, _mac(secret, purpose, log_id)) or str(log_id) != head:

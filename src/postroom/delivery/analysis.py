@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Protocol
 
 from postroom.compose.charsets import first_unrepresentable
 from postroom.compose.mime import EncodingError
-from postroom.compose.personalize import static_text
+from postroom.compose.personalize import static_text, template_literals
 from postroom.delivery.audience import matcher
 from postroom.delivery.plan import Plan
 from postroom.domain.addresses import normalize_address
@@ -65,8 +66,9 @@ def _charset_problems(plan: Plan) -> list[str]:
     """Static text (outside personalization) that the delivery's charset cannot represent."""
     problems: list[str] = []
     sources = {"subject": plan.props.subject, "html": plan.props.html, "text": plan.props.text}
-    for field_name, source in sources.items():
-        for offset, text in static_text(source):
+    for field_name, raw in sources.items():
+        source = raw.replace("\r\n", "\n").replace("\r", "\n")  # as the lexer reads it
+        for offset, text in chain(static_text(source), template_literals(source)):
             problem = first_unrepresentable(text, plan.charset)
             if problem is not None:
                 index = offset + problem.index

@@ -218,6 +218,12 @@ class InboundStore:
                     address=row.address, domain=row.address.rpartition("@")[2].lower(),
                     **values))
 
+    def address_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(address_status.c.status, func.count())
+                                .group_by(address_status.c.status)).all()
+        return {str(status): int(count) for status, count in rows}
+
     def get_address(self, address: str) -> AddressRow | None:
         with self.engine.connect() as conn:
             return self.address_rows(conn, [address]).get(address)

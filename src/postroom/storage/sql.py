@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -646,6 +646,59 @@ class SqlStore(InboundStore):
                 .group_by(c.status, c.failure_type, c.failure_reason)).all()
         return [(str(s), t, r, int(n)) for s, t, r, n in rows]
 
+    def domain_counts(self, delivery_id: int | None, limit: int = 20) -> list[
+        tuple[str, str, int]
+    ]:
+        """(recipient domain, status, count), the domains with most logs first."""
+        c = delivery_logs.c
+        query = select(c.domain, c.status, func.count()).group_by(c.domain, c.status)
+        if delivery_id is not None:
+            query = query.where(c.delivery_id == delivery_id)
+        with self.engine.connect() as conn:
+            rows = [(str(d or ""), str(s), int(n)) for d, s, n in conn.execute(query)]
+        totals: dict[str, int] = {}
+        for domain, _, count in rows:
+            totals[domain] = totals.get(domain, 0) + count
+        top = set(sorted(totals, key=lambda d: -totals[d])[:limit])
+        return [row for row in rows if row[0] in top]
+
+    def failure_counts(self, *, since: datetime | None = None) -> list[
+        tuple[str | None, int | None, str, int]
+    ]:
+        """Failed logs across deliveries: (failure type, reason, recipient domain, count)."""
+        c = delivery_logs.c
+        query = (select(c.failure_type, c.failure_reason, c.domain, func.count())
+                 .where(c.status == LogStatus.FAILED)
+                 .group_by(c.failure_type, c.failure_reason, c.domain))
+        if since is not None:
+            query = query.where(c.updated_at >= since)
+        with self.engine.connect() as conn:
+            return [(t, r, str(d or ""), int(n)) for t, r, d, n in conn.execute(query)]
+
+    def send_window(self, delivery_id: int) -> tuple[datetime | None, datetime | None, int]:
+        c = delivery_logs.c
+        with self.engine.connect() as conn:
+            first, last, count = conn.execute(
+                select(func.min(c.sent_at), func.max(c.sent_at), func.count(c.sent_at))
+                .where(c.delivery_id == delivery_id, c.sent_at.is_not(None))).one()
+        return _aware(first), _aware(last), int(count)
+
+    def failed_recipients(self, delivery_id: int, reasons: Sequence[int] | None) -> list[int]:
+        """Recipients whose logs failed (with one of `reasons`) and whose address is not in
+        quarantine or on the denylist now."""
+        c = delivery_logs.c
+        query = (select(c.recipient_id)
+                 .outerjoin(address_status, address_status.c.address == c.email)
+                 .where(c.delivery_id == delivery_id, c.status == LogStatus.FAILED,
+                        c.recipient_id.is_not(None),
+                        or_(address_status.c.status.is_(None),
+                            address_status.c.status.not_in(["quarantine", "denylisted"])))
+                 .order_by(c.id))
+        if reasons:
+            query = query.where(c.failure_reason.in_(list(reasons)))
+        with self.engine.connect() as conn:
+            return [int(r) for r in conn.scalars(query)]
+
     def list_logs(self, delivery_id: int, *, status: str | None = None,
                   reason: int | None = None, email: str | None = None,
                   archive: str | None = None, limit: int = 100,
@@ -679,6 +732,16 @@ def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:
             "failure_reason": u.failure_reason, "detail": u.detail,
             "smtp_reply": u.smtp_reply, "message_id": u.message_id, "sent_at": u.sent_at,
             "size": u.size, "sha256": u.sha256, "updated_at": now, "claimed_until": None}
+
+
+def _aware(value: Any) -> datetime | None:
+    """min()/max() over a column bypass the column type on SQLite: make the result UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _unclaimed(claimed_until: Any, now: datetime) -> Any:
