@@ -57,6 +57,16 @@ class _Section(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
 
+def _address(value: str) -> str:
+    from postroom.domain.addresses import normalize_address
+    from postroom.errors import InputError
+
+    try:
+        return normalize_address(value)
+    except InputError as exc:
+        raise ValueError(f"{value!r} is not a valid address: {exc}") from None
+
+
 class SmtpRelay(_Section):
     """An SMTP relay Postroom hands messages to."""
 
@@ -130,6 +140,16 @@ class ArchiveSettings(_Section):
         if isinstance(value, str):
             return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
         return value
+
+    @field_validator("bcc_address")
+    @classmethod
+    def _valid_addresses(cls, value: list[str]) -> list[str]:
+        return [_address(a) for a in value]
+
+    @field_validator("envelope_sender")
+    @classmethod
+    def _valid_sender(cls, value: str) -> str:
+        return _address(value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ArchiveSettings:
@@ -235,6 +255,15 @@ def _check_file(path: Path) -> None:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    url = data.get("database_url")
+    if isinstance(url, str) and "://" in url:
+        try:
+            has_password = bool(make_url(url).password)
+        except ArgumentError:
+            has_password = False
+        if has_password:
+            raise ConfigError(f"{path}: database_url holds a password, a secret that may not "
+                              "be written in the file; set POSTROOM_DATABASE_URL instead")
     for keys in SECRET_KEYS:
         node: Any = data
         for key in keys:

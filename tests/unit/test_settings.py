@@ -240,3 +240,25 @@ def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.smtp.port = 26  # type: ignore[misc]
+
+
+def test_database_password_in_the_file_is_refused(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("POSTROOM_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "p.toml"
+    config.write_text('database_url = "postgresql+psycopg://app:hunter2@db/postroom"\n',
+                      encoding="utf-8")
+    with pytest.raises(ConfigError, match="POSTROOM_DATABASE_URL") as info:
+        load_settings(config)
+    assert "hunter2" not in str(info.value)
+
+
+def test_archive_addresses_must_be_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("POSTROOM_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "p.toml"
+    config.write_text('[archive]\nenabled = true\nbcc_address = "not an address"\n',
+                      encoding="utf-8")
+    with pytest.raises(ConfigError, match="archive.bcc_address"):
+        load_settings(config)

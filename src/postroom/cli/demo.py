@@ -1,4 +1,4 @@
-"""`postroom demo`: a real delivery with Email BCC against embedded parts, then a proof.
+"""`postroom demo`: a real delivery with Email BCC against embedded parts, checked.
 
 SQLite in a folder, two local capture SMTP servers (the recipients' relay, which refuses a share
 of recipients, and the archive relay), ~1,000 sample recipients, a personalized template, one
