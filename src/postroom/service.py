@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from postroom.domain.outcomes import FailureReason, Outcome, Verdict
 from postroom.domain.properties import Properties, parse_properties
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import InputError, NotFoundError, StateError, TemplateError
+from postroom.inbound.service import BounceService
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
 from postroom.storage.sql import SqlStore
@@ -142,6 +144,11 @@ class Postroom:
         self.clock = clock
         store.ensure_template(BUILTIN_TEMPLATE, _BUILTIN_PROPS, builtin=True, now=clock())
 
+    @cached_property
+    def bounces(self) -> BounceService:
+        """Bounce intake, processing, rules and quarantine."""
+        return BounceService(self.store, secret=self.planner.links.secret, clock=self.clock)
+
     # -- recipients ---------------------------------------------------------------------------
 
     def import_recipients(self, path: Path, *, encoding: str = "utf-8",
@@ -200,6 +207,7 @@ class Postroom:
         return delivery, report
 
     def analyze(self, delivery_id: int) -> AnalysisReport:
+        self.store.sweep_addresses(self.clock())  # counters reset, mailbox-full releases
         return analyze(self.store, delivery_id, planner=self.planner,
                        archive_available=self.settings.archive.enabled, now=self.clock())
 
@@ -308,6 +316,8 @@ class Postroom:
         if not addresses:
             raise InputError("no proof address: pass --to or set the proof_addresses property")
         sample = self._sample(delivery, recipient)
+        for address in addresses:  # fails before a proof number is used up
+            plan.render_proof(sample, address, 0, self.clock())
         number = self.store.next_proof_number(delivery_id)
         messages = [plan.render_proof(sample, address, number, self.clock())
                     for address in addresses]

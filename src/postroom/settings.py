@@ -33,6 +33,7 @@ __all__ = [
     "ArchiveSettings",
     "DefaultsSettings",
     "DkimKey",
+    "QuarantineSettings",
     "SendingSettings",
     "Settings",
     "SmtpRelay",
@@ -192,6 +193,18 @@ class WebSettings(_Section):
         return value.rstrip("/")
 
 
+class QuarantineSettings(_Section):
+    """The address quarantine numbers (DESIGN.md §5, §8)."""
+
+    threshold: int = Field(5, ge=1, description="Significant soft errors that quarantine.")
+    error_spacing_hours: float = Field(24.0, gt=0, description="Soft errors closer than this "
+                                       "count once.")
+    counter_reset_days: float = Field(10.0, gt=0, description="Days without error that reset "
+                                      "the counter.")
+    mailbox_full_release_days: float = Field(30.0, gt=0, description="Days after which a "
+                                             "mailbox-full quarantine is released.")
+
+
 class DkimKey(_Section):
     """A DKIM signing key for one sending domain."""
 
@@ -217,6 +230,7 @@ class Settings(BaseSettings):
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
     dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
 
     @property

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from postroom.bounces.quarantine import QuarantinePolicy
+from postroom.bounces.rules import default_rules
 from postroom.compose.dkim import DkimSigner
 from postroom.delivery.archive import Transport
 from postroom.delivery.plan import Links, Planner
 from postroom.errors import ConfigError
+from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
 from postroom.storage.sql import open_store
@@ -51,12 +54,20 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(
         "link-signing", lambda: secrets.token_hex(32))
+    numbers = settings.quarantine
+    store.policy = QuarantinePolicy(
+        threshold=numbers.threshold, error_spacing=timedelta(hours=numbers.error_spacing_hours),
+        counter_reset=timedelta(days=numbers.counter_reset_days),
+        mailbox_full_release=timedelta(days=numbers.mailbox_full_release_days))
+    store.ensure_rules([rule_to_row(rule, (i + 1) * 10, builtin=True)
+                        for i, rule in enumerate(default_rules())])
     planner = Planner(
         defaults=settings.defaults, sending=sending,
         links=Links(web.base_url, secret.encode(), web.unsubscribe_mailto),
         archive_available=settings.archive.enabled,
         resource_validity_days=web.resource_validity_days,
         signers=_signers(settings.dkim),
+        rules=lambda: [rule_from_row(row) for row in store.list_rules()],
     )
     return Postroom(
         store,

@@ -18,7 +18,7 @@ from postroom.domain.outcomes import (
     FailureType,
     SmtpReply,
     connection_fault,
-    qualify_reply,
+    reply_outcome,
 )
 from postroom.domain.properties import MessageFormat, Properties
 from postroom.domain.states import DeliveryState, LogStatus
@@ -35,9 +35,9 @@ DEFAULTS = DefaultsSettings(
 SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
 ANN = Recipient(id=11, email="ann@example.org", first_name="Ann", last_name="Lee",
                 fields={"tier": "gold"})
-ACCEPTED = qualify_reply(SmtpReply(250, "2.0.0 Ok: queued as 4BQ2"))
-USER_UNKNOWN = qualify_reply(SmtpReply(550, "5.1.1 User unknown"))
-MAILBOX_FULL = qualify_reply(SmtpReply(452, "4.2.2 Mailbox full"))
+ACCEPTED = reply_outcome(SmtpReply(250, "2.0.0 Ok: queued as 4BQ2"))
+USER_UNKNOWN = reply_outcome(SmtpReply(550, "5.1.1 User unknown"))
+MAILBOX_FULL = reply_outcome(SmtpReply(452, "4.2.2 Mailbox full"))
 
 
 def delivery(*, started_at: datetime | None = T0, **props: Any) -> Delivery:

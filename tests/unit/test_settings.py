@@ -260,5 +260,5 @@ def test_archive_addresses_must_be_valid(tmp_path: Path, monkeypatch: pytest.Mon
     config = tmp_path / "p.toml"
     config.write_text('[archive]\nenabled = true\nbcc_address = "not an address"\n',
                       encoding="utf-8")
-    with pytest.raises(ConfigError, match="archive.bcc_address"):
+    with pytest.raises(ConfigError, match=r"archive\.bcc_address"):
         load_settings(config)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from postroom.cli import archive, config, deliveries, demo, recipients, templates, web
+from postroom.cli import archive, bounces, config, deliveries, demo, recipients, templates, web
 from postroom.cli.common import State, err_console
 from postroom.errors import ConfigError, InputError, NotFoundError, PostroomError
 
@@ -25,6 +25,10 @@ app.add_typer(deliveries.app, name="deliveries")
 app.add_typer(archive.app, name="archive")
 app.add_typer(config.app, name="config")
 app.add_typer(web.mirror_app, name="mirror")
+app.add_typer(bounces.bounces_app, name="bounces")
+app.add_typer(bounces.rules_app, name="rules")
+app.add_typer(bounces.quarantine_app, name="quarantine")
+app.add_typer(bounces.reports_app, name="reports")
 app.command("demo")(demo.demo)
 app.command("serve")(web.serve)
 

@@ -190,6 +190,22 @@ def mirror(ctx: typer.Context, log_id: int, as_json: bool = JsonOption) -> None:
     emit_json({"log": log_id, "url": url}) if as_json else typer.echo(url)
 
 
+@app.command("resend")
+def resend(
+    ctx: typer.Context,
+    delivery_id: int,
+    failed: bool = typer.Option(True, "--failed", help="Target the recipients whose logs "
+                                "failed (the only mode today)."),
+    reason: list[int] = typer.Option([], help="Only these failure reason codes."),
+    name: str | None = typer.Option(None, help="Name of the new delivery."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a follow-up delivery to the failed recipients not in quarantine now."""
+    d = state(ctx).postroom().resend(delivery_id, reasons=reason or None, name=name)
+    emit_json(_row(d)) if as_json else console.print(
+        f"created delivery #{d.id} ({d.name}); analyze and send it as usual")
+
+
 @app.command("report")
 def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Counts by status and reason, and the state of the archive copies."""

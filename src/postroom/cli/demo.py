@@ -44,6 +44,7 @@ html_file = "newsletter.html"
 text_file = "newsletter.txt"
 format = "multipart"
 email_bcc = true
+max_retries = 0  # the demo's content-filter refusals (soft) fail at once instead of retrying
 """
 TEMPLATE_HTML = """\
 <html><body>

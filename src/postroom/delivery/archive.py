@@ -108,8 +108,9 @@ class Archiver:
         results: list[ArchiveResult] = []
         pause = 0.0
         for index, copy in enumerate(copies):
+            utf8 = not copy.data.split(b"\r\n\r\n", 1)[0].isascii()  # an SMTPUTF8 message
             outcome = await transport.send(self._target.envelope_sender, self._target.address,
-                                           copy.data)
+                                           copy.data, smtputf8=utf8)
             now = self._clock()
             if outcome.verdict is Verdict.SENT:
                 self.archived += 1

@@ -8,10 +8,12 @@ again with the time of the retry). Both are pure: the clock arrives as `now`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
+from postroom.bounces.rules import Rule, default_rules, qualify_smtp_reply
 from postroom.compose.charsets import Charset, charset_for
 from postroom.compose.dkim import DkimSigner
 from postroom.compose.extra_headers import parse_extra_headers
@@ -35,6 +37,7 @@ from postroom.domain.models import Delivery, LogUpdate, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType, Outcome, Verdict
 from postroom.domain.properties import MirrorMode, Properties
 from postroom.domain.states import LogStatus
+from postroom.errors import InputError
 from postroom.settings import DefaultsSettings, SendingSettings
 
 __all__ = ["Links", "Message", "Plan", "Planner", "RetryPolicy", "make_plan"]
@@ -112,6 +115,7 @@ class Plan:
     extra_headers: tuple[tuple[str, str], ...]
     resource_validity: timedelta
     signer: DkimSigner | None = None
+    rules: tuple[Rule, ...] = ()  # qualification rules; empty: the shipped defaults
 
     @property
     def valid_until(self) -> datetime:
@@ -173,8 +177,8 @@ class Plan:
             extra = (("List-Unsubscribe", self.links.list_unsubscribe(log_id)),
                      ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"), *extra)
         headers = HeaderValues(
-            from_name=self.from_name, from_address=self.from_address, to_name=to_name,
-            to_address=wire.address, reply_to=self.reply_to, subject=content.subject,
+            from_name=self.from_name, from_address=_wire(self.from_address), to_name=to_name,
+            to_address=wire.address, reply_to=_wire(self.reply_to), subject=content.subject,
             message_id=message_id, date=now, extra=extra)
         parts = parts_for(self.props.format, recipient.email_format,
                           has_html=self.content.has_html, has_text=self.content.has_text)
@@ -189,14 +193,28 @@ class Plan:
                                salt=self.delivery.salt,
                                domain=self.from_address.rpartition("@")[2])
 
+    def qualified(self, outcome: Outcome) -> Outcome:
+        """The outcome with type and reason from the qualification rules (DESIGN.md §5).
+
+        A soft failure is tried again (also a 5xx the rules call soft, such as mailbox full);
+        hard, ignored and undefined ones are final. Connection faults keep their own verdict.
+        """
+        if outcome.reply is None or outcome.verdict is Verdict.SENT:
+            return outcome
+        verdict = qualify_smtp_reply(outcome.reply.code, outcome.reply.text, self.rules)
+        kind = Verdict.DEFERRED if verdict.failure_type is FailureType.SOFT else Verdict.FAILED
+        return Outcome(kind, outcome.reply, verdict.failure_type, verdict.reason,
+                       outcome.detail, to_qualify=verdict.rule_id is None)
+
     def settle(self, message: Message, outcome: Outcome, now: datetime) -> LogUpdate:
         """The log update that records `outcome` for `message`."""
+        outcome = self.qualified(outcome)
         attempts = message.target.attempts + 1
         failed = LogUpdate(
             log_id=message.target.log_id, status=LogStatus.FAILED, attempts=attempts,
             next_attempt_at=None, failure_type=outcome.failure_type or FailureType.UNDEFINED,
             failure_reason=outcome.reason, detail=outcome.detail, smtp_reply=outcome.text,
-            message_id=message.message_id)
+            message_id=message.message_id, to_qualify=outcome.to_qualify)
         if outcome.verdict is Verdict.SENT:
             mirrored = message.mirror_html is not None
             return replace(
@@ -224,7 +242,8 @@ class Plan:
 
 def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: SendingSettings,
               archive_available: bool, links: Links, resource_validity_days: float = 30.0,
-              signers: dict[str, DkimSigner] | None = None) -> Plan:
+              signers: dict[str, DkimSigner] | None = None,
+              rules: Sequence[Rule] | None = None) -> Plan:
     """Resolve a delivery's properties against the platform defaults and compile its content.
 
     Raises InputError (or TemplateError) when a property cannot be used.
@@ -255,7 +274,19 @@ def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: Sendin
         resource_validity=timedelta(days=props.resource_validity_days
                                     or resource_validity_days),
         signer=(signers or {}).get(domain),
+        rules=tuple(rules) if rules else default_rules(),
     )
+
+
+def _wire(address: str) -> str:
+    """A platform address in its header form (A-label domain); left as is when invalid
+    (analysis reports it)."""
+    if not address:
+        return address
+    try:
+        return wire_address(address).address
+    except InputError:
+        return address
 
 
 @dataclass(frozen=True)
@@ -268,9 +299,10 @@ class Planner:
     archive_available: bool
     resource_validity_days: float = 30.0
     signers: dict[str, DkimSigner] | None = None
+    rules: Callable[[], Sequence[Rule]] | None = None  # the rules table, read per plan
 
     def __call__(self, delivery: Delivery) -> Plan:
         return make_plan(delivery, defaults=self.defaults, sending=self.sending,
                          archive_available=self.archive_available, links=self.links,
                          resource_validity_days=self.resource_validity_days,
-                         signers=self.signers)
+                         signers=self.signers, rules=self.rules() if self.rules else None)

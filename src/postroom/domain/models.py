@@ -153,6 +153,7 @@ class LogUpdate:
     archive_data: bytes | None = None  # set when the message was sent and Email BCC is on
     mirror_html: bytes | None = None  # the HTML the recipient got, for its mirror page
     mirror_until: datetime | None = None
+    to_qualify: bool = False  # no qualification rule matched the reply
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """What happened to a message: one vocabulary of values shared by sending and reporting.
 
-A refused recipient is a value (`Outcome`), not an exception. The first-cut qualification of a
-synchronous SMTP reply lives here too; the rule table of DESIGN.md §5 replaces it later.
+A refused recipient is a value (`Outcome`), not an exception. Replies are qualified (type,
+reason) by the rules of `postroom.bounces.rules`, applied in `delivery.plan`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = [
     "SmtpReply",
     "Verdict",
     "connection_fault",
-    "qualify_reply",
+    "reply_outcome",
 ]
 
 
@@ -78,6 +78,7 @@ class Outcome:
     failure_type: FailureType | None = None
     reason: FailureReason | None = None
     detail: str = ""
+    to_qualify: bool = False  # no rule matched the reply: keep its text for an operator
 
     @property
     def text(self) -> str:
@@ -85,57 +86,19 @@ class Outcome:
 
 
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
-# Enhanced status codes (RFC 3463), without the class digit; they win over the reply's text.
-_BY_STATUS: dict[str, FailureReason] = {
-    "1.1": FailureReason.USER_UNKNOWN,
-    "1.6": FailureReason.USER_UNKNOWN,
-    "1.2": FailureReason.INVALID_DOMAIN,
-    "2.1": FailureReason.ACCOUNT_DISABLED,
-    "2.2": FailureReason.MAILBOX_FULL,
-    "4.1": FailureReason.UNREACHABLE,
-    "4.2": FailureReason.UNREACHABLE,
-    "4.4": FailureReason.UNREACHABLE,
-    "4.7": FailureReason.UNREACHABLE,
-}
-_PATTERNS: tuple[tuple[re.Pattern[str], FailureReason], ...] = (
-    (re.compile(r"user unknown|no such user|unknown user|does not exist|unknown recipient",
-                re.I), FailureReason.USER_UNKNOWN),
-    (re.compile(r"domain not found|unrouteable|no mx|host not found", re.I),
-     FailureReason.INVALID_DOMAIN),
-    (re.compile(r"mailbox full|over quota|quota exceeded|insufficient storage", re.I),
-     FailureReason.MAILBOX_FULL),
-    (re.compile(r"disabled|inactive|suspended", re.I), FailureReason.ACCOUNT_DISABLED),
-    (re.compile(r"spam|blocked|blacklist|denylist|policy|rejected for", re.I),
-     FailureReason.REFUSED),
-)
-# Failures that are temporary by nature even when the reply is 5xx (DESIGN.md §5: soft).
-_SOFT_REASONS = frozenset({FailureReason.MAILBOX_FULL})
 
 
-def _reason_for(reply: SmtpReply) -> FailureReason:
-    enhanced = reply.enhanced
-    if enhanced is not None:
-        detail = enhanced.split(".", 1)[1]
-        if detail in _BY_STATUS:
-            return _BY_STATUS[detail]
-        if detail.startswith("7."):
-            return FailureReason.REFUSED
-    for pattern, reason in _PATTERNS:
-        if pattern.search(reply.text):
-            return reason
-    return FailureReason.UNDEFINED
+def reply_outcome(reply: SmtpReply) -> Outcome:
+    """A first look at a reply by its class: 2xx sent, 4xx try again, 5xx failed.
 
-
-def qualify_reply(reply: SmtpReply) -> Outcome:
-    """Qualify a reply to one message's SMTP transaction (the last reply it got)."""
+    Type and reason are left open: the qualification rules (`postroom.bounces.rules`, applied
+    by the delivery plan) decide them, and may turn a 5xx into a soft, retried failure.
+    """
     if 200 <= reply.code < 300:
         return Outcome(Verdict.SENT, reply)
-    reason = _reason_for(reply)
-    if 400 <= reply.code < 500 or reason in _SOFT_REASONS:
-        if reason is FailureReason.UNDEFINED:
-            reason = FailureReason.UNREACHABLE
-        return Outcome(Verdict.DEFERRED, reply, FailureType.SOFT, reason)
-    return Outcome(Verdict.FAILED, reply, FailureType.HARD, reason)
+    if 400 <= reply.code < 500:
+        return Outcome(Verdict.DEFERRED, reply, FailureType.SOFT)
+    return Outcome(Verdict.FAILED, reply, FailureType.HARD)
 
 
 def connection_fault(detail: str) -> Outcome:

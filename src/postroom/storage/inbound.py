@@ -12,6 +12,14 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from postroom.bounces.quarantine import (
+    AddressEvent,
+    AddressState,
+    AddressStatus,
+    QuarantinePolicy,
+    apply_event,
+)
+from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.storage.schema import (
     address_status,
     bounce_results,
@@ -20,7 +28,7 @@ from postroom.storage.schema import (
     unqualified_texts,
 )
 
-__all__ = ["AddressRow", "InboundStore", "RuleRow", "StoredBounce"]
+__all__ = ["InboundStore", "RuleRow", "StoredBounce"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +55,6 @@ class RuleRow:
     builtin: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AddressRow:
-    address: str
-    status: str
-    error_count: int
-    first_error_at: datetime | None
-    last_error_at: datetime | None
-    last_reason: int | None
-    last_type: str | None
-    last_text: str
-    status_since: datetime
-
-
 def _bounce(row: Any) -> StoredBounce:
     return StoredBounce(row.id, row.data, row.source, row.envelope_to, row.state, row.kind,
                         row.detail, row.received_at)
@@ -70,14 +65,104 @@ def _rule(row: Any) -> RuleRow:
                    row.description, bool(row.builtin))
 
 
-def _address(row: Any) -> AddressRow:
-    return AddressRow(row.address, row.status, row.error_count, row.first_error_at,
-                      row.last_error_at, row.last_reason, row.last_type, row.last_text,
-                      row.status_since)
+def _address(row: Any) -> AddressState:
+    return AddressState(
+        address=row.address, status=AddressStatus(row.status), status_since=row.status_since,
+        error_count=row.error_count, first_error_at=row.first_error_at,
+        last_error_at=row.last_error_at,
+        last_reason=FailureReason(row.last_reason) if row.last_reason is not None else None,
+        last_type=FailureType(row.last_type) if row.last_type else None,
+        last_text=row.last_text)
 
 
 class InboundStore:
     engine: Engine
+    policy: QuarantinePolicy | None = None  # set by wiring; None: no quarantine bookkeeping
+
+    def apply_address_events(self, conn: Any, events: Sequence[tuple[str, AddressEvent]],
+                             now: datetime) -> None:
+        """Fold events into the addresses' states with the quarantine policy (same commit)."""
+        if self.policy is None or not events:
+            return
+        states = self.address_rows(conn, sorted({address for address, _ in events}))
+        changed: dict[str, AddressState] = {}
+        for address, event in events:
+            current = changed.get(address) or states.get(address)
+            if current is None:
+                if event.failure_type is None:
+                    continue  # a success for an address with no history: nothing to keep
+                current = AddressState.new(address, now)
+            following = apply_event(current, event, now=now, policy=self.policy)
+            if following != current:
+                changed[address] = following
+        self.save_address_rows(conn, list(changed.values()), now)
+
+    def sweep_addresses(self, now: datetime) -> tuple[int, int]:
+        """Time-based rules: reset error counters after 10 days without error, release
+        mailbox-full quarantines after 30 days. Returns (reset, released)."""
+        if self.policy is None:
+            return 0, 0
+        c = address_status.c
+        with self.engine.begin() as conn:
+            reset = conn.execute(update(address_status).where(
+                c.status.in_(["valid", "with_errors"]), c.error_count > 0,
+                c.last_error_at <= now - self.policy.counter_reset).values(
+                status="valid", error_count=0, first_error_at=None, status_since=now,
+                updated_at=now)).rowcount
+            released = conn.execute(update(address_status).where(
+                c.status == "quarantine", c.last_reason == int(FailureReason.MAILBOX_FULL),
+                c.status_since <= now - self.policy.mailbox_full_release).values(
+                status="valid", error_count=0, first_error_at=None, status_since=now,
+                updated_at=now)).rowcount
+        return reset, released
+
+    def apply_bounce(self, bounce_id: int, kind: str, outcomes: Sequence[Any],
+                     unqualified: Sequence[tuple[str, str]], now: datetime) -> int:
+        """Record one processed bounce and its effects in one transaction; returns how many
+        `sent` logs it turned `failed`. A bounce already processed changes nothing."""
+        from postroom.storage.schema import delivery_logs
+
+        failed = 0
+        with self.engine.begin() as conn:
+            claimed = conn.execute(update(bounces).where(bounces.c.id == bounce_id,
+                                                         bounces.c.state == "new")
+                                   .values(state="processing")).rowcount
+            if not claimed:
+                return 0
+            events: list[tuple[str, AddressEvent]] = []
+            attributed = False
+            for o in outcomes:
+                log = o.log if o.applies else None
+                attributed = attributed or log is not None
+                q, r = o.qualification, o.recipient
+                conn.execute(insert(bounce_results).values(
+                    bounce_id=bounce_id, recipient=(r.recipient or "")[:320],
+                    log_id=log.id if log else None, status=(r.status or "")[:16],
+                    action=(r.action or "")[:16], failure_type=str(q.failure_type),
+                    reason=int(q.reason), rule_id=q.rule_id, attributed_by=o.attributed_by,
+                    applied=log is not None))
+                if log is None:
+                    continue
+                if o.fails_log:
+                    failed += conn.execute(
+                        update(delivery_logs).where(delivery_logs.c.id == log.id,
+                                                    delivery_logs.c.status == "sent")
+                        .values(status="failed", failure_type=str(q.failure_type),
+                                failure_reason=int(q.reason),
+                                detail=f"bounce: {r.diagnostic}"[:2000],
+                                updated_at=now)).rowcount
+                    events.append((log.email, AddressEvent.failure(
+                        q.failure_type, q.reason, r.diagnostic)))
+                elif kind == "arf":
+                    events.append((log.email, AddressEvent.failure(
+                        q.failure_type, q.reason, r.diagnostic)))
+            for normalized, raw in unqualified:
+                self.count_unqualified(conn, normalized, raw, now)
+            self.apply_address_events(conn, events, now)
+            conn.execute(update(bounces).where(bounces.c.id == bounce_id).values(
+                state="processed" if attributed else "unattributed", kind=kind,
+                processed_at=now))
+        return failed
 
     # -- bounce mail ----------------------------------------------------------------------------
 
@@ -193,21 +278,23 @@ class InboundStore:
 
     # -- address status -----------------------------------------------------------------------
 
-    def address_rows(self, conn: Any, addresses: Sequence[str]) -> dict[str, AddressRow]:
+    def address_rows(self, conn: Any, addresses: Sequence[str]) -> dict[str, AddressState]:
         if not addresses:
             return {}
         rows = conn.execute(select(address_status)
                             .where(address_status.c.address.in_(list(addresses)))).all()
         return {row.address: _address(row) for row in rows}
 
-    def save_address_rows(self, conn: Any, rows: Sequence[AddressRow], now: datetime) -> None:
+    def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime) -> None:
         if not rows:
             return
         known = set(self.address_rows(conn, [r.address for r in rows]))
         for row in rows:
-            values = {"status": row.status, "error_count": row.error_count,
+            values = {"status": str(row.status), "error_count": row.error_count,
                       "first_error_at": row.first_error_at, "last_error_at": row.last_error_at,
-                      "last_reason": row.last_reason, "last_type": row.last_type,
+                      "last_reason": int(row.last_reason) if row.last_reason is not None
+                      else None,
+                      "last_type": str(row.last_type) if row.last_type else None,
                       "last_text": row.last_text[:2000], "status_since": row.status_since,
                       "updated_at": now}
             if row.address in known:
@@ -224,13 +311,13 @@ class InboundStore:
                                 .group_by(address_status.c.status)).all()
         return {str(status): int(count) for status, count in rows}
 
-    def get_address(self, address: str) -> AddressRow | None:
+    def get_address(self, address: str) -> AddressState | None:
         with self.engine.connect() as conn:
             return self.address_rows(conn, [address]).get(address)
 
     def list_addresses(self, *, statuses: Sequence[str], domain: str | None = None,
                        since: datetime | None = None, until: datetime | None = None,
-                       limit: int = 1000) -> list[AddressRow]:
+                       limit: int = 1000) -> list[AddressState]:
         query = select(address_status).where(address_status.c.status.in_(list(statuses)))
         if domain:
             query = query.where(address_status.c.domain == domain.lower())

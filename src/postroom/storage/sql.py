@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from postroom.bounces.normalize import normalize_text
+from postroom.bounces.quarantine import AddressEvent
 from postroom.domain.models import (
     ArchiveCopy,
     ArchiveResult,
@@ -439,6 +441,35 @@ class SqlStore(InboundStore):
                          "reply": "", "created_at": now}
                         for log_id, delivery_id in owed])
             self._record_mirrors(conn, updates, now)
+            self.apply_address_events(conn, self._address_events(conn, updates), now)
+            for u in updates:
+                if u.to_qualify and u.smtp_reply:
+                    self.count_unqualified(conn, normalize_text(u.smtp_reply), u.smtp_reply, now)
+
+    def _address_events(self, conn: Any, updates: Sequence[LogUpdate]) -> list[
+        tuple[str, AddressEvent]
+    ]:
+        """What each synchronous outcome says about its address (DESIGN.md §5).
+
+        A connection fault says nothing about the address, so it is no event.
+        """
+        if self.policy is None:
+            return []
+        email_of = dict(conn.execute(select(delivery_logs.c.id, delivery_logs.c.email)
+                                     .where(delivery_logs.c.id.in_([u.log_id
+                                                                    for u in updates]))).all())
+        events: list[tuple[str, AddressEvent]] = []
+        for u in updates:
+            address = email_of.get(u.log_id)
+            if address is None:
+                continue
+            if u.status is LogStatus.SENT:
+                events.append((address, AddressEvent.success()))
+            elif u.smtp_reply and u.failure_type in (FailureType.HARD, FailureType.SOFT):
+                events.append((address, AddressEvent.failure(
+                    u.failure_type, u.failure_reason or FailureReason.UNDEFINED,
+                    u.smtp_reply)))
+        return events
 
     def _record_mirrors(self, conn: Any, updates: Sequence[LogUpdate], now: datetime) -> None:
         pages = [u for u in updates if u.mirror_html is not None and u.mirror_until is not None
@@ -585,6 +616,15 @@ class SqlStore(InboundStore):
                 delivery_logs, delivery_logs.c.recipient_id == recipients.c.id)
                 .where(delivery_logs.c.id == log_id)).first()
         return _recipient(row) if row is not None else None
+
+    def log_delivery_salt(self, log_id: int) -> tuple[int, str] | None:
+        """(delivery id, salt) of a log: what a returned Message-ID must carry."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(deliveries.c.id, deliveries.c.salt)
+                               .join(delivery_logs, delivery_logs.c.delivery_id ==
+                                     deliveries.c.id)
+                               .where(delivery_logs.c.id == log_id)).first()
+        return (int(row[0]), str(row[1])) if row is not None else None
 
     def get_log(self, log_id: int) -> DeliveryLog:
         with self.engine.connect() as conn:

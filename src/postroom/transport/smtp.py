@@ -15,7 +15,7 @@ from postroom.domain.outcomes import (
     SmtpReply,
     Verdict,
     connection_fault,
-    qualify_reply,
+    reply_outcome,
 )
 from postroom.settings import SmtpRelay, TlsMode
 
@@ -88,7 +88,7 @@ class SmtpConnection:
                     await self.close()
                 else:
                     await self._reset()
-                return qualify_reply(SmtpReply(exc.code, exc.message))
+                return reply_outcome(SmtpReply(exc.code, exc.message))
         except aiosmtplib.SMTPAuthenticationError as exc:
             await self.close()
             return connection_fault(f"authentication failed: {exc.code} {exc.message}")
@@ -101,7 +101,7 @@ class SmtpConnection:
         self._sent_on_connection += 1
         if self._sent_on_connection >= self._limit:
             await self.close()
-        return qualify_reply(SmtpReply(response.code, response.message))
+        return reply_outcome(SmtpReply(response.code, response.message))
 
     async def _reset(self) -> None:
         if self._client is None:

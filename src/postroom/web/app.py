@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -60,10 +61,14 @@ def create_app(postroom: Postroom) -> Starlette:
             '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
             '<button type="submit">Unsubscribe</button></form>'))
 
-    def unsubscribe(request: Request) -> Response:
-        # RFC 8058: the POST (body List-Unsubscribe=One-Click) is the consent; no page, no
-        # cookie, no redirect is needed. The confirmation form posts here too.
-        recipient = postroom.unsubscribe(request.path_params["token"])
+    async def unsubscribe(request: Request) -> Response:
+        # RFC 8058: the POST with body List-Unsubscribe=One-Click is the consent; no page,
+        # no cookie, no redirect is needed. The confirmation form posts the same field.
+        form = await request.form()
+        if form.get("List-Unsubscribe") != "One-Click":
+            return PlainTextResponse("Expected List-Unsubscribe=One-Click", status_code=400)
+        recipient = await run_in_threadpool(postroom.unsubscribe,
+                                            request.path_params["token"])
         if recipient is None:
             return _not_found()
         return _page("Unsubscribed", f"<h1>Unsubscribed</h1><p>{html.escape(recipient.email)} "
