@@ -7,6 +7,7 @@ and runs the pipeline: audience → analyze → render → send → record → a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import tomllib
 from collections import Counter
@@ -17,6 +18,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from postroom.compose.charsets import charset_for
 from postroom.compose.personalize import compile_content
 from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, read_token
@@ -25,6 +28,13 @@ from postroom.delivery.archive import Archiver, ArchiveTarget, Transport
 from postroom.delivery.audience import matcher, parse_filter
 from postroom.delivery.engine import Engine, RunSummary
 from postroom.delivery.plan import Planner
+from postroom.delivery.worker import (
+    Heartbeat,
+    Worker,
+    WorkerSummary,
+    halting_on_signals,
+    new_worker_id,
+)
 from postroom.domain.addresses import wire_address
 from postroom.domain.models import (
     ArchiveState,
@@ -42,6 +52,7 @@ from postroom.inbound.service import BounceService
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
 from postroom.storage.sql import SqlStore
+from postroom.storage.workers import DoubtCounts, WorkerRow
 
 __all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file"]
 
@@ -113,6 +124,7 @@ class Report:
     by_domain: dict[str, dict[str, int]]
     archive: dict[str, int]
     throughput: float | None  # messages sent per second, first to last acceptance
+    doubt: DoubtCounts
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -128,8 +140,30 @@ class Report:
             "by_domain": self.by_domain,
             "throughput_per_second": self.throughput,
             "archive": self.archive,
+            "in_doubt": {"logs": self.doubt.logs, "events": self.doubt.events,
+                         "review": self.doubt.review, "archive_copies": self.doubt.archive},
             "last_error": d.last_error,
         }
+
+
+@dataclass(frozen=True)
+class Health:
+    database: bool
+    problems: list[str]
+    notes: list[str]
+    live_workers: int
+    deliveries: dict[str, int]
+    archive: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return self.database and not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": "ok" if self.ok else "problem", "database": self.database,
+                "problems": self.problems, "notes": self.notes,
+                "live_workers": self.live_workers, "deliveries": self.deliveries,
+                "archive": self.archive}
 
 
 class Postroom:
@@ -212,8 +246,19 @@ class Postroom:
                        archive_available=self.settings.archive.enabled, now=self.clock())
 
     def send(self, delivery_id: int, *, progress: Callable[[int], None] | None = None,
-             on_analyzed: Callable[[AnalysisReport], None] | None = None) -> RunSummary:
-        """Send a delivery: analyze first if needed, then send what is due."""
+             on_analyzed: Callable[[AnalysisReport], None] | None = None,
+             halt: asyncio.Event | None = None) -> RunSummary:
+        """Send a delivery: analyze first if needed, then send what is due.
+
+        Runs in this process (no worker needed); it registers as a sender like a worker does.
+        """
+        self.start(delivery_id, on_analyzed=on_analyzed)
+        sending = self._send(delivery_id, progress, halt)
+        return asyncio.run(sending if halt is None else halting_on_signals(halt, sending))
+
+    def start(self, delivery_id: int, *,
+              on_analyzed: Callable[[AnalysisReport], None] | None = None) -> Delivery:
+        """Analyze if needed and move the delivery to `sending`, for workers to pick up."""
         delivery = self.store.get_delivery(delivery_id)
         if delivery.state in (DeliveryState.EDITING, DeliveryState.FAILED):
             report = self.analyze(delivery_id)
@@ -229,7 +274,77 @@ class Postroom:
             raise StateError(f"delivery #{delivery_id} is {delivery.state}; "
                              + ("resume it first" if delivery.state is DeliveryState.PAUSED
                                 else "it cannot be sent"))
-        return asyncio.run(self._engine().run(delivery_id, progress=progress))
+        return self.store.get_delivery(delivery_id)
+
+    async def _send(self, delivery_id: int, progress: Callable[[int], None] | None,
+                    halt: asyncio.Event | None) -> RunSummary:
+        engine = self._engine()
+        async with Heartbeat(self.store, engine.worker_id, kind="send", lease=self._lease,
+                             clock=self.clock) as heartbeat:
+            heartbeat.delivery_id = delivery_id
+            summary = await engine.run(delivery_id, progress=progress, halt=halt)
+            heartbeat.sent = summary.sent
+        return summary
+
+    def work(self, halt: asyncio.Event, *, until_idle: bool = False,
+             on_run: Callable[[RunSummary], None] | None = None) -> WorkerSummary:
+        """`postroom worker`: send every delivery in state `sending`, until `halt`."""
+        worker = Worker(self.store, self._engine(), self._archiver(), lease=self._lease,
+                        poll_seconds=self.settings.sending.worker_poll_seconds, clock=self.clock)
+        return asyncio.run(halting_on_signals(
+            halt, worker.run(halt, until_idle=until_idle, on_run=on_run)))
+
+    def health(self) -> Health:
+        """What a monitor wants to know: is the database there, is anyone sending what is
+        due, and is anything stuck (paused by a fault, archive copies failing)."""
+        problems: list[str] = []
+        notes: list[str] = []
+        try:
+            deliveries = self.store.list_deliveries()
+            live = [w for w in self.workers(recent=timedelta(0)) if self.worker_alive(w)]
+            archive = Counter[str]()
+            for states in self.store.archive_counts().values():
+                archive.update(states)
+            due = self.store.next_sending_delivery(self.clock() - self._lease)
+        except SQLAlchemyError as exc:
+            return Health(False, [f"database unreachable: {type(exc).__name__}"], [], 0, {}, {})
+        sending = [d for d in deliveries if d.state is DeliveryState.SENDING]
+        for d in deliveries:
+            if d.state is DeliveryState.PAUSED and d.last_error:
+                notes.append(f"delivery #{d.id} paused: {d.last_error}")
+        if due is not None and not live:
+            problems.append(f"delivery #{due} has messages due for a lease period and no "
+                            "live sender: start `postroom worker`")
+        if archive.get(ArchiveState.FAILED, 0):
+            problems.append(f"{archive[ArchiveState.FAILED]} archive copies failed: see "
+                            "`postroom archive status`")
+        return Health(True, problems, notes, len(live),
+                      {"sending": len(sending)}, dict(archive))
+
+    def workers(self, *, recent: timedelta = timedelta(hours=1)) -> list[WorkerRow]:
+        """Senders that are running, and those that stopped within `recent`."""
+        return self.store.list_workers(self.clock(), include_stopped_since=self.clock() - recent)
+
+    def worker_alive(self, row: WorkerRow) -> bool:
+        return row.alive(self.clock(), 2 * self._lease)
+
+    def resolve_review(self, delivery_id: int, *, resend: bool) -> int:
+        """Logs set aside as in doubt (at-most-once): send them again, or count them failed.
+
+        A delivery waits in `sending` while logs are in review; once none is left and nothing
+        is pending it finishes.
+        """
+        count = self.store.resolve_review(delivery_id, resend=resend, now=self.clock())
+        if (self.store.get_delivery(delivery_id).state is DeliveryState.SENDING
+                and self.store.next_due(delivery_id) is None
+                and not self.store.review_waiting(delivery_id)):
+            with contextlib.suppress(StateError):
+                self.store.move_delivery(delivery_id, DeliveryState.FINISHED, self.clock())
+        return count
+
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.sending.lease_seconds)
 
     def pending_count(self, delivery_id: int) -> int:
         return sum(n for status, _, _, n in self.store.log_counts(delivery_id)
@@ -239,7 +354,8 @@ class Postroom:
         return self.store.move_delivery(delivery_id, DeliveryState.PAUSED, self.clock())
 
     def resume(self, delivery_id: int) -> Delivery:
-        return self.store.move_delivery(delivery_id, DeliveryState.SENDING, self.clock())
+        return self.store.move_delivery(delivery_id, DeliveryState.SENDING, self.clock(),
+                                        error="")
 
     def stop(self, delivery_id: int) -> Delivery:
         delivery = self.store.move_delivery(delivery_id, DeliveryState.STOPPED, self.clock())
@@ -266,7 +382,8 @@ class Postroom:
         first, last, sent = self.store.send_window(delivery_id)
         seconds = (last - first).total_seconds() if first and last else 0.0
         throughput = round(sent / seconds, 1) if seconds > 0 else None
-        return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput)
+        return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput,
+                      self.store.doubt_counts(delivery_id))
 
     def resend(self, delivery_id: int, *, reasons: list[int] | None = None,
                name: str | None = None) -> Delivery:
@@ -410,10 +527,10 @@ class Postroom:
             self.store, self._connect_archive,
             target=ArchiveTarget(archive.address, archive.envelope_sender),
             connections=archive.connections, max_backoff=archive.max_backoff_seconds,
-            clock=self.clock, lease=timedelta(seconds=self.settings.sending.lease_seconds))
+            clock=self.clock, lease=self._lease, batch_size=20)
 
     def _engine(self) -> Engine:
         return Engine(self.store, self._connect, planner=self.planner,
                       sending=self.settings.sending, archiver=self._archiver(),
                       archive_drain_seconds=self.settings.archive.drain_seconds,
-                      clock=self.clock)
+                      clock=self.clock, worker_id=new_worker_id())

@@ -13,7 +13,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -90,7 +90,22 @@ class SendingSettings(_Section):
         1000, ge=1, description="Messages sent over one connection before it is renewed."
     )
     batch_size: int = Field(200, ge=1, le=10_000, description="Logs claimed per database round.")
-    lease_seconds: float = Field(300.0, gt=0, description="How long a claimed batch is ours.")
+    lease_seconds: float = Field(
+        60.0, ge=1, description="How long a claimed batch is ours without a heartbeat; "
+        "a dead worker's batch is taken over after it (heartbeats renew it every quarter)."
+    )
+    in_doubt: Literal["resend", "review"] = Field(
+        "resend", description="Messages that may have reached the relay unrecorded (a worker "
+        "died, a connection dropped awaiting the reply to DATA): resend them (at-least-once) "
+        "or set them aside for an operator (at-most-once)."
+    )
+    pause_after_transport_failures: int = Field(
+        50, ge=0, description="Pause the delivery after this many transport failures in a row "
+        "(no reply at all: connect, TLS, timeout, dropped); 0 never pauses."
+    )
+    worker_poll_seconds: float = Field(
+        1.0, gt=0, description="How often an idle `postroom worker` looks for work."
+    )
     quick_retries: int = Field(
         2, ge=0, description="Temporary failures retried after quick_retry_seconds in the same run."
     )

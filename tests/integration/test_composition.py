@@ -321,7 +321,8 @@ def test_health_form_posts_and_html_escaping(
     postroom.send(delivery_id)
     [log] = postroom.logs(delivery_id)
     path = httpx.URL(postroom.mirror_url(log.id)).path
-    assert web.get("/health").json() == {"status": "ok"}
+    health = web.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
     assert web.get(path).content == _html_part(_parse(relay.messages[0].data))
     unsubscribe = httpx.URL(postroom.planner.links.unsubscribe_url(log.id)).path
     reply = web.post(unsubscribe, data={"List-Unsubscribe": "One-Click"})  # the page's form

@@ -45,6 +45,9 @@ LEGAL_LOG = {
     (L.SENT, L.FAILED),  # an asynchronous bounce
     (L.CANCELLED, L.SENT),  # in flight when the delivery stopped
     (L.CANCELLED, L.FAILED),
+    (L.PENDING, L.REVIEW),  # in doubt, at-most-once
+    (L.REVIEW, L.PENDING),  # an operator resends it
+    (L.REVIEW, L.FAILED),  # an operator counts it failed
 }
 
 

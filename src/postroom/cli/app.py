@@ -8,7 +8,17 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from postroom.cli import archive, bounces, config, deliveries, demo, recipients, templates, web
+from postroom.cli import (
+    archive,
+    bounces,
+    config,
+    deliveries,
+    demo,
+    recipients,
+    templates,
+    web,
+    workers,
+)
 from postroom.cli.common import State, err_console
 from postroom.errors import ConfigError, InputError, NotFoundError, PostroomError
 
@@ -31,6 +41,9 @@ app.add_typer(bounces.quarantine_app, name="quarantine")
 app.add_typer(bounces.reports_app, name="reports")
 app.command("demo")(demo.demo)
 app.command("serve")(web.serve)
+app.command("worker")(workers.worker)
+app.command("workers")(workers.workers)
+app.command("health")(workers.health)
 
 
 @app.callback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,15 @@ def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
     delivery = postroom.store.get_delivery(delivery_id)
     total = postroom.pending_count(delivery_id) if delivery.analyzed_at else None
     with progress_bar(f"sending #{delivery_id}", total, enabled=not as_json) as advance:
-        summary = postroom.send(delivery_id, progress=advance, on_analyzed=on_analyzed)
+        summary = postroom.send(delivery_id, progress=advance, on_analyzed=on_analyzed,
+                                halt=asyncio.Event())
     if as_json:
         emit_json(_summary(summary))
         return
     console.print(f"delivery #{delivery_id}: {summary.state}; sent {summary.sent}, "
                   f"failed {summary.failed}, retry later {summary.deferred}")
+    if summary.paused_reason:
+        console.print(f"[red]{summary.paused_reason}[/]", highlight=False)
     if summary.archive_pending:
         console.print(f"[yellow]{summary.archive_pending} archive copies pending[/] "
                       "(archive relay unreachable?): `postroom archive flush` retries them")
@@ -133,6 +137,14 @@ def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
 def send(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Send a delivery (analyzing it first if needed)."""
     _send(ctx, delivery_id, as_json)
+
+
+@app.command("start")
+def start(ctx: typer.Context, delivery_id: int) -> None:
+    """Analyze if needed and set the delivery `sending`, for `postroom worker`s to send."""
+    on_analyzed = _print_analysis
+    d = state(ctx).postroom().start(delivery_id, on_analyzed=on_analyzed)
+    console.print(f"delivery #{d.id} is {d.state}; running workers pick it up")
 
 
 @app.command("pause")
@@ -160,6 +172,15 @@ def stop(ctx: typer.Context, delivery_id: int) -> None:
     """Stop a delivery for good: what was not sent is cancelled."""
     d = state(ctx).postroom().stop(delivery_id)
     console.print(f"delivery #{d.id} is {d.state}")
+
+
+@app.command("review")
+def review(ctx: typer.Context, delivery_id: int,
+           resend: bool = typer.Option(..., "--resend/--fail",
+                                       help="Send them again, or count them failed.")) -> None:
+    """Decide about messages set aside as in doubt (sending.in_doubt = "review")."""
+    count = state(ctx).postroom().resolve_review(delivery_id, resend=resend)
+    console.print(f"{count} messages in review {'put back to send' if resend else 'failed'}")
 
 
 @app.command("proof")
@@ -227,6 +248,12 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
         console.print(reasons)
     archive = data["archive"]
     console.print("archive copies: " + ", ".join(f"{k} {v}" for k, v in archive.items()))
+    doubt = data["in_doubt"]
+    if doubt["logs"] or doubt["archive_copies"]:
+        console.print(f"[yellow]in doubt:[/] {doubt['logs']} messages may have reached the "
+                      f"relay twice ({doubt['review']} wait for review: `postroom deliveries "
+                      f"review {data['delivery']}`); {doubt['archive_copies']} archive copies "
+                      "may be in the archive twice", highlight=False)
     if data["last_error"]:
         console.print(f"[red]last error:[/] {data['last_error']}", highlight=False)
 

@@ -29,7 +29,7 @@ class Transport(Protocol):
 
 class ArchiveStore(Protocol):
     def claim_archive(self, now: datetime, limit: int, lease: timedelta, *,
-                      delivery_id: int | None = None) -> list[ArchiveCopy]: ...
+                      delivery_id: int | None = None, worker: str = "") -> list[ArchiveCopy]: ...
     def record_archive(self, results: list[ArchiveResult], now: datetime) -> None: ...
     def archive_counts(self, delivery_id: int | None = None) -> dict[int, dict[str, int]]: ...
 
@@ -65,9 +65,15 @@ class Archiver:
         return sum(states.get(ArchiveState.PENDING, 0) for states in counts.values())
 
     async def run(self, *, delivery_id: int | None, finish: asyncio.Event,
-                  drain_seconds: float) -> None:
-        """Archive copies until `finish` is set and then no copy is pending (or time runs out)."""
-        workers = [asyncio.create_task(self._work(delivery_id, finish, drain_seconds))
+                  drain_seconds: float, halt: asyncio.Event | None = None,
+                  worker: str = "") -> None:
+        """Archive copies until `finish` is set and then no copy is pending (or time runs out).
+
+        `halt` set (SIGTERM): the copy on the wire finishes and is recorded; the rest of the
+        claimed batch is given back at once.
+        """
+        workers = [asyncio.create_task(self._work(delivery_id, finish, drain_seconds,
+                                                  halt, worker))
                    for _ in range(self._connections)]
         try:
             await asyncio.gather(*workers)
@@ -76,23 +82,25 @@ class Archiver:
                 task.cancel()
 
     async def _work(self, delivery_id: int | None, finish: asyncio.Event,
-                    drain_seconds: float) -> None:
+                    drain_seconds: float, halt: asyncio.Event | None, worker: str) -> None:
         transport = self._connect()
         deadline: float | None = None
         loop = asyncio.get_running_loop()
         try:
             while True:
+                if halt is not None and halt.is_set():
+                    return
                 if finish.is_set() and deadline is None:
                     deadline = loop.time() + drain_seconds
                 if deadline is not None and (loop.time() >= deadline
                                              or self.pending(delivery_id) == 0):
                     return
                 copies = self._store.claim_archive(self._clock(), self._batch, self._lease,
-                                                   delivery_id=delivery_id)
+                                                   delivery_id=delivery_id, worker=worker)
                 if not copies:
                     await _sleep_or(finish, 0.2)
                     continue
-                pause = await self._send_batch(transport, copies)
+                pause = await self._send_batch(transport, copies, halt)
                 if pause:
                     await _sleep_or(finish if deadline is None else None,
                                     min(pause, self._remaining(deadline, loop)))
@@ -103,11 +111,21 @@ class Archiver:
     def _remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float:
         return float("inf") if deadline is None else max(0.0, deadline - loop.time())
 
-    async def _send_batch(self, transport: Transport, copies: list[ArchiveCopy]) -> float:
-        """Send claimed copies; returns how long to pause when the relay is unreachable."""
-        results: list[ArchiveResult] = []
+    async def _send_batch(self, transport: Transport, copies: list[ArchiveCopy],
+                          halt: asyncio.Event | None = None) -> float:
+        """Send claimed copies; returns how long to pause when the relay is unreachable.
+
+        Each result is recorded as soon as the relay answers, which keeps the window in which a
+        crash leaves a copy archived but unrecorded (in doubt) as short as one commit.
+        """
         pause = 0.0
         for index, copy in enumerate(copies):
+            if halt is not None and halt.is_set():
+                self._store.record_archive([ArchiveResult(
+                    c.id, ArchiveState.PENDING, "not attempted", next_attempt_at=self._clock(),
+                    attempted=False) for c in copies[index:]], self._clock())
+                break
+            results: list[ArchiveResult] = []
             utf8 = not copy.data.split(b"\r\n\r\n", 1)[0].isascii()  # an SMTPUTF8 message
             outcome = await transport.send(self._target.envelope_sender, self._target.address,
                                            copy.data, smtputf8=utf8)
@@ -120,14 +138,16 @@ class Archiver:
             else:
                 wait = backoff(copy.attempts + 1, self._max_backoff)
                 results.append(ArchiveResult(copy.id, ArchiveState.PENDING, outcome.text,
-                                             next_attempt_at=now + wait))
+                                             next_attempt_at=now + wait,
+                                             in_doubt=outcome.in_doubt))
                 if outcome.reply is None:  # the relay is unreachable: put the rest back too
                     results.extend(ArchiveResult(c.id, ArchiveState.PENDING, "not attempted",
                                                  next_attempt_at=now, attempted=False)
                                    for c in copies[index + 1:])
                     pause = wait.total_seconds()
-                    break
-        self._store.record_archive(results, self._clock())
+            self._store.record_archive(results, self._clock())
+            if pause:
+                break
         return pause
 
 

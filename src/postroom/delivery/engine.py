@@ -2,28 +2,35 @@
 
 One run sends what is due for one delivery, waits for quick retries that fall due soon, and
 returns; what stays pending (retries due later) is picked up by the next run. A pause or stop set
-from another process is noticed between batches. The archive outbox worker runs beside it, so an
-unreachable archive relay never holds recipients' messages back.
+from another process is noticed within half a second, and what no connection has taken yet is
+given back. The archive outbox worker runs beside it, so an unreachable archive relay never holds
+recipients' messages back.
+
+Crash accounting: logs are claimed under a lease, and marked `attempting` (one write per few
+messages) just before they go to the connections. A log whose lease runs out while attempting —
+its worker died — may have reached the relay unrecorded: the next claim counts it in doubt, as
+does a connection that dropped after the message was handed over (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from postroom.delivery.archive import Archiver, Transport
 from postroom.delivery.plan import Message, Plan
 from postroom.domain.models import Delivery, LogUpdate, Target
-from postroom.domain.outcomes import FailureReason, Verdict
+from postroom.domain.outcomes import FailureReason, Outcome, Verdict
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import ConfigError, PostroomError, StateError
 from postroom.settings import SendingSettings
 
-__all__ = ["Engine", "RunSummary", "SendStore"]
+__all__ = ["Engine", "RunSummary", "SendStore", "doubtful"]
 
 Progress = Callable[[int], None]
 
@@ -33,10 +40,13 @@ class SendStore(Protocol):
     def move_delivery(self, delivery_id: int, target: DeliveryState, now: datetime, *,
                       error: str | None = None) -> Delivery: ...
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
-                  lease: timedelta) -> list[Target]: ...
+                  lease: timedelta, *, worker: str = "") -> list[Target]: ...
+    def mark_attempting(self, log_ids: list[int]) -> None: ...
+    def review_doubtful(self, delivery_id: int, now: datetime) -> int: ...
     def record(self, updates: list[LogUpdate], now: datetime) -> None: ...
     def release(self, log_ids: list[int]) -> None: ...
-    def next_due(self, delivery_id: int) -> datetime | None: ...
+    def next_due(self, delivery_id: int, now: datetime | None = None) -> datetime | None: ...
+    def review_waiting(self, delivery_id: int) -> int: ...
     def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
                        reason: FailureReason | None, detail: str) -> int: ...
 
@@ -48,15 +58,29 @@ class RunSummary:
     sent: int = 0
     failed: int = 0
     deferred: int = 0
+    in_doubt: int = 0  # attempts whose connection dropped awaiting the reply to DATA
     archived: int = 0
     archive_pending: int = 0
+    paused_reason: str = ""
+
+
+def doubtful(update: LogUpdate, outcome: Outcome, policy: str) -> LogUpdate:
+    """Mark an attempt that may have reached the relay; at-most-once sets it aside."""
+    if not outcome.in_doubt:
+        return update
+    if policy == "review" and update.status is LogStatus.PENDING:
+        return replace(update, in_doubt=True, status=LogStatus.REVIEW, next_attempt_at=None,
+                       detail=f"in doubt ({update.detail}); resend or count it failed")
+    return replace(update, in_doubt=True)
 
 
 class Engine:
+    """Sends one delivery at a time for one sender identity (`worker_id`, owner of leases)."""
+
     def __init__(self, store: SendStore, connect: Callable[[], Transport], *,
                  planner: Callable[[Delivery], Plan], sending: SendingSettings,
                  archiver: Archiver | None, archive_drain_seconds: float,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], worker_id: str = ""):
         self._store = store
         self._connect = connect
         self._planner = planner
@@ -64,12 +88,21 @@ class Engine:
         self._archiver = archiver
         self._drain = archive_drain_seconds
         self._clock = clock
+        self.worker_id = worker_id
         self._updates: list[LogUpdate] = []
+        self._flushed_at = 0.0
         self._state = DeliveryState.SENDING
         self._state_read_at = 0.0
+        self._halt: asyncio.Event | None = None
+        self._faults_in_row = 0
 
-    async def run(self, delivery_id: int, *, progress: Progress | None = None) -> RunSummary:
-        """Send a delivery in state `sending` until nothing is due soon, then return."""
+    async def run(self, delivery_id: int, *, progress: Progress | None = None,
+                  halt: asyncio.Event | None = None, archive: bool = True) -> RunSummary:
+        """Send a delivery in state `sending` until nothing is due soon, then return.
+
+        `halt` set (SIGTERM): in-flight messages finish and are recorded, the rest is released.
+        `archive=False`: the caller runs the archive outbox worker itself.
+        """
         delivery = self._store.get_delivery(delivery_id)
         if delivery.state is not DeliveryState.SENDING:
             raise StateError(f"delivery #{delivery_id} is {delivery.state}, not sending")
@@ -77,11 +110,14 @@ class Engine:
         if delivery.properties.email_bcc and self._archiver is None:
             raise ConfigError("the delivery asks for Email BCC but archive.enabled is off; "
                               "nothing was sent (the administrator must switch it back on)")
+        self._halt = halt
+        self._faults_in_row = 0
         summary = RunSummary(delivery_id, delivery.state)
         finish = asyncio.Event()
         archiving = (asyncio.create_task(self._archiver.run(
-            delivery_id=delivery_id, finish=finish, drain_seconds=self._drain))
-            if self._archiver is not None else None)
+            delivery_id=delivery_id, finish=finish, drain_seconds=self._drain, halt=halt,
+            worker=self.worker_id))
+            if archive and self._archiver is not None else None)
         try:
             if self._clock() >= plan.valid_until:
                 self._expire(delivery_id)
@@ -91,14 +127,23 @@ class Engine:
             finish.set()
             if archiving is not None:
                 await archiving
-        if self._store.next_due(delivery_id) is None and \
-                self._store.get_delivery(delivery_id).state is DeliveryState.SENDING:
-            self._store.move_delivery(delivery_id, DeliveryState.FINISHED, self._clock())
-        summary.state = self._store.get_delivery(delivery_id).state
-        if self._archiver is not None:
+        self._finish_if_done(delivery_id)
+        current = self._store.get_delivery(delivery_id)
+        summary.state = current.state
+        if current.state is DeliveryState.PAUSED:
+            summary.paused_reason = current.last_error
+        if archiving is not None and self._archiver is not None:
             summary.archived = self._archiver.archived
             summary.archive_pending = self._archiver.pending(delivery_id)
         return summary
+
+    def _finish_if_done(self, delivery_id: int) -> None:
+        if self._store.next_due(delivery_id) is not None or \
+                self._store.review_waiting(delivery_id) or \
+                self._store.get_delivery(delivery_id).state is not DeliveryState.SENDING:
+            return
+        with contextlib.suppress(StateError):  # another worker finished it first
+            self._store.move_delivery(delivery_id, DeliveryState.FINISHED, self._clock())
 
     def _expire(self, delivery_id: int) -> None:
         self._store.expire_pending(delivery_id, self._clock(), status=LogStatus.FAILED,
@@ -107,49 +152,86 @@ class Engine:
 
     async def _send_all(self, plan: Plan, summary: RunSummary, progress: Progress | None) -> None:
         """Feed claimed logs to N connection workers; a worker's crash stops the run."""
-        queue: asyncio.Queue[Message] = asyncio.Queue(self._sending.connections * 8)
+        queue: asyncio.Queue[Message] = asyncio.Queue(self._sending.connections * 2)
         try:
             async with asyncio.TaskGroup() as group:
                 workers = [group.create_task(self._worker(queue, plan, summary, progress))
                            for _ in range(self._sending.connections)]
-                await self._feed(queue, plan)
+                try:
+                    await self._feed(queue, plan)
+                finally:
+                    self._release_queued(queue)
                 await queue.join()
                 for worker in workers:
                     worker.cancel()
         finally:
             self._flush()
 
+    def _release_queued(self, queue: asyncio.Queue[Message]) -> None:
+        """Give back what no connection has taken yet (a pause, stop or halt came)."""
+        unsent: list[int] = []
+        while not queue.empty():
+            unsent.append(queue.get_nowait().target.log_id)
+            queue.task_done()
+        if unsent:
+            self._store.release(unsent)
+
     async def _feed(self, queue: asyncio.Queue[Message], plan: Plan) -> None:
         delivery_id = plan.delivery.id
         lease = timedelta(seconds=self._sending.lease_seconds)
+        review = self._sending.in_doubt == "review"
         while self._sending_allowed(delivery_id, force=True):
+            if review:
+                self._store.review_doubtful(delivery_id, self._clock())
             targets = self._store.claim_due(delivery_id, self._clock(),
-                                            self._sending.batch_size, lease)
+                                            self._sending.batch_size, lease,
+                                            worker=self.worker_id)
             if targets:
-                for index, target in enumerate(targets):
+                step = self._sending.connections
+                for start in range(0, len(targets), step):
                     if not self._sending_allowed(delivery_id):
-                        self._store.release([t.log_id for t in targets[index:]])
+                        self._store.release([t.log_id for t in targets[start:]])
                         return
-                    try:
-                        await queue.put(plan.render(target, self._clock()))
-                    except PostroomError as exc:
-                        self._updates.append(plan.unrenderable(target, exc))
+                    await self._hand_over(queue, plan, targets[start:start + step])
                 continue
             await queue.join()
             self._flush()
-            due = self._store.next_due(delivery_id)
+            now = self._clock()
+            due = self._store.next_due(delivery_id, now)
             if due is None:
                 return
             if due >= plan.valid_until:
                 self._expire(delivery_id)
                 return
-            wait = (due - self._clock()).total_seconds()
+            wait = (due - now).total_seconds()
             if wait > self._sending.wait_for_retries_seconds:
                 return  # a later run picks them up
-            await asyncio.sleep(max(wait, 0.01))
+            await self._pause(max(wait, 0.01))
+
+    async def _hand_over(self, queue: asyncio.Queue[Message], plan: Plan,
+                         targets: list[Target]) -> None:
+        """Render a few targets, mark them attempting (one write), and queue them."""
+        messages: list[Message] = []
+        for target in targets:
+            try:
+                messages.append(plan.render(target, self._clock()))
+            except PostroomError as exc:
+                self._updates.append(plan.unrenderable(target, exc))
+        self._store.mark_attempting([m.target.log_id for m in messages])
+        for message in messages:
+            await queue.put(message)
+
+    async def _pause(self, seconds: float) -> None:
+        if self._halt is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._halt.wait(), timeout=seconds)
 
     def _sending_allowed(self, delivery_id: int, *, force: bool = False) -> bool:
-        """Whether the delivery is still `sending` (re-read at most every half second)."""
+        """Whether to go on: not halted, and the delivery still `sending` (re-read every 0.5 s)."""
+        if self._halt is not None and self._halt.is_set():
+            return False
         now = time.monotonic()
         if force or now - self._state_read_at >= 0.5:
             self._state_read_at = now
@@ -167,20 +249,15 @@ class Engine:
                     outcome = await transport.send(message.sender, message.recipient,
                                                    message.data,
                                                    smtputf8=message.smtputf8)
-                    update = plan.settle(message, outcome, self._clock())
+                    update = doubtful(plan.settle(message, outcome, self._clock()), outcome,
+                                      self._sending.in_doubt)
                     self._updates.append(update)
-                    if update.status is LogStatus.SENT:
-                        summary.sent += 1
-                    elif update.status is LogStatus.FAILED:
-                        summary.failed += 1
-                    else:
-                        summary.deferred += 1
-                    if progress is not None and update.status is not LogStatus.PENDING:
-                        progress(1)
-                    if len(self._updates) >= self._sending.batch_size:
-                        self._flush()
-                    faults = faults + 1 if outcome.verdict is Verdict.DEFERRED and \
-                        outcome.reply is None else 0
+                    self._count(summary, update, progress)
+                    self._flush_if_due()
+                    transport_fault = outcome.verdict is Verdict.DEFERRED and \
+                        outcome.reply is None
+                    faults = faults + 1 if transport_fault else 0
+                    self._watch_transport(plan.delivery.id, transport_fault, outcome.text)
                     if faults:
                         await asyncio.sleep(min(5.0, 0.05 * 2 ** faults))
                 finally:
@@ -188,6 +265,38 @@ class Engine:
         finally:
             await transport.close()
 
+    @staticmethod
+    def _count(summary: RunSummary, update: LogUpdate, progress: Progress | None) -> None:
+        if update.status is LogStatus.SENT:
+            summary.sent += 1
+        elif update.status is LogStatus.FAILED:
+            summary.failed += 1
+        else:
+            summary.deferred += 1
+        summary.in_doubt += int(update.in_doubt)
+        if progress is not None and update.status is not LogStatus.PENDING:
+            progress(1)
+
+    def _watch_transport(self, delivery_id: int, fault: bool, text: str) -> None:
+        """Pause the delivery after N transport failures in a row, instead of burning its
+        audience against a relay that is not there."""
+        self._faults_in_row = self._faults_in_row + 1 if fault else 0
+        limit = self._sending.pause_after_transport_failures
+        if not limit or self._faults_in_row != limit:
+            return
+        reason = (f"paused after {limit} transport failures in a row (last: {text}); "
+                  f"fix the relay, then resume")
+        with contextlib.suppress(StateError):
+            self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
+                                      error=reason)
+        self._state_read_at = 0.0  # the feed notices at once
+
+    def _flush_if_due(self) -> None:
+        if len(self._updates) >= self._sending.batch_size or \
+                time.monotonic() - self._flushed_at >= 0.25:
+            self._flush()
+
     def _flush(self) -> None:
         updates, self._updates = self._updates, []
+        self._flushed_at = time.monotonic()
         self._store.record(updates, self._clock())

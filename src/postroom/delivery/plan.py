@@ -213,7 +213,10 @@ class Plan:
         failed = LogUpdate(
             log_id=message.target.log_id, status=LogStatus.FAILED, attempts=attempts,
             next_attempt_at=None, failure_type=outcome.failure_type or FailureType.UNDEFINED,
-            failure_reason=outcome.reason, detail=outcome.detail, smtp_reply=outcome.text,
+            failure_reason=outcome.reason, detail=outcome.detail,
+            # Only a relay's reply is a reply: a connection fault says nothing about the
+            # address (its text stays in `detail`), so it must not count against it.
+            smtp_reply=str(outcome.reply) if outcome.reply else "",
             message_id=message.message_id, to_qualify=outcome.to_qualify)
         if outcome.verdict is Verdict.SENT:
             mirrored = message.mirror_html is not None

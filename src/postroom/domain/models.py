@@ -154,6 +154,7 @@ class LogUpdate:
     mirror_html: bytes | None = None  # the HTML the recipient got, for its mirror page
     mirror_until: datetime | None = None
     to_qualify: bool = False  # no qualification rule matched the reply
+    in_doubt: bool = False  # the attempt may have reached the relay (see Outcome.in_doubt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +199,4 @@ class ArchiveResult:
     reply: str
     next_attempt_at: datetime | None = None
     attempted: bool = True
+    in_doubt: bool = False  # the connection dropped awaiting the reply to DATA

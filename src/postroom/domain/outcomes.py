@@ -79,6 +79,9 @@ class Outcome:
     reason: FailureReason | None = None
     detail: str = ""
     to_qualify: bool = False  # no rule matched the reply: keep its text for an operator
+    # The connection failed after the whole message was handed over and before the reply to
+    # DATA: the relay may have accepted it.
+    in_doubt: bool = False
 
     @property
     def text(self) -> str:
@@ -101,6 +104,7 @@ def reply_outcome(reply: SmtpReply) -> Outcome:
     return Outcome(Verdict.FAILED, reply, FailureType.HARD)
 
 
-def connection_fault(detail: str) -> Outcome:
+def connection_fault(detail: str, *, in_doubt: bool = False) -> Outcome:
     """A connection that could not be opened, dropped, or timed out: try again later."""
-    return Outcome(Verdict.DEFERRED, None, FailureType.SOFT, FailureReason.UNREACHABLE, detail)
+    return Outcome(Verdict.DEFERRED, None, FailureType.SOFT, FailureReason.UNREACHABLE, detail,
+                   in_doubt=in_doubt)

@@ -37,6 +37,10 @@ class LogStatus(StrEnum):
     FAILED = "failed"
     IGNORED = "ignored"
     CANCELLED = "cancelled"
+    # The message may have reached the relay without being recorded (a worker died, or the
+    # connection dropped awaiting the reply to DATA) and the in-doubt policy is at-most-once:
+    # an operator resolves it (resend, or count it failed).
+    REVIEW = "review"
 
 
 _D = DeliveryState
@@ -53,11 +57,12 @@ DELIVERY_MOVES: dict[DeliveryState, frozenset[DeliveryState]] = {
 
 _L = LogStatus
 LOG_MOVES: dict[LogStatus, frozenset[LogStatus]] = {
-    _L.PENDING: frozenset({_L.PENDING, _L.SENT, _L.FAILED, _L.CANCELLED}),
+    _L.PENDING: frozenset({_L.PENDING, _L.SENT, _L.FAILED, _L.CANCELLED, _L.REVIEW}),
     _L.SENT: frozenset({_L.FAILED}),  # an asynchronous bounce
     _L.FAILED: frozenset(),
     _L.IGNORED: frozenset(),
     _L.CANCELLED: frozenset({_L.SENT, _L.FAILED}),  # in flight when the delivery stopped
+    _L.REVIEW: frozenset({_L.PENDING, _L.FAILED}),  # an operator's decision
 }
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "recipients",
     "templates",
     "unqualified_texts",
+    "workers",
 ]
 
 metadata = MetaData()
@@ -142,6 +143,11 @@ delivery_logs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime()),
     Column("claimed_until", UtcDateTime()),  # a sender holds it until then (lease)
+    Column("claimed_by", String(40)),  # the worker holding the lease
+    # Handed to an SMTP connection and not yet recorded: if the lease runs out meanwhile (the
+    # worker died), the message may have reached the relay: it is "in doubt".
+    Column("attempting", Boolean, nullable=False, default=False),
+    Column("in_doubt", Integer, nullable=False, default=0),  # times its fate was unknown
     Column("smtp_reply", Text, nullable=False, default=""),
     Column("message_id", String(255)),
     Column("sent_at", UtcDateTime()),
@@ -163,6 +169,8 @@ archive_outbox = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("claimed_until", UtcDateTime()),
+    Column("claimed_by", String(40)),
+    Column("in_doubt", Integer, nullable=False, default=0),  # a sender died holding it
     Column("data", LargeBinary),  # the exact bytes sent; cleared once archived
     Column("sha256", String(64), nullable=False),
     Column("reply", Text, nullable=False, default=""),
@@ -170,6 +178,20 @@ archive_outbox = Table(
     Column("archived_at", UtcDateTime()),
     UniqueConstraint("log_id", name="uq_archive_one_copy_per_log"),
     Index("ix_archive_due", "state", "next_attempt_at"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),  # worker | send
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("heartbeat_at", UtcDateTime(), nullable=False),
+    Column("stopped_at", UtcDateTime()),
+    Column("delivery_id", Integer),  # what it is sending now, if anything
+    Column("sent", Integer, nullable=False, default=0),
 )
 
 mirror_pages = Table(

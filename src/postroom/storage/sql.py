@@ -16,6 +16,7 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -63,6 +64,7 @@ from postroom.storage.schema import (
     recipients,
     templates,
 )
+from postroom.storage.workers import WorkerStore
 
 __all__ = ["SqlStore", "open_store"]
 
@@ -152,7 +154,7 @@ def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
         yield batch
 
 
-class SqlStore(InboundStore):
+class SqlStore(InboundStore, WorkerStore):
     """Postroom's storage on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine):
@@ -377,10 +379,11 @@ class SqlStore(InboundStore):
     # -- sending ------------------------------------------------------------------------------
 
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
-                  lease: timedelta) -> list[Target]:
-        """Take up to `limit` due pending logs; they are ours until `now + lease`.
+                  lease: timedelta, *, worker: str = "") -> list[Target]:
+        """Take up to `limit` due pending logs; they are `worker`'s until `now + lease`.
 
         Only rows this call's UPDATE changed are returned, so two senders never get one log.
+        Taking over a log whose lease ran out while it was being attempted counts it in doubt.
         """
         c = delivery_logs.c
         due = and_(c.delivery_id == delivery_id, c.status == LogStatus.PENDING,
@@ -392,7 +395,10 @@ class SqlStore(InboundStore):
                                     .where(due, c.id.in_(candidates.scalar_subquery()
                                                          if self._dialect == "sqlite"
                                                          else list(conn.scalars(candidates))))
-                                    .values(claimed_until=now + lease)
+                                    .values(claimed_until=now + lease, claimed_by=worker,
+                                            attempting=False,
+                                            in_doubt=c.in_doubt + case(
+                                                (c.attempting.is_(True), 1), else_=0))
                                     .returning(c.id)))
             if not ids:
                 return []
@@ -407,7 +413,7 @@ class SqlStore(InboundStore):
         with self.engine.begin() as conn:
             for batch in _chunks(log_ids):
                 conn.execute(update(delivery_logs).where(delivery_logs.c.id.in_(batch))
-                             .values(claimed_until=None))
+                             .values(claimed_until=None, claimed_by=None, attempting=False))
 
     def record(self, updates: Sequence[LogUpdate], now: datetime) -> None:
         """Record send outcomes; a sent log's archive copy enters the outbox in the same commit."""
@@ -419,7 +425,9 @@ class SqlStore(InboundStore):
                     update(delivery_logs)
                     .where(delivery_logs.c.id == bindparam("b_id"),
                            or_(*(delivery_logs.c.status == status for status in moves)))
-                    .values({name: bindparam(name) for name in _UPDATE_COLUMNS})
+                    .values({**{name: bindparam(name) for name in _UPDATE_COLUMNS},
+                             "claimed_by": None, "attempting": False,
+                             "in_doubt": delivery_logs.c.in_doubt + bindparam("b_doubt")})
                     .execution_options(synchronize_session=False),
                     rows)
             copies = {u.log_id: u for u in updates if u.archive_data is not None}
@@ -488,13 +496,18 @@ class SqlStore(InboundStore):
         if rows:
             conn.execute(insert(mirror_pages), rows)
 
-    def next_due(self, delivery_id: int) -> datetime | None:
+    def next_due(self, delivery_id: int, now: datetime | None = None) -> datetime | None:
+        """When the delivery's next pending log can be sent (None: nothing is pending).
+
+        Given `now`, a log another sender holds counts as due when its lease runs out.
+        """
+        c = delivery_logs.c
+        when: Any = c.next_attempt_at if now is None else case(
+            (c.claimed_until > now, c.claimed_until), else_=c.next_attempt_at)
         with self.engine.connect() as conn:
-            value: datetime | None = conn.scalar(
-                select(func.min(delivery_logs.c.next_attempt_at)).where(
-                    delivery_logs.c.delivery_id == delivery_id,
-                    delivery_logs.c.status == LogStatus.PENDING))
-        return value
+            value = conn.scalar(select(func.min(when)).where(
+                c.delivery_id == delivery_id, c.status == LogStatus.PENDING))
+        return _aware(value)
 
     def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
                        reason: FailureReason | None, detail: str) -> int:
@@ -514,7 +527,12 @@ class SqlStore(InboundStore):
     # -- archive outbox -----------------------------------------------------------------------
 
     def claim_archive(self, now: datetime, limit: int, lease: timedelta, *,
-                      delivery_id: int | None = None) -> list[ArchiveCopy]:
+                      delivery_id: int | None = None, worker: str = "") -> list[ArchiveCopy]:
+        """Take up to `limit` due copies for `worker` until `now + lease`.
+
+        Copies are sent as soon as they are claimed, so one whose lease ran out (its sender
+        died) may already be in the archive: the takeover counts it in doubt.
+        """
         c = archive_outbox.c
         due = and_(c.state == ArchiveState.PENDING, c.next_attempt_at <= now,
                    _unclaimed(c.claimed_until, now))
@@ -527,7 +545,9 @@ class SqlStore(InboundStore):
                                     .where(due, c.id.in_(candidates.scalar_subquery()
                                                          if self._dialect == "sqlite"
                                                          else list(conn.scalars(candidates))))
-                                    .values(claimed_until=now + lease)
+                                    .values(claimed_until=now + lease, claimed_by=worker,
+                                            in_doubt=c.in_doubt + case(
+                                                (c.claimed_until.is_not(None), 1), else_=0))
                                     .returning(c.id)))
             if not ids:
                 return []
@@ -541,9 +561,12 @@ class SqlStore(InboundStore):
             return
         with self.engine.begin() as conn:
             for result in results:
-                values: dict[str, Any] = {"state": result.state, "claimed_until": None}
+                values: dict[str, Any] = {"state": result.state, "claimed_until": None,
+                                          "claimed_by": None}
                 if result.attempted:
                     values.update(reply=result.reply, attempts=archive_outbox.c.attempts + 1)
+                if result.in_doubt:
+                    values["in_doubt"] = archive_outbox.c.in_doubt + 1
                 if result.state is ArchiveState.ARCHIVED:
                     values.update(archived_at=now, data=None, next_attempt_at=now)
                 elif result.next_attempt_at is not None:
@@ -771,7 +794,8 @@ def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:
             "next_attempt_at": u.next_attempt_at, "failure_type": u.failure_type,
             "failure_reason": u.failure_reason, "detail": u.detail,
             "smtp_reply": u.smtp_reply, "message_id": u.message_id, "sent_at": u.sent_at,
-            "size": u.size, "sha256": u.sha256, "updated_at": now, "claimed_until": None}
+            "size": u.size, "sha256": u.sha256, "updated_at": now, "claimed_until": None,
+            "b_doubt": int(u.in_doubt)}
 
 
 def _aware(value: Any) -> datetime | None:

@@ -35,7 +35,13 @@ _REPLY_RE = re.compile(r"[2-5]\d\d(?:[ -].*)?", re.DOTALL)
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    """Close the connection without sending any reply."""
+    """Close the connection without sending any reply.
+
+    ``after_accepting`` (DATA only): keep the message first, as a relay that crashed between
+    queueing it and replying would — the client cannot know it arrived ("in doubt").
+    """
+
+    after_accepting: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +189,16 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         action = self._owner.script.resolve("DATA", envelope.rcpt_tos)
-        reply = await _perform(server, action) or "250 OK"
+        accepted_silently = isinstance(action, Drop) and action.after_accepting
+        reply = "250 OK" if accepted_silently else (await _perform(server, action) or "250 OK")
         if reply.startswith("2"):
             assert envelope.mail_from is not None and envelope.original_content is not None
             peer: Any = session.peer  # (host, port) at runtime, despite aiosmtpd's hint
             peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
             rcpts, data = tuple(envelope.rcpt_tos), envelope.original_content
             self._owner._record(Received(envelope.mail_from, rcpts, data, peer, time.time()))
+        if accepted_silently:
+            await _perform(server, action)
         return reply
 
 

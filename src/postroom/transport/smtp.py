@@ -82,7 +82,15 @@ class SmtpConnection:
                     return connection_fault(f"the relay refused the sender: {exc.code} "
                                             f"{exc.message}")
                 await client.rcpt(recipient, encoding="utf-8" if smtputf8 else "ascii")
-                response = await client.data(data)
+                try:
+                    response = await client.data(data)
+                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
+                        OSError, TimeoutError) as exc:
+                    # Somewhere between DATA and its final reply: the relay may hold the
+                    # message. It is retried, and counted "in doubt".
+                    await self.close()
+                    return connection_fault(f"{type(exc).__name__} during DATA: {exc}".strip(),
+                                            in_doubt=True)
             except aiosmtplib.SMTPResponseException as exc:
                 if exc.code == 421:
                     await self.close()

@@ -75,7 +75,8 @@ def create_app(postroom: Postroom) -> Starlette:
                      "will receive no more messages from these deliveries.</p>")
 
     def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        result = postroom.health()
+        return JSONResponse(result.to_json(), status_code=200 if result.ok else 503)
 
     return Starlette(routes=[
         Route("/m/{token}", mirror, methods=["GET"]),

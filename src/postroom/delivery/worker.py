@@ -1,0 +1,188 @@
+"""A sending process: its identity and heartbeat, and the `postroom worker` loop.
+
+Every process that sends (a `postroom worker`, or a one-off `postroom send`) registers in the
+workers table and beats every quarter lease: the beat says it is alive and renews the leases it
+holds. Many workers, on one host or several, share deliveries through the database alone
+(claims with `FOR UPDATE SKIP LOCKED` on PostgreSQL); there is no other coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+from postroom.delivery.archive import Archiver
+from postroom.delivery.engine import Engine, RunSummary
+from postroom.domain.states import DeliveryState
+from postroom.errors import ConfigError, StateError
+
+__all__ = ["Heartbeat", "Worker", "WorkerSummary", "halting_on_signals", "new_worker_id"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def halting_on_signals(halt: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` with SIGTERM and SIGINT setting `halt` (a graceful stop) instead of killing.
+
+    Outside the main thread signals cannot be caught; `work` then runs as is.
+    """
+    loop = asyncio.get_running_loop()
+    caught: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, halt.set)
+            caught.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):
+            break
+    try:
+        return await work
+    finally:
+        for sig in caught:
+            loop.remove_signal_handler(sig)
+
+
+class WorkerRegistry(Protocol):
+    def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int,
+                        now: datetime) -> None: ...
+    def heartbeat(self, worker_id: str, now: datetime, lease: timedelta, *,
+                  delivery_id: int | None = None, sent: int | None = None) -> int: ...
+    def deregister_worker(self, worker_id: str, now: datetime, *,
+                          sent: int | None = None) -> None: ...
+
+
+class WorkerStore(WorkerRegistry, Protocol):
+    def next_sending_delivery(self, now: datetime) -> int | None: ...
+    def move_delivery(self, delivery_id: int, target: DeliveryState, now: datetime, *,
+                      error: str | None = None) -> object: ...
+
+
+def new_worker_id() -> str:
+    """host:pid:random — readable in `postroom workers`, unique across restarts."""
+    return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Heartbeat:
+    """Registers a sender for the duration of an `async with`, and beats meanwhile."""
+
+    def __init__(self, store: WorkerRegistry, worker_id: str, *, kind: str,
+                 lease: timedelta, clock: Callable[[], datetime]):
+        self._store = store
+        self.worker_id = worker_id
+        self._kind = kind
+        self._lease = lease
+        self._clock = clock
+        self.delivery_id: int | None = None
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Heartbeat:
+        self._store.register_worker(self.worker_id, kind=self._kind, host=socket.gethostname(),
+                                    pid=os.getpid(), now=self._clock())
+        self._task = asyncio.create_task(self._beat())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._store.deregister_worker(self.worker_id, self._clock(), sent=self.sent)
+
+    def beat(self) -> None:
+        self._store.heartbeat(self.worker_id, self._clock(), self._lease,
+                              delivery_id=self.delivery_id, sent=self.sent)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 4)
+            try:
+                self.beat()
+            except Exception:  # a database hiccup: the next beat tries again
+                log.warning("heartbeat of %s failed", self.worker_id, exc_info=True)
+
+
+@dataclass
+class WorkerSummary:
+    worker_id: str
+    runs: list[RunSummary] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return sum(run.sent for run in self.runs)
+
+
+class Worker:
+    """`postroom worker`: send whatever deliveries are `sending`, archive copies, until halted."""
+
+    def __init__(self, store: WorkerStore, engine: Engine, archiver: Archiver | None, *,
+                 lease: timedelta, poll_seconds: float, clock: Callable[[], datetime]):
+        self._store = store
+        self._engine = engine
+        self._archiver = archiver
+        self._lease = lease
+        self._poll = poll_seconds
+        self._clock = clock
+
+    async def run(self, halt: asyncio.Event, *, until_idle: bool = False,
+                  on_run: Callable[[RunSummary], None] | None = None) -> WorkerSummary:
+        """Work until `halt` is set (SIGTERM), or, with `until_idle`, until nothing is due."""
+        summary = WorkerSummary(self._engine.worker_id)
+        async with Heartbeat(self._store, self._engine.worker_id, kind="worker",
+                             lease=self._lease, clock=self._clock) as heartbeat:
+            stop_archive = asyncio.Event()
+            archiving = (asyncio.create_task(self._archiver.run(
+                delivery_id=None, finish=stop_archive, drain_seconds=self._poll * 2,
+                halt=halt, worker=self._engine.worker_id))
+                if self._archiver is not None else None)
+            try:
+                while not halt.is_set():
+                    delivery_id = self._store.next_sending_delivery(self._clock())
+                    if delivery_id is None:
+                        if until_idle:
+                            break
+                        await _sleep_or(halt, self._poll)
+                        continue
+                    heartbeat.delivery_id = delivery_id
+                    heartbeat.beat()
+                    run = await self._run_one(delivery_id, halt)
+                    heartbeat.delivery_id = None
+                    if run is not None:
+                        summary.runs.append(run)
+                        heartbeat.sent = summary.sent
+                        if on_run is not None:
+                            on_run(run)
+            finally:
+                stop_archive.set()  # drain what is due, briefly; a halt stops it at once
+                if archiving is not None:
+                    await archiving
+        return summary
+
+    async def _run_one(self, delivery_id: int, halt: asyncio.Event) -> RunSummary | None:
+        try:
+            return await self._engine.run(delivery_id, halt=halt, archive=False)
+        except StateError:
+            return None  # paused, stopped or finished meanwhile by someone else
+        except ConfigError as exc:
+            # Nothing this worker can fix (Email BCC asked, archive off): set the delivery
+            # aside with the reason rather than trying it again every poll.
+            with contextlib.suppress(StateError):
+                self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
+                                          error=str(exc))
+            return None
+
+
+async def _sleep_or(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)

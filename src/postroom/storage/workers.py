@@ -1,0 +1,202 @@
+"""Storage for the processes that send: the workers registry, lease renewal, and the
+accounting of messages "in doubt" after a crash. Mixed into `SqlStore`.
+
+A worker claims logs (and archive copies) for a lease; its heartbeat renews the lease of what
+it still holds. A worker that dies stops renewing, its leases run out, and another worker takes
+its batch over. A log that was handed to an SMTP connection (`attempting`) when that happened
+may have reached the relay: the takeover counts it `in_doubt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from postroom.domain.models import ArchiveState
+from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.states import DeliveryState, LogStatus
+from postroom.storage.schema import archive_outbox, deliveries, delivery_logs, workers
+
+__all__ = ["DoubtCounts", "WorkerRow", "WorkerStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    id: str
+    kind: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    delivery_id: int | None
+    sent: int
+    leases: int  # logs and archive copies it holds now
+
+    def alive(self, now: datetime, stale_after: timedelta) -> bool:
+        return self.stopped_at is None and now - self.heartbeat_at <= stale_after
+
+
+@dataclass(frozen=True, slots=True)
+class DoubtCounts:
+    """What crashes and dropped connections left uncertain, for one delivery."""
+
+    logs: int  # logs that were in doubt at least once (each may have been received twice)
+    events: int  # in-doubt episodes in all
+    review: int  # logs waiting for an operator (at-most-once policy)
+    archive: int  # archive copies a dead sender held (each may be in the archive twice)
+
+
+class WorkerStore:
+    engine: Engine
+
+    def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int,
+                        now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(workers).values(id=worker_id, kind=kind, host=host, pid=pid,
+                                                started_at=now, heartbeat_at=now, sent=0))
+
+    def heartbeat(self, worker_id: str, now: datetime, lease: timedelta, *,
+                  delivery_id: int | None = None, sent: int | None = None) -> int:
+        """Say the worker is alive and renew the leases it still holds; returns how many.
+
+        Only unexpired leases are renewed: one that ran out may already be someone else's.
+        """
+        values: dict[str, Any] = {"heartbeat_at": now, "delivery_id": delivery_id}
+        if sent is not None:
+            values["sent"] = sent
+        until = now + lease
+        logs, copies = delivery_logs.c, archive_outbox.c
+        with self.engine.begin() as conn:
+            conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+            renewed = 0
+            if delivery_id is not None:
+                renewed += conn.execute(
+                    update(delivery_logs)
+                    .where(logs.delivery_id == delivery_id, logs.status == LogStatus.PENDING,
+                           logs.claimed_by == worker_id, logs.claimed_until > now)
+                    .values(claimed_until=until)).rowcount
+            renewed += conn.execute(
+                update(archive_outbox)
+                .where(copies.state == ArchiveState.PENDING, copies.claimed_by == worker_id,
+                       copies.claimed_until > now)
+                .values(claimed_until=until)).rowcount
+        return renewed
+
+    def deregister_worker(self, worker_id: str, now: datetime, *, sent: int | None = None) -> None:
+        values: dict[str, Any] = {"stopped_at": now, "heartbeat_at": now, "delivery_id": None}
+        if sent is not None:
+            values["sent"] = sent
+        with self.engine.begin() as conn:
+            conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+
+    def list_workers(self, now: datetime, *, include_stopped_since: datetime | None = None
+                     ) -> list[WorkerRow]:
+        """Workers not stopped (and those stopped after `include_stopped_since`), newest first."""
+        held_logs = (select(func.count()).where(delivery_logs.c.claimed_by == workers.c.id,
+                                                delivery_logs.c.status == LogStatus.PENDING,
+                                                delivery_logs.c.claimed_until > now)
+                     .scalar_subquery())
+        held_copies = (select(func.count()).where(archive_outbox.c.claimed_by == workers.c.id,
+                                                  archive_outbox.c.state == ArchiveState.PENDING,
+                                                  archive_outbox.c.claimed_until > now)
+                       .scalar_subquery())
+        shown: ColumnElement[bool] = workers.c.stopped_at.is_(None)
+        if include_stopped_since is not None:
+            shown = or_(shown, workers.c.stopped_at >= include_stopped_since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(workers, held_logs.label("held_logs"),
+                                       held_copies.label("held_copies"))
+                                .where(shown).order_by(workers.c.started_at.desc())).all()
+        return [WorkerRow(r.id, r.kind, r.host, r.pid, r.started_at, r.heartbeat_at,
+                          r.stopped_at, r.delivery_id, r.sent,
+                          int(r.held_logs) + int(r.held_copies)) for r in rows]
+
+    def forget_workers(self, before: datetime) -> int:
+        """Drop registry rows of workers stopped, or silent, since before `before`."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(workers).where(or_(
+                workers.c.stopped_at < before,
+                and_(workers.c.stopped_at.is_(None), workers.c.heartbeat_at < before)))).rowcount
+
+    def next_sending_delivery(self, now: datetime) -> int | None:
+        """A delivery in state `sending` with a log that can be claimed now (oldest first)."""
+        logs = delivery_logs.c
+        claimable = (select(logs.id).where(
+            logs.delivery_id == deliveries.c.id, logs.status == LogStatus.PENDING,
+            logs.next_attempt_at <= now,
+            or_(logs.claimed_until.is_(None), logs.claimed_until <= now)))
+        with self.engine.connect() as conn:
+            found: int | None = conn.scalar(
+                select(deliveries.c.id)
+                .where(deliveries.c.state == DeliveryState.SENDING, exists(claimable))
+                .order_by(deliveries.c.id).limit(1))
+        return found
+
+    def mark_attempting(self, log_ids: list[int]) -> None:
+        """These claimed logs are being handed to SMTP connections (see the module doc)."""
+        if not log_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(delivery_logs).where(delivery_logs.c.id.in_(log_ids))
+                         .values(attempting=True))
+
+    def review_doubtful(self, delivery_id: int, now: datetime) -> int:
+        """At-most-once: logs a dead worker held while attempting go to `review`, unsent."""
+        logs = delivery_logs.c
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(delivery_logs)
+                .where(logs.delivery_id == delivery_id, logs.status == LogStatus.PENDING,
+                       logs.attempting.is_(True), logs.claimed_until <= now)
+                .values(status=LogStatus.REVIEW, attempting=False, claimed_until=None,
+                        claimed_by=None, in_doubt=logs.in_doubt + 1, updated_at=now,
+                        detail="in doubt: the worker sending it stopped before recording the "
+                               "relay's answer; resend or count it failed")).rowcount
+
+    def resolve_review(self, delivery_id: int, *, resend: bool, now: datetime) -> int:
+        """An operator's decision on logs in `review`: send again, or count them failed."""
+        values: dict[str, Any] = {"updated_at": now}
+        if resend:
+            values.update(status=LogStatus.PENDING, next_attempt_at=now)
+        else:
+            values.update(status=LogStatus.FAILED, failure_type=FailureType.UNDEFINED,
+                          failure_reason=FailureReason.UNDEFINED,
+                          detail="in doubt: counted failed by an operator, not resent")
+        with self.engine.begin() as conn:
+            return conn.execute(update(delivery_logs).where(
+                delivery_logs.c.delivery_id == delivery_id,
+                delivery_logs.c.status == LogStatus.REVIEW).values(**values)).rowcount
+
+    def review_waiting(self, delivery_id: int) -> int:
+        """How many of the delivery's logs wait for an operator's decision."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(
+                delivery_logs.c.delivery_id == delivery_id,
+                delivery_logs.c.status == LogStatus.REVIEW)) or 0)
+
+    def doubt_counts(self, delivery_id: int) -> DoubtCounts:
+        logs = delivery_logs.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(
+                func.count().filter(logs.in_doubt > 0),
+                func.coalesce(func.sum(logs.in_doubt), 0),
+                func.count().filter(logs.status == LogStatus.REVIEW),
+            ).where(logs.delivery_id == delivery_id)).one()
+            archive = conn.scalar(select(func.count()).where(
+                archive_outbox.c.delivery_id == delivery_id, archive_outbox.c.in_doubt > 0))
+        return DoubtCounts(int(row[0]), int(row[1]), int(row[2]), int(archive or 0))

@@ -1,0 +1,62 @@
+"""Running `postroom worker` processes against capture servers, for the worker tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from postroom.service import Postroom
+from postroom.testing.smtp_server import CaptureServer
+from tests.conftest import ARCHIVE, write_csv
+
+
+def write_config(path: Path, database_url: str, relay: CaptureServer, archive: CaptureServer,
+                 *, sending: str = "") -> Path:
+    """Settings for worker processes: short leases so that takeovers happen in seconds."""
+    path.write_text(
+        f'database_url = "{database_url}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {relay.port}\ntimeout_seconds = 5\n'
+        f'[sending]\nconnections = 4\nbatch_size = 40\nlease_seconds = 2\n'
+        f'quick_retry_seconds = 0.05\nquick_retries = 10\nwait_for_retries_seconds = 2\n'
+        f'worker_poll_seconds = 0.2\n{sending}\n'
+        f'[defaults]\nfrom_address = "news@postroom.example"\n'
+        f'[archive]\nenabled = true\nbcc_address = "{ARCHIVE}"\ndrain_seconds = 2\n'
+        f'max_backoff_seconds = 0.5\n'
+        f'[archive.relay]\nhost = "127.0.0.1"\nport = {archive.port}\ntimeout_seconds = 5\n',
+        encoding="utf-8")
+    return path
+
+
+def start_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(config),
+                                 "worker"], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                timeout: float = 30) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+def started_delivery(postroom: Postroom, tmp_path: Path, count: int) -> int:
+    """A delivery with Email BCC to `count` recipients, analyzed and set `sending`."""
+    rows = [{"email": f"r{i:05d}@example.com", "first_name": f"R{i}"} for i in range(count)]
+    postroom.import_recipients(write_csv(tmp_path / "r.csv", rows))
+    postroom.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
+                                   "text": "Dear {{ recipient.first_name }},\nnews.\n",
+                                   "html": "<p>Dear {{ recipient.first_name }}, news.</p>",
+                                   "email_bcc": True})
+    delivery, _ = postroom.create_delivery("t")
+    postroom.start(delivery.id)
+    return delivery.id
