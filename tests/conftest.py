@@ -82,7 +82,7 @@ def make_postroom() -> Iterator[Callable[..., Postroom]]:
 
     def make(database_url: str, relay: CaptureServer, *, archive: CaptureServer | None = None,
              bcc: bool = True, sending: dict[str, Any] | None = None,
-             archive_options: dict[str, Any] | None = None) -> Postroom:
+             archive_options: dict[str, Any] | None = None, **more: Any) -> Postroom:
         archive_relay = None if archive is None else SmtpRelay(host="127.0.0.1",
                                                                 port=archive.port,
                                                                 timeout_seconds=5)
@@ -95,6 +95,7 @@ def make_postroom() -> Iterator[Callable[..., Postroom]]:
                                        "relay": archive_relay, "drain_seconds": 5,
                                        "max_backoff_seconds": 0.2,
                                        **(archive_options or {})}),
+            **more,
         )
         postroom = build(settings)
         built.append(postroom)

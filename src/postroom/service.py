@@ -28,6 +28,7 @@ from postroom.delivery.archive import Archiver, ArchiveTarget, Transport
 from postroom.delivery.audience import matcher, parse_filter
 from postroom.delivery.engine import Engine, RunSummary
 from postroom.delivery.plan import Planner
+from postroom.delivery.shaping import Shaper
 from postroom.delivery.worker import (
     Heartbeat,
     Worker,
@@ -53,6 +54,8 @@ from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
 from postroom.storage.sql import SqlStore
 from postroom.storage.workers import DoubtCounts, WorkerRow
+from postroom.transport.routed import RoutedConnection
+from postroom.transport.routing import HostPort, NoRoute, Router
 
 __all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file"]
 
@@ -125,6 +128,7 @@ class Report:
     archive: dict[str, int]
     throughput: float | None  # messages sent per second, first to last acceptance
     doubt: DoubtCounts
+    slowdowns: list[dict[str, Any]]  # domains slowed down for their temporary failures
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -140,6 +144,7 @@ class Report:
             "by_domain": self.by_domain,
             "throughput_per_second": self.throughput,
             "archive": self.archive,
+            "slowed_domains": self.slowdowns,
             "in_doubt": {"logs": self.doubt.logs, "events": self.doubt.events,
                          "review": self.doubt.review, "archive_copies": self.doubt.archive},
             "last_error": d.last_error,
@@ -168,12 +173,13 @@ class Health:
 
 class Postroom:
     def __init__(self, store: SqlStore, settings: Settings, *, planner: Planner,
-                 connect: Callable[[], Transport], connect_archive: Callable[[], Transport],
-                 clock: Callable[[], datetime]):
+                 connect: Callable[[HostPort], Transport], router: Router,
+                 connect_archive: Callable[[], Transport], clock: Callable[[], datetime]):
         self.store = store
         self.settings = settings
         self.planner = planner
         self._connect = connect
+        self.router = router
         self._connect_archive = connect_archive
         self.clock = clock
         store.ensure_template(BUILTIN_TEMPLATE, _BUILTIN_PROPS, builtin=True, now=clock())
@@ -383,7 +389,7 @@ class Postroom:
         seconds = (last - first).total_seconds() if first and last else 0.0
         throughput = round(sent / seconds, 1) if seconds > 0 else None
         return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput,
-                      self.store.doubt_counts(delivery_id))
+                      self.store.doubt_counts(delivery_id), self.store.slowdowns(delivery_id))
 
     def resend(self, delivery_id: int, *, reasons: list[int] | None = None,
                name: str | None = None) -> Delivery:
@@ -441,12 +447,19 @@ class Postroom:
         sender = wire_address(plan.errors_to).address
 
         async def send_all() -> list[Outcome]:
-            transport = self._connect()
-            try:
-                return [await transport.send(sender, wire.address, data, smtputf8=wire.smtputf8)
-                        for data, wire in messages]
-            finally:
-                await transport.close()
+            outcomes: list[Outcome] = []
+            for data, wire in messages:
+                route = await self.router.route(wire.address.rpartition("@")[2])
+                if isinstance(route, NoRoute):
+                    outcomes.append(route.outcome)
+                    continue
+                connection = RoutedConnection(route, self._connect)
+                try:
+                    outcomes.append(await connection.send(sender, wire.address, data,
+                                                          smtputf8=wire.smtputf8))
+                finally:
+                    await connection.close()
+            return outcomes
 
         outcomes = asyncio.run(send_all())
         return ProofReport(delivery_id, number, sample.email,
@@ -533,4 +546,6 @@ class Postroom:
         return Engine(self.store, self._connect, planner=self.planner,
                       sending=self.settings.sending, archiver=self._archiver(),
                       archive_drain_seconds=self.settings.archive.drain_seconds,
-                      clock=self.clock, worker_id=new_worker_id())
+                      clock=self.clock, router=self.router,
+                      shaper=Shaper(self.settings.shaping, clock=self.clock),
+                      worker_id=new_worker_id())

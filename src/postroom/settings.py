@@ -27,7 +27,9 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from postroom.delivery.shaping import ShapingSettings
 from postroom.errors import ConfigError
+from postroom.transport.routing import RoutingSettings
 
 __all__ = [
     "ArchiveSettings",
@@ -246,6 +248,12 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
+    routing: RoutingSettings = Field(
+        default_factory=RoutingSettings, description="Through the relay, or to each domain's "
+        "MX hosts; static routes (domain → host:port) override both.")
+    shaping: ShapingSettings = Field(
+        default_factory=ShapingSettings, description="Per-domain connections, messages per "
+        "connection and per hour, and the automatic slowdown on temporary failures.")
     dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
 
     @property

@@ -16,6 +16,7 @@ from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
 from postroom.storage.sql import open_store
+from postroom.transport.routing import HostPort, Router
 from postroom.transport.smtp import SmtpConnection
 
 __all__ = ["build", "utc_now"]
@@ -28,6 +29,20 @@ def utc_now() -> datetime:
 def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[], Transport]:
     def connect() -> Transport:
         return SmtpConnection(relay, helo_name=helo, messages_per_connection=per_connection)
+
+    return connect
+
+
+def _host_connector(settings: Settings) -> Callable[[HostPort], Transport]:
+    """Connections to a route's host: the relay with its TLS and AUTH settings; any other host
+    (an MX, a static route) in plain SMTP with the relay's timeout."""
+    relay, sending = settings.smtp, settings.sending
+
+    def connect(host: HostPort) -> Transport:
+        target = relay if (host.host, host.port) == (relay.host, relay.port) else SmtpRelay(
+            host=host.host, port=host.port, timeout_seconds=relay.timeout_seconds)
+        return SmtpConnection(target, helo_name=sending.helo_name,
+                              messages_per_connection=sending.messages_per_connection)
 
     return connect
 
@@ -73,7 +88,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         store,
         settings,
         planner=planner,
-        connect=_connector(settings.smtp, sending.helo_name, sending.messages_per_connection),
+        connect=_host_connector(settings),
+        router=Router(settings.routing, relay=HostPort(settings.smtp.host, settings.smtp.port)),
         connect_archive=_connector(settings.archive_relay, sending.helo_name,
                                    sending.messages_per_connection),
         clock=clock,

@@ -248,6 +248,12 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
         console.print(reasons)
     archive = data["archive"]
     console.print("archive copies: " + ", ".join(f"{k} {v}" for k, v in archive.items()))
+    for slow in data["slowed_domains"]:
+        until = (f"recovered {slow['recovered_at']}" if slow["recovered_at"]
+                 else "still slowed")
+        console.print(f"[yellow]slowed down:[/] {slow['domain']} since {slow['since']} "
+                      f"({slow['reason']}; halved {slow['deepest']} time(s), {until})",
+                      highlight=False)
     doubt = data["in_doubt"]
     if doubt["logs"] or doubt["archive_copies"]:
         console.print(f"[yellow]in doubt:[/] {doubt['logs']} messages may have reached the "

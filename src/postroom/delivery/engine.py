@@ -18,21 +18,26 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from postroom.delivery.archive import Archiver, Transport
+from postroom.delivery.archive import Archiver
+from postroom.delivery.lanes import Lane, Lanes
 from postroom.delivery.plan import Message, Plan
+from postroom.delivery.shaping import Shaper, Slowdown
 from postroom.domain.models import Delivery, LogUpdate, Target
 from postroom.domain.outcomes import FailureReason, Outcome, Verdict
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import ConfigError, PostroomError, StateError
 from postroom.settings import SendingSettings
+from postroom.transport.routed import RoutedConnection, Transport
+from postroom.transport.routing import HostPort, NoRoute, Router
 
 __all__ = ["Engine", "RunSummary", "SendStore", "doubtful"]
 
 Progress = Callable[[int], None]
+_LONGEST_PACING_WAIT = 2.0  # seconds; a domain's hourly limit that asks more postpones the rest
 
 
 class SendStore(Protocol):
@@ -46,6 +51,8 @@ class SendStore(Protocol):
     def record(self, updates: list[LogUpdate], now: datetime) -> None: ...
     def release(self, log_ids: list[int]) -> None: ...
     def next_due(self, delivery_id: int, now: datetime | None = None) -> datetime | None: ...
+    def postpone(self, log_ids: list[int], until: datetime, *, detail: str) -> None: ...
+    def record_slowdowns(self, delivery_id: int, slowdowns: list[dict[str, Any]]) -> None: ...
     def review_waiting(self, delivery_id: int) -> int: ...
     def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
                        reason: FailureReason | None, detail: str) -> int: ...
@@ -59,6 +66,8 @@ class RunSummary:
     failed: int = 0
     deferred: int = 0
     in_doubt: int = 0  # attempts whose connection dropped awaiting the reply to DATA
+    postponed: int = 0  # held back for a domain's hourly limit (pending, due later)
+    slowed: list[Slowdown] = field(default_factory=list)  # domains slowed down for their 4xx
     archived: int = 0
     archive_pending: int = 0
     paused_reason: str = ""
@@ -74,15 +83,27 @@ def doubtful(update: LogUpdate, outcome: Outcome, policy: str) -> LogUpdate:
     return replace(update, in_doubt=True)
 
 
+def slowdown_row(slowdown: Slowdown) -> dict[str, Any]:
+    """A slowdown as the delivery keeps it (JSON)."""
+    return {"domain": slowdown.domain, "since": slowdown.since.isoformat(),
+            "reason": slowdown.reason, "deepest": slowdown.deepest,
+            "recovered_at": slowdown.recovered_at.isoformat()
+            if slowdown.recovered_at else None}
+
+
 class Engine:
     """Sends one delivery at a time for one sender identity (`worker_id`, owner of leases)."""
 
-    def __init__(self, store: SendStore, connect: Callable[[], Transport], *,
+    def __init__(self, store: SendStore, connect: Callable[[HostPort], Transport], *,
                  planner: Callable[[Delivery], Plan], sending: SendingSettings,
                  archiver: Archiver | None, archive_drain_seconds: float,
-                 clock: Callable[[], datetime], worker_id: str = ""):
+                 clock: Callable[[], datetime], router: Router, shaper: Shaper,
+                 worker_id: str = ""):
         self._store = store
         self._connect = connect
+        self._router = router
+        self._shaper = shaper
+        self._pipeline = 16  # messages handed to a connection at once (PIPELINING)
         self._planner = planner
         self._sending = sending
         self._archiver = archiver
@@ -152,31 +173,29 @@ class Engine:
 
     async def _send_all(self, plan: Plan, summary: RunSummary, progress: Progress | None) -> None:
         """Feed claimed logs to N connection workers; a worker's crash stops the run."""
-        queue: asyncio.Queue[Message] = asyncio.Queue(self._sending.connections * 2)
+        lanes: Lanes[Message] = Lanes(self._sending.connections * 4)
         try:
             async with asyncio.TaskGroup() as group:
-                workers = [group.create_task(self._worker(queue, plan, summary, progress))
-                           for _ in range(self._sending.connections)]
+                for _ in range(self._sending.connections):
+                    group.create_task(self._connection(lanes, plan, summary, progress))
                 try:
-                    await self._feed(queue, plan)
+                    await self._feed(lanes, plan, summary)
                 finally:
-                    self._release_queued(queue)
-                await queue.join()
-                for worker in workers:
-                    worker.cancel()
+                    self._give_back(lanes)
+                    await lanes.close()
         finally:
             self._flush()
+            summary.slowed = list(self._shaper.slowed())
+            self._store.record_slowdowns(plan.delivery.id,
+                                         [slowdown_row(s) for s in summary.slowed])
 
-    def _release_queued(self, queue: asyncio.Queue[Message]) -> None:
+    def _give_back(self, lanes: Lanes[Message]) -> None:
         """Give back what no connection has taken yet (a pause, stop or halt came)."""
-        unsent: list[int] = []
-        while not queue.empty():
-            unsent.append(queue.get_nowait().target.log_id)
-            queue.task_done()
+        unsent = [message.target.log_id for message in lanes.drain()]
         if unsent:
             self._store.release(unsent)
 
-    async def _feed(self, queue: asyncio.Queue[Message], plan: Plan) -> None:
+    async def _feed(self, lanes: Lanes[Message], plan: Plan, summary: RunSummary) -> None:
         delivery_id = plan.delivery.id
         lease = timedelta(seconds=self._sending.lease_seconds)
         review = self._sending.in_doubt == "review"
@@ -192,9 +211,9 @@ class Engine:
                     if not self._sending_allowed(delivery_id):
                         self._store.release([t.log_id for t in targets[start:]])
                         return
-                    await self._hand_over(queue, plan, targets[start:start + step])
+                    await self._hand_over(lanes, plan, targets[start:start + step], summary)
                 continue
-            await queue.join()
+            await lanes.join()
             self._flush()
             now = self._clock()
             due = self._store.next_due(delivery_id, now)
@@ -208,9 +227,9 @@ class Engine:
                 return  # a later run picks them up
             await self._pause(max(wait, 0.01))
 
-    async def _hand_over(self, queue: asyncio.Queue[Message], plan: Plan,
-                         targets: list[Target]) -> None:
-        """Render a few targets, mark them attempting (one write), and queue them."""
+    async def _hand_over(self, lanes: Lanes[Message], plan: Plan, targets: list[Target],
+                         summary: RunSummary) -> None:
+        """Render a few targets, mark them attempting (one write), route and queue them."""
         messages: list[Message] = []
         for target in targets:
             try:
@@ -219,7 +238,100 @@ class Engine:
                 self._updates.append(plan.unrenderable(target, exc))
         self._store.mark_attempting([m.target.log_id for m in messages])
         for message in messages:
-            await queue.put(message)
+            domain = message.recipient.rpartition("@")[2].lower()
+            route = await self._router.route(domain)
+            if isinstance(route, NoRoute):  # no host takes mail for it: settled unsent
+                self._settle(plan, message, route.outcome, summary, None)
+                continue
+            key = (self._shaper.key(domain), route.hosts)
+            await lanes.put(key, domain, route, message)
+
+    async def _connection(self, lanes: Lanes[Message], plan: Plan, summary: RunSummary,
+                          progress: Progress | None) -> None:
+        """One connection worker: takes a lane its domain's limits allow, sends its messages
+        over a connection to the lane's hosts (kept for the next lane with the same hosts)."""
+        conn: RoutedConnection | None = None
+        used = 0  # messages over `conn`
+        lane: Lane[Message] | None = None
+        faults = 0
+        try:
+            while True:
+                lane = await lanes.wait_for_lane(lambda ln: self._shaper.has_slot(ln.domain),
+                                                 prefer=lane)
+                if lane is None:
+                    return
+                async with self._shaper.connection(lane.domain):
+                    if conn is None or conn.hosts != lane.route.hosts:
+                        if conn is not None:
+                            await conn.close()
+                        conn, used = RoutedConnection(lane.route, self._connect), 0
+                    while self._shaper.may_reuse(lane.domain, used):
+                        limit = self._shaper.limits(lane.domain).messages_per_connection
+                        batch = lanes.take(lane, min(self._pipeline, limit - used))
+                        if not batch:
+                            break
+                        batch = await self._paced(lanes, lane, batch, summary)
+                        if not batch:
+                            break
+                        faults = await self._send_batch(conn, lanes, lane, batch, plan,
+                                                        summary, progress, faults)
+                        used += len(batch)
+                        if faults:
+                            await asyncio.sleep(min(5.0, 0.05 * 2 ** faults))
+                            break  # let the lane go: its host may be down
+                    if not self._shaper.may_reuse(lane.domain, used):
+                        await conn.close()  # renewed for the next message
+                        conn, used = None, 0
+                await lanes.notify()  # a connection slot of the lane's domain is free again
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _paced(self, lanes: Lanes[Message], lane: Lane[Message], batch: list[Message],
+                     summary: RunSummary) -> list[Message]:
+        """Hold the domain to its hourly limit: wait a little, or postpone the rest."""
+        for index, _message in enumerate(batch):
+            wait = self._shaper.reserve_message(lane.domain)
+            if wait <= 0:
+                continue
+            if wait <= _LONGEST_PACING_WAIT:
+                await asyncio.sleep(wait)
+                continue
+            self._shaper.give_back(lane.domain)
+            later = batch[index:] + lanes.take(lane, len(lane.messages))
+            until = self._clock() + timedelta(seconds=wait)
+            self._store.postpone([m.target.log_id for m in later], until,
+                                 detail=f"waiting for the hourly limit of {lane.domain}")
+            summary.postponed += len(later)
+            await lanes.settled(len(later))
+            return batch[:index]
+        return batch
+
+    async def _send_batch(self, conn: RoutedConnection, lanes: Lanes[Message],
+                          lane: Lane[Message], batch: list[Message], plan: Plan,
+                          summary: RunSummary, progress: Progress | None, faults: int) -> int:
+        """Send, settle and record a batch; returns the connection's faults in a row."""
+        try:
+            outcomes = await conn.send_batch(
+                [(m.sender, m.recipient, m.data, m.smtputf8) for m in batch])
+            for message, outcome in zip(batch, outcomes, strict=True):
+                self._settle(plan, message, outcome, summary, progress)
+                self._shaper.observe(lane.domain,
+                                     outcome.reply.code if outcome.reply else None)
+                fault = outcome.verdict is Verdict.DEFERRED and outcome.reply is None
+                faults = faults + 1 if fault else 0
+                self._watch_transport(plan.delivery.id, fault, outcome.text)
+            self._flush_if_due()
+        finally:
+            await lanes.settled(len(batch))
+        return faults
+
+    def _settle(self, plan: Plan, message: Message, outcome: Outcome, summary: RunSummary,
+                progress: Progress | None) -> None:
+        update = doubtful(plan.settle(message, outcome, self._clock()), outcome,
+                          self._sending.in_doubt)
+        self._updates.append(update)
+        self._count(summary, update, progress)
 
     async def _pause(self, seconds: float) -> None:
         if self._halt is None:
@@ -237,33 +349,6 @@ class Engine:
             self._state_read_at = now
             self._state = self._store.get_delivery(delivery_id).state
         return self._state is DeliveryState.SENDING
-
-    async def _worker(self, queue: asyncio.Queue[Message], plan: Plan,
-                      summary: RunSummary, progress: Progress | None) -> None:
-        transport = self._connect()
-        faults = 0
-        try:
-            while True:
-                message = await queue.get()
-                try:
-                    outcome = await transport.send(message.sender, message.recipient,
-                                                   message.data,
-                                                   smtputf8=message.smtputf8)
-                    update = doubtful(plan.settle(message, outcome, self._clock()), outcome,
-                                      self._sending.in_doubt)
-                    self._updates.append(update)
-                    self._count(summary, update, progress)
-                    self._flush_if_due()
-                    transport_fault = outcome.verdict is Verdict.DEFERRED and \
-                        outcome.reply is None
-                    faults = faults + 1 if transport_fault else 0
-                    self._watch_transport(plan.delivery.id, transport_fault, outcome.text)
-                    if faults:
-                        await asyncio.sleep(min(5.0, 0.05 * 2 ** faults))
-                finally:
-                    queue.task_done()
-        finally:
-            await transport.close()
 
     @staticmethod
     def _count(summary: RunSummary, update: LogUpdate, progress: Progress | None) -> None:

@@ -111,6 +111,9 @@ deliveries = Table(
     Column("salt", String(32), nullable=False),  # unguessable part of Message-IDs
     Column("last_error", Text, nullable=False, default=""),
     Column("proofs", Integer, nullable=False, default=0),
+    # Domains the engine slowed down for their temporary failures: [{domain, since, reason,
+    # deepest, recovered_at}], for the report.
+    Column("slowdowns", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("analyzed_at", UtcDateTime()),
     Column("started_at", UtcDateTime()),

@@ -315,7 +315,7 @@ class SqlStore(InboundStore, WorkerStore):
             new_id = conn.execute(insert(deliveries).values(
                 name=name, template_name=template_name, state=DeliveryState.EDITING,
                 properties=props.model_dump(mode="json"), audience=audience.to_json(),
-                salt=salt, last_error="", created_at=now)).inserted_primary_key
+                salt=salt, last_error="", slowdowns=[], created_at=now)).inserted_primary_key
         assert new_id is not None
         return self.get_delivery(int(new_id[0]))
 

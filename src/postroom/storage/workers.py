@@ -155,6 +155,36 @@ class WorkerStore:
             conn.execute(update(delivery_logs).where(delivery_logs.c.id.in_(log_ids))
                          .values(attempting=True))
 
+    def postpone(self, log_ids: list[int], until: datetime, *, detail: str) -> None:
+        """Give claimed logs back unsent, due at `until` (a domain's hourly limit): no attempt
+        is counted, and nothing about them is in doubt."""
+        if not log_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(delivery_logs)
+                         .where(delivery_logs.c.id.in_(log_ids),
+                                delivery_logs.c.status == LogStatus.PENDING)
+                         .values(next_attempt_at=until, claimed_until=None, claimed_by=None,
+                                 attempting=False, detail=detail))
+
+    def record_slowdowns(self, delivery_id: int, slowdowns: list[dict[str, Any]]) -> None:
+        """Keep the domains a run slowed down (by domain and start) for the delivery's report."""
+        if not slowdowns:
+            return
+        with self.engine.begin() as conn:
+            known = conn.scalar(select(deliveries.c.slowdowns)
+                                .where(deliveries.c.id == delivery_id)) or []
+            merged = {(s["domain"], s["since"]): s for s in [*known, *slowdowns]}
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                         .values(slowdowns=sorted(merged.values(),
+                                                  key=lambda s: (s["since"], s["domain"]))))
+
+    def slowdowns(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            found: list[dict[str, Any]] = conn.scalar(
+                select(deliveries.c.slowdowns).where(deliveries.c.id == delivery_id)) or []
+        return found
+
     def review_doubtful(self, delivery_id: int, now: datetime) -> int:
         """At-most-once: logs a dead worker held while attempting go to `review`, unsent."""
         logs = delivery_logs.c
