@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from postroom.cli.common import JsonOption, console, emit_json, state
+from postroom.domain.addresses import normalize_address
 from postroom.domain.outcomes import FailureReason
 from postroom.errors import InputError
 from postroom.inbound import sources
@@ -65,7 +67,7 @@ def parse(ctx: typer.Context, files: list[Path], as_json: bool = JsonOption) -> 
 def fetch(
     ctx: typer.Context,
     files: list[Path] = typer.Argument(None, help=".eml files to take in."),
-    imap: str | None = typer.Option(None, help="imap[s]://USER@HOST[:PORT]/FOLDER"),
+    imap: str | None = typer.Option(None, help="imap\\[s]://USER@HOST\\[:PORT]/FOLDER"),
     pop3: str | None = typer.Option(None, help="pop3[s]://USER@HOST[:PORT]"),
     maildir: Path | None = typer.Option(None, help="A Maildir folder."),
     mbox: Path | None = typer.Option(None, help="An mbox file (read, never changed)."),
@@ -171,7 +173,8 @@ def rules_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         return
     table = Table("pos", "id", "status", "pattern", "type", "reason")
     for r in rows:
-        table.add_row(str(r.position), r.id, r.status, r.pattern[:50], r.failure_type,
+        table.add_row(str(r.position), escape(r.id), r.status, escape(r.pattern[:50]),
+                      r.failure_type,
                       FailureReason(r.reason).label)
     console.print(table)
 
@@ -274,10 +277,15 @@ def quarantine_list(
 
 @quarantine_app.command("show")
 def quarantine_show(ctx: typer.Context, address: str, as_json: bool = JsonOption) -> None:
-    """One address's status and error history."""
+    """One address's status and its last error."""
+    address = normalize_address(address)  # the domain's case does not matter
     row = state(ctx).postroom().store.get_address(address)
     data = _address_json(row) if row else {"address": address, "status": "valid"}
-    emit_json(data) if as_json else console.print(data)
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        console.print(f"{key}: {escape(str(value))}", highlight=False)
 
 
 @quarantine_app.command("release")
@@ -291,12 +299,15 @@ def quarantine_release(
 ) -> None:
     """Release addresses from quarantine (one, several, or in bulk by domain and window)."""
     postroom = state(ctx).postroom()
-    chosen = list(addresses or [])
+    chosen = [normalize_address(a) for a in addresses or []]
     if domain:
         statuses = ["quarantine", "with_errors"] + (["denylisted"] if denylisted else [])
         chosen += [r.address for r in postroom.store.list_addresses(
-            statuses=statuses, domain=domain, since=_utc(since), until=_utc(until),
+            statuses=statuses, domain=domain.lower(), since=_utc(since), until=_utc(until),
             limit=10**6)]
+        if not chosen:
+            console.print(f"no address of {domain} to release in that window")
+            return
     if not chosen:
         raise InputError("name addresses, or --domain (with --since/--until)")
     count = postroom.store.release_addresses(chosen, postroom.clock())

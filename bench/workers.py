@@ -1,0 +1,176 @@
+"""Scaling with worker processes on PostgreSQL (issue 5): one worker, then two, against the
+same `smtp-sink`, in one run on this machine.
+
+    python bench/workers.py [--recipients N] [--connections C] [--bcc] [--no-write]
+
+Needs PostgreSQL (default `postgresql+psycopg://postgres@127.0.0.1:5432/postgres`, or
+$POSTROOM_BENCH_PG_ADMIN: a scratch database is created and dropped) and Postfix's smtp-sink.
+Each measurement: a fresh delivery to the same N recipients is set `sending` while the workers
+already run (`postroom worker`), and the clock runs until it is finished (and, with --bcc,
+every archive copy is archived). Writes the section "## Worker scaling (issue 5)" of
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from sqlalchemy import create_engine
+from throughput import Sink, _child_env
+from throughput_data import ERRORS_TO, FROM_ADDRESS, HTML, SUBJECT, TEXT, jinja, recipients
+from throughput_report import RESULTS, machine
+
+from postroom.domain.models import ArchiveState
+from postroom.domain.states import DeliveryState
+from postroom.settings import Settings, load_settings
+from postroom.wiring import build
+
+SECTION = "## Worker scaling (issue 5)"
+PG_ADMIN = os.environ.get("POSTROOM_BENCH_PG_ADMIN",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _config(folder: Path, url: str, relay: Sink, archive: Sink, connections: int) -> Path:
+    path = folder / "postroom.toml"
+    path.write_text(
+        f'database_url = "{url}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {relay.port}\n'
+        f'[sending]\nhelo_name = "bench.example.com"\nconnections = {connections}\n'
+        f'worker_poll_seconds = 0.1\n'
+        f'[defaults]\nfrom_address = "{FROM_ADDRESS}"\nerrors_to = "{ERRORS_TO}"\n'
+        f'[archive]\nenabled = true\nbcc_address = "archive@archive.example.com"\n'
+        f'connections = {connections}\n'
+        f'[archive.relay]\nhost = "127.0.0.1"\nport = {archive.port}\n', encoding="utf-8")
+    return path
+
+
+def _csv(folder: Path, count: int) -> Path:
+    import csv
+
+    path = folder / "audience.csv"
+    rows = list(recipients(count))
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def measure(config: Path, folder: Path, workers: int, bcc: bool) -> tuple[int, float]:
+    """Start `workers` workers, hand them a fresh delivery; (messages, seconds)."""
+    postroom = build(_load(config))
+    delivery, _ = postroom.create_delivery("bench", name=f"{workers} worker(s)")
+    report = postroom.analyze(delivery.id)
+    assert report.ok, report.errors
+    procs = [subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(config),
+                               "worker"], env=_child_env(),
+                              stdout=(folder / f"w{workers}.{i}.log").open("wb"),
+                              stderr=subprocess.STDOUT) for i in range(workers)]
+    try:
+        time.sleep(3)  # started, registered, idle
+        start = time.monotonic()
+        postroom.start(delivery.id)
+        while True:
+            done = postroom.store.get_delivery(delivery.id).state is DeliveryState.FINISHED
+            pending = postroom.store.archive_counts(delivery.id).get(delivery.id, {}).get(
+                ArchiveState.PENDING, 0)
+            if done and (not bcc or pending == 0):
+                break
+            time.sleep(0.05)
+        seconds = time.monotonic() - start
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+    sent = postroom.report(delivery.id).by_status.get("sent", 0)
+    postroom.store.close()
+    return sent, seconds
+
+
+def _load(config: Path) -> Settings:
+    return load_settings(config)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--bcc", action="store_true", help="Email BCC on (archive copies).")
+    parser.add_argument("--no-write", action="store_true")
+    options = parser.parse_args()
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"postroom_bench_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    rows: list[tuple[int, int, float]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="postroom-workers-") as tmp:
+            folder = Path(tmp)
+            with Sink(folder, "relay") as relay, Sink(folder, "archive") as archive:
+                config = _config(folder, url, relay, archive, options.connections)
+                postroom = build(_load(config))
+                postroom.import_recipients(_csv(folder, options.recipients))
+                postroom.create_template("bench", {
+                    "subject": jinja(SUBJECT), "html": jinja(HTML), "text": jinja(TEXT),
+                    "email_bcc": options.bcc, "inline_css": False})
+                postroom.store.close()
+                for workers in (1, 2):
+                    sent, seconds = measure(config, folder, workers, options.bcc)
+                    rows.append((workers, sent, seconds))
+                    print(f"{workers} worker(s): {sent:,} sent in {seconds:.1f} s = "
+                          f"{sent / seconds:,.0f} msg/s", flush=True)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+    text = _section(rows, options)
+    print(text)
+    if not options.no_write:
+        _write(text)
+    return 0
+
+
+def _section(rows: list[tuple[int, int, float]], options: argparse.Namespace) -> str:
+    base = rows[0][1] / rows[0][2]
+    lines = [SECTION, "",
+             f"`python bench/workers.py --recipients {options.recipients} --connections "
+             f"{options.connections}{' --bcc' if options.bcc else ''}`: PostgreSQL, "
+             f"`postroom worker` processes with {options.connections} SMTP connections each, "
+             f"Email BCC {'on' if options.bcc else 'off'}, against one smtp-sink on loopback "
+             "(the archive copies to a second one). The clock runs from `deliveries start` "
+             "until the delivery is finished" + (" and every copy archived" if options.bcc
+                                                 else "") + ".", "",
+             "| workers | sent | seconds | msg/s | vs 1 worker |", "|---:|---:|---:|---:|---:|"]
+    for workers, sent, seconds in rows:
+        rate = sent / seconds
+        lines.append(f"| {workers} | {sent:,} | {seconds:.1f} | {rate:,.0f} | "
+                     f"{rate / base:.2f}x |")
+    lines += ["", "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine()), ""]
+    return "\n".join(lines)
+
+
+def _write(text: str) -> None:
+    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(current):
+        current = pattern.sub(lambda _: text + "\n", current, count=1)
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(current.rstrip("\n") + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
