@@ -16,8 +16,8 @@ from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
 from postroom.storage.sql import open_store
+from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
-from postroom.transport.smtp import SmtpConnection
 
 __all__ = ["build", "utc_now"]
 
@@ -28,7 +28,7 @@ def utc_now() -> datetime:
 
 def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[], Transport]:
     def connect() -> Transport:
-        return SmtpConnection(relay, helo_name=helo, messages_per_connection=per_connection)
+        return PipelinedConnection(relay, helo_name=helo, messages_per_connection=per_connection)
 
     return connect
 
@@ -41,8 +41,8 @@ def _host_connector(settings: Settings) -> Callable[[HostPort], Transport]:
     def connect(host: HostPort) -> Transport:
         target = relay if (host.host, host.port) == (relay.host, relay.port) else SmtpRelay(
             host=host.host, port=host.port, timeout_seconds=relay.timeout_seconds)
-        return SmtpConnection(target, helo_name=sending.helo_name,
-                              messages_per_connection=sending.messages_per_connection)
+        return PipelinedConnection(target, helo_name=sending.helo_name,
+                                   messages_per_connection=sending.messages_per_connection)
 
     return connect
 

@@ -20,6 +20,8 @@ from postroom.domain.outcomes import Outcome, Verdict
 
 __all__ = ["ArchiveTarget", "Archiver", "Transport"]
 
+_GROUP = 10  # copies sent (pipelined) before their results are recorded
+
 
 class Transport(Protocol):
     async def send(self, sender: str, recipient: str, data: bytes, *,
@@ -115,22 +117,36 @@ class Archiver:
                           halt: asyncio.Event | None = None) -> float:
         """Send claimed copies; returns how long to pause when the relay is unreachable.
 
-        Each result is recorded as soon as the relay answers, which keeps the window in which a
-        crash leaves a copy archived but unrecorded (in doubt) as short as one commit.
+        Copies go a few at a time (pipelined where the transport can), and each group's results
+        are recorded as soon as the relay has answered them, which keeps the window in which a
+        crash leaves a copy archived but unrecorded (in doubt) to one group.
         """
-        pause = 0.0
-        for index, copy in enumerate(copies):
+        for start in range(0, len(copies), _GROUP):
             if halt is not None and halt.is_set():
-                self._store.record_archive([ArchiveResult(
-                    c.id, ArchiveState.PENDING, "not attempted", next_attempt_at=self._clock(),
-                    attempted=False) for c in copies[index:]], self._clock())
-                break
-            results: list[ArchiveResult] = []
-            utf8 = not copy.data.split(b"\r\n\r\n", 1)[0].isascii()  # an SMTPUTF8 message
-            outcome = await transport.send(self._target.envelope_sender, self._target.address,
-                                           copy.data, smtputf8=utf8)
-            now = self._clock()
-            if outcome.verdict is Verdict.SENT:
+                self._give_back(copies[start:])
+                return 0.0
+            group = copies[start:start + _GROUP]
+            outcomes = await _send_all(transport, [
+                (self._target.envelope_sender, self._target.address, copy.data,
+                 not copy.data.split(b"\r\n\r\n", 1)[0].isascii())  # SMTPUTF8 headers
+                for copy in group])
+            results, pause = self._results(group, outcomes)
+            self._store.record_archive(results, self._clock())
+            if pause:
+                self._give_back(copies[start + len(group):])
+                return pause
+        return 0.0
+
+    def _results(self, group: list[ArchiveCopy],
+                 outcomes: list[Outcome]) -> tuple[list[ArchiveResult], float]:
+        now = self._clock()
+        results: list[ArchiveResult] = []
+        pause = 0.0
+        for copy, outcome in zip(group, outcomes, strict=True):
+            if pause:  # after the relay became unreachable: not really attempted
+                results.append(ArchiveResult(copy.id, ArchiveState.PENDING, "not attempted",
+                                             next_attempt_at=now, attempted=False))
+            elif outcome.verdict is Verdict.SENT:
                 self.archived += 1
                 results.append(ArchiveResult(copy.id, ArchiveState.ARCHIVED, outcome.text))
             elif outcome.verdict is Verdict.FAILED:
@@ -140,15 +156,25 @@ class Archiver:
                 results.append(ArchiveResult(copy.id, ArchiveState.PENDING, outcome.text,
                                              next_attempt_at=now + wait,
                                              in_doubt=outcome.in_doubt))
-                if outcome.reply is None:  # the relay is unreachable: put the rest back too
-                    results.extend(ArchiveResult(c.id, ArchiveState.PENDING, "not attempted",
-                                                 next_attempt_at=now, attempted=False)
-                                   for c in copies[index + 1:])
+                if outcome.reply is None:  # the relay is unreachable: pause
                     pause = wait.total_seconds()
-            self._store.record_archive(results, self._clock())
-            if pause:
-                break
-        return pause
+        return results, pause
+
+    def _give_back(self, copies: list[ArchiveCopy]) -> None:
+        if copies:
+            self._store.record_archive([ArchiveResult(
+                c.id, ArchiveState.PENDING, "not attempted", next_attempt_at=self._clock(),
+                attempted=False) for c in copies], self._clock())
+
+
+async def _send_all(transport: Transport,
+                    items: list[tuple[str, str, bytes, bool]]) -> list[Outcome]:
+    batch = getattr(transport, "send_batch", None)
+    if batch is not None:
+        outcomes: list[Outcome] = await batch(items)
+        return outcomes
+    return [await transport.send(sender, recipient, data, smtputf8=utf8)
+            for sender, recipient, data, utf8 in items]
 
 
 async def _sleep_or(event: asyncio.Event | None, seconds: float) -> None:
