@@ -28,6 +28,9 @@ _MIME_NAMES = {
     "gbk": "gbk",
     "koi8-r": "koi8-r",
 }
+# Codecs whose escape sequences carry state from one character to the next: the bytes of a text
+# are not the bytes of its characters put end to end (ISO-2022-JP returns to ASCII at the end).
+_STATEFUL = frozenset({"iso2022_jp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,13 @@ class Charset:
     @property
     def is_utf8(self) -> bool:
         return self.codec == "utf-8"
+
+    @property
+    def stateless(self) -> bool:
+        """Whether encoding is per character: encode(a + b) == encode(a) + encode(b), and no
+        character but a line feed encodes to a byte 0x0A (true of every charset but
+        ISO-2022-JP; an unknown codec counts as stateful)."""
+        return self.codec in _MIME_NAMES and self.codec not in _STATEFUL
 
     def encode(self, text: str) -> bytes:
         return text.encode(self.codec, "strict")

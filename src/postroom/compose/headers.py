@@ -30,10 +30,16 @@ def header_text(value: str) -> str:
     return _CONTROL.sub(" ", value).strip()
 
 
+# The Q encoding of each byte (RFC 2047 §4.2): safe characters as is, space as "_", else =XX.
+_Q_BYTES = tuple(chr(b) if b in _Q_SAFE else "_" if b == 0x20 else f"={b:02X}"
+                 for b in range(256))
+_ASCII = bytes(range(0x80))
+# Per stateless charset and kind (Q or not): character → what it adds to an encoded word.
+_COSTS: dict[tuple[Charset, bool], dict[str, int]] = {}
+
+
 def _q(data: bytes) -> str:
-    return "".join(
-        chr(b) if b in _Q_SAFE else "_" if b == 0x20 else f"={b:02X}" for b in data
-    )
+    return "".join([_Q_BYTES[b] for b in data])
 
 
 def _b(data: bytes) -> str:
@@ -46,23 +52,69 @@ def encoded_words(text: str, charset: Charset) -> list[str]:
     Words break between characters (never inside a multibyte sequence); each word's bytes are
     encoded on their own, so stateful charsets (ISO-2022-JP) return to ASCII in every word.
     Raises UnicodeEncodeError when `charset` cannot represent a character.
+
+    A word takes characters while they fit (one that does not fit even alone gets a word of its
+    own). With a stateless charset a word's bytes are its characters' bytes end to end, so what
+    each character adds is looked up once and summed: the work is linear in the text.
     """
     data = charset.encode(text)
-    mostly_ascii = sum(b < 0x80 for b in data) >= 0.8 * max(1, len(data))
+    ascii_bytes = len(data) - len(data.translate(None, _ASCII))
+    mostly_ascii = ascii_bytes >= 0.8 * max(1, len(data))
     use_q = mostly_ascii and charset.mime not in _B_ONLY
-    kind, encode = ("Q", _q) if use_q else ("B", _b)
+    kind = "Q" if use_q else "B"
     room = _WORD_LENGTH - len(charset.mime) - 7
+    if not charset.stateless:
+        return _words_by_candidate(text, charset, kind, room)
+    costs = _COSTS.setdefault((charset, use_q), {})
+    # Q: a word's length is the sum of its bytes' lengths; B: 4 characters per 3 bytes (or
+    # part of 3), so at most 3 * (room // 4) bytes fit.
+    limit = room if use_q else 3 * (room // 4)
+    head = f"=?{charset.mime}?{kind}?"
+    encode = _q if use_q else _b
     words: list[str] = []
-    chunk = ""
-    for character in text:
-        candidate = chunk + character
-        if chunk and len(encode(charset.encode(candidate))) > room:
-            words.append(f"=?{charset.mime}?{kind}?{encode(charset.encode(chunk))}?=")
-            chunk = character
+    start = total = 0
+    for index, character in enumerate(text):
+        cost = costs.get(character)
+        if cost is None:
+            encoded = charset.encode(character)
+            cost = costs[character] = len(_q(encoded)) if use_q else len(encoded)
+        if total + cost > limit and index > start:
+            words.append(f"{head}{encode(charset.encode(text[start:index]))}?=")
+            start, total = index, cost
         else:
-            chunk = candidate
-    if chunk or not words:
-        words.append(f"=?{charset.mime}?{kind}?{encode(charset.encode(chunk))}?=")
+            total += cost
+    if start < len(text) or not words:
+        words.append(f"{head}{encode(charset.encode(text[start:]))}?=")
+    return words
+
+
+def _words_by_candidate(text: str, charset: Charset, kind: str, room: int) -> list[str]:
+    """encoded_words for a stateful charset, whose escape sequences depend on the neighbours:
+    each candidate word is encoded whole.
+
+    A longer candidate never encodes shorter (every character adds bytes; the return to ASCII
+    at the end is there at most once), so the longest word that fits is found by bisection.
+    """
+    encode = _q if kind == "Q" else _b
+
+    def fits(start: int, end: int) -> bool:
+        size = len(charset.encode(text[start:end]))
+        length = len(_q(charset.encode(text[start:end]))) if kind == "Q" else 4 * -(-size // 3)
+        return length <= room
+
+    words: list[str] = []
+    start = 0
+    while start < len(text) or not words:
+        low, high = start + 1, len(text)  # a word takes at least one character
+        while low < high:  # the last end in (low, high] that fits, else low
+            middle = (low + high + 1) // 2
+            if fits(start, middle):
+                low = middle
+            else:
+                high = middle - 1
+        end = low if text else 0
+        words.append(f"=?{charset.mime}?{kind}?{encode(charset.encode(text[start:end]))}?=")
+        start = end
     return words
 
 

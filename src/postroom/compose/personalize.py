@@ -74,8 +74,29 @@ class _Undefined(StrictUndefined):
         raise self._undefined_exception(self._undefined_message)
 
 
-def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with a short way to read `recipient.x` and `delivery.x`.
+
+    For a `_Named` and a name without a leading `_`, the sandbox's generic checks always pass
+    (no such name is an attribute of the class or of `object`, so it reads a value; the name is
+    not internal; `_Named` is none of the mutable types): the answer is the value, passed
+    through `wrap_str_format` as the sandbox does, or undefined. Everything else goes the
+    sandbox's own way.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is _Named and not attribute.startswith("_"):
+            try:
+                value = obj._values[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+            wrapped = self.wrap_str_format(value)
+            return value if wrapped is None else wrapped
+        return super().getattr(obj, attribute)
+
+
+def _environment(autoescape: bool) -> _Sandbox:
+    return _Sandbox(
         autoescape=autoescape,
         undefined=_Undefined,
         keep_trailing_newline=True,
@@ -98,9 +119,9 @@ class RenderedContent:
 class CompiledContent:
     """The subject, HTML and text of one delivery, compiled once."""
 
-    _subject: Any
-    _html: Any
-    _text: Any
+    _subject: _Compiled
+    _html: _Compiled
+    _text: _Compiled
     has_html: bool
     has_text: bool
     variables: frozenset[str]  # the top-level names the content uses (mirror_url, ...)
@@ -114,9 +135,33 @@ class CompiledContent:
         )
 
 
-def _render(template: Any, context: dict[str, Any], field: str, who: str) -> str:
+class _Compiled:
+    """One compiled template, rendered the way `Template.render` does without its per-call
+    set-up: the globals (a ChainMap, slow to copy) are flattened once, and the root render
+    function runs on a fresh context. Errors are the template's own, as `render` re-raises
+    them (it only rewrites their traceback)."""
+
+    __slots__ = ("_blocks", "_environment", "_globals", "_name", "_root")
+
+    def __init__(self, template: Any):
+        self._environment = template.environment
+        self._root = template.root_render_func
+        self._blocks = template.blocks
+        self._name = template.name
+        self._globals = dict(template.globals)
+
+    def render(self, variables: dict[str, Any]) -> str:
+        environment = self._environment
+        context = environment.context_class(
+            environment, {**self._globals, **variables}, self._name, self._blocks,
+            globals=self._globals)
+        result: str = environment.concat(self._root(context))
+        return result
+
+
+def _render(template: _Compiled, context: dict[str, Any], field: str, who: str) -> str:
     try:
-        result: str = template.render(context)
+        result = template.render(context)
     except UndefinedError as exc:
         variable = str(exc).removeprefix("undefined variable ").strip("'")
         raise TemplateError(
@@ -130,9 +175,9 @@ def _render(template: Any, context: dict[str, Any], field: str, who: str) -> str
     return result
 
 
-def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str) -> Any:
+def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str) -> _Compiled:
     try:
-        return env.from_string(source)
+        return _Compiled(env.from_string(source))
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{field}, line {exc.lineno}: {exc.message}", field=field) from None
 

@@ -27,7 +27,7 @@ VERP = "verp"
 
 
 def _mac(secret: bytes, purpose: str, log_id: int) -> str:
-    digest = hmac.new(secret, f"{purpose}:{log_id}".encode(), hashlib.sha256).digest()[:16]
+    digest = hmac.digest(secret, f"{purpose}:{log_id}".encode(), hashlib.sha256)[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from urllib.parse import quote
+from functools import cached_property
 
 from postroom.bounces.rules import Rule, default_rules, qualify_smtp_reply
 from postroom.compose.charsets import Charset, charset_for
@@ -19,8 +19,7 @@ from postroom.compose.dkim import DkimSigner
 from postroom.compose.extra_headers import parse_extra_headers
 from postroom.compose.html import inline_css
 from postroom.compose.mime import (
-    HeaderValues,
-    build_message,
+    MessageWriter,
     decoded_part,
     make_message_id,
     parts_for,
@@ -32,6 +31,7 @@ from postroom.compose.personalize import (
     recipient_context,
 )
 from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, make_token, verp_address
+from postroom.compose.wire import recipient_wire_address
 from postroom.domain.addresses import WireAddress, wire_address
 from postroom.domain.models import Delivery, LogUpdate, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType, Outcome, Verdict
@@ -74,18 +74,28 @@ class Links:
     secret: bytes
     unsubscribe_mailto: str
 
+    def token(self, purpose: str, log_id: int | None) -> str:
+        """The signed token of a link (`proof` in proofs, where links are inactive)."""
+        return "proof" if log_id is None else make_token(self.secret, purpose, log_id)
+
     def mirror_url(self, log_id: int | None) -> str:
-        token = "proof" if log_id is None else make_token(self.secret, MIRROR, log_id)
-        return f"{self.base_url}/m/{token}"
+        return f"{self.base_url}/m/{self.token(MIRROR, log_id)}"
 
     def unsubscribe_url(self, log_id: int | None) -> str:
-        token = "proof" if log_id is None else make_token(self.secret, UNSUBSCRIBE, log_id)
-        return f"{self.base_url}/u/{token}"
+        return self.unsubscribe_url_for(self.token(UNSUBSCRIBE, log_id))
 
     def list_unsubscribe(self, log_id: int | None) -> str:
-        token = "proof" if log_id is None else make_token(self.secret, UNSUBSCRIBE, log_id)
-        mailto = f"mailto:{self.unsubscribe_mailto}?subject={quote('unsubscribe ' + token)}"
-        return f"<{mailto}>, <{self.unsubscribe_url(log_id)}>"
+        return self.list_unsubscribe_for(self.token(UNSUBSCRIBE, log_id))
+
+    def unsubscribe_url_for(self, token: str) -> str:
+        return f"{self.base_url}/u/{token}"
+
+    def list_unsubscribe_for(self, token: str) -> str:
+        """The List-Unsubscribe value (RFC 2369, RFC 8058) of an unsubscribe token."""
+        # A token is digits, "." and URL-safe base64 (or "proof"): nothing urllib's quote()
+        # escapes, so quoting "unsubscribe " + token only turns the space into %20.
+        mailto = f"mailto:{self.unsubscribe_mailto}?subject=unsubscribe%20{token}"
+        return f"<{mailto}>, <{self.unsubscribe_url_for(token)}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +141,20 @@ class Plan:
 
     def personalize(self, recipient: Recipient, log_id: int | None) -> RenderedContent:
         """The recipient's subject, HTML and text (TemplateError if the content fails)."""
-        links = {"mirror_url": self.links.mirror_url(log_id),
-                 "unsubscribe_url": self.links.unsubscribe_url(log_id)}
+        unsubscribe = (self.links.token(UNSUBSCRIBE, log_id)
+                       if "unsubscribe_url" in self.content.variables else "")
+        return self._personalize(recipient, log_id, unsubscribe)
+
+    def _personalize(self, recipient: Recipient, log_id: int | None,
+                     unsubscribe: str) -> RenderedContent:
+        # Only the links the content uses: a name the templates never mention cannot change
+        # what they render, and each link costs an HMAC.
+        variables = self.content.variables
+        links = {}
+        if "mirror_url" in variables:
+            links["mirror_url"] = self.links.mirror_url(log_id)
+        if "unsubscribe_url" in variables:
+            links["unsubscribe_url"] = self.links.unsubscribe_url_for(unsubscribe)
         context = recipient_context(recipient, delivery_id=self.delivery.id,
                                     delivery_name=self.delivery.name, links=links)
         content = self.content.render(context, who=recipient.email)
@@ -143,16 +165,19 @@ class Plan:
     def render(self, target: Target, now: datetime, *, sign: bool = True) -> Message:
         """The message for one target; raises TemplateError/InputError if it cannot be built."""
         recipient = target.recipient
-        wire = wire_address(recipient.email)
-        content = self.personalize(recipient, target.log_id)
-        message_id = self.message_id(target.log_id)
+        log_id = target.log_id
+        wire = recipient_wire_address(recipient.email)
+        unsubscribe = self.links.token(UNSUBSCRIBE, log_id) if self._unsubscribe_link else ""
+        content = self._personalize(recipient, log_id, unsubscribe)
+        message_id = self.message_id(log_id)
         to_name = f"{recipient.first_name} {recipient.last_name}".strip()
-        data = self._compose(content, recipient, wire, to_name, target.log_id, message_id, now,
-                             sign=sign)
-        mirror = (decoded_part(content.html, self.charset, "html")
-                  if self.mirror and content.html else None)
-        sender = verp_address(self.links.secret, wire_address(self.errors_to).address,
-                              target.log_id)
+        data, html = self._build(content, recipient, wire, to_name, unsubscribe, message_id,
+                                 now, sign=sign)
+        mirror = None
+        if self.mirror and content.html:  # the HTML part's bytes; without one, made apart
+            mirror = html if html is not None else decoded_part(content.html, self.charset,
+                                                                "html")
+        sender = verp_address(self.links.secret, self._errors_to, log_id)
         return Message(target, data, message_id, wire.address, sender, wire.smtputf8, mirror)
 
     def render_proof(self, sample: Recipient, to: str, number: int,
@@ -172,26 +197,55 @@ class Plan:
     def _compose(self, content: RenderedContent, recipient: Recipient, wire: WireAddress,
                  to_name: str, log_id: int | None, message_id: str, now: datetime, *,
                  sign: bool = True) -> bytes:
-        extra = self.extra_headers
-        if self.props.list_unsubscribe:
-            extra = (("List-Unsubscribe", self.links.list_unsubscribe(log_id)),
-                     ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"), *extra)
-        headers = HeaderValues(
-            from_name=self.from_name, from_address=_wire(self.from_address), to_name=to_name,
-            to_address=wire.address, reply_to=_wire(self.reply_to), subject=content.subject,
-            message_id=message_id, date=now, extra=extra)
+        unsubscribe = self.links.token(UNSUBSCRIBE, log_id) if self.props.list_unsubscribe else ""
+        data, _html = self._build(content, recipient, wire, to_name, unsubscribe, message_id,
+                                  now, sign=sign)
+        return data
+
+    def _build(self, content: RenderedContent, recipient: Recipient, wire: WireAddress,
+               to_name: str, unsubscribe: str, message_id: str, now: datetime, *,
+               sign: bool) -> tuple[bytes, bytes | None]:
+        """(the message, the decoded bytes of its HTML part if it has one)."""
+        headers: tuple[tuple[str, str], ...] = ()
+        if self.props.list_unsubscribe:  # List-Unsubscribe-Post follows, with the shared ones
+            headers = (("List-Unsubscribe", self.links.list_unsubscribe_for(unsubscribe)),)
         parts = parts_for(self.props.format, recipient.email_format,
                           has_html=self.content.has_html, has_text=self.content.has_text)
-        data = build_message(content=content, parts=parts, headers=headers,
-                             charset=self.charset, utf8_headers=wire.smtputf8)
+        data, html = self._writer.write(
+            content=content, parts=parts, to_name=to_name, to_address=wire.address,
+            message_id=message_id, date=now, headers=headers, utf8_headers=wire.smtputf8)
         if sign and self.signer is not None:
             data = self.signer.sign(data)
-        return data
+        return data, html
 
     def message_id(self, log_id: int) -> str:
         return make_message_id(log_id=log_id, delivery_id=self.delivery.id,
-                               salt=self.delivery.salt,
-                               domain=self.from_address.rpartition("@")[2])
+                               salt=self.delivery.salt, domain=self._from_domain)
+
+    # What every message of the delivery shares, made on first use (the plan is immutable).
+
+    @cached_property
+    def _writer(self) -> MessageWriter:
+        """From, Reply-To and the extra headers, written once for all messages."""
+        extra = self.extra_headers
+        if self.props.list_unsubscribe:
+            extra = (("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"), *extra)
+        return MessageWriter(from_name=self.from_name, from_address=_wire(self.from_address),
+                             reply_to=_wire(self.reply_to), extra=extra, charset=self.charset)
+
+    @cached_property
+    def _errors_to(self) -> str:
+        """The errors-to address in its wire form (InputError, not kept, when invalid)."""
+        return wire_address(self.errors_to).address
+
+    @cached_property
+    def _unsubscribe_link(self) -> bool:
+        """Whether messages need the unsubscribe token (header or content)."""
+        return self.props.list_unsubscribe or "unsubscribe_url" in self.content.variables
+
+    @cached_property
+    def _from_domain(self) -> str:
+        return self.from_address.rpartition("@")[2]
 
     def qualified(self, outcome: Outcome) -> Outcome:
         """The outcome with type and reason from the qualification rules (DESIGN.md §5).
