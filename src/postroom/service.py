@@ -540,7 +540,7 @@ class Postroom:
             self.store, self._connect_archive,
             target=ArchiveTarget(archive.address, archive.envelope_sender),
             connections=archive.connections, max_backoff=archive.max_backoff_seconds,
-            clock=self.clock, lease=self._lease, batch_size=20)
+            clock=self.clock, lease=self._lease, batch_size=50)
 
     def _engine(self) -> Engine:
         return Engine(self.store, self._connect, planner=self.planner,

@@ -141,7 +141,7 @@ class ArchiveSettings(_Section):
         description="Envelope sender of archive copies, apart from recipients' errors-to.",
     )
     relay: SmtpRelay | None = Field(None, description="Archive relay; default: the sending relay.")
-    connections: int = Field(2, ge=1, le=64, description="Connections to the archive relay.")
+    connections: int = Field(4, ge=1, le=64, description="Connections to the archive relay.")
     drain_seconds: float = Field(
         30.0, ge=0, description="How long a send run waits for pending copies at its end."
     )

@@ -20,7 +20,7 @@ from postroom.domain.outcomes import Outcome, Verdict
 
 __all__ = ["ArchiveTarget", "Archiver", "Transport"]
 
-_GROUP = 10  # copies sent (pipelined) before their results are recorded
+_GROUP = 25  # copies sent (pipelined) before their results are recorded
 
 
 class Transport(Protocol):

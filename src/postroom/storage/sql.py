@@ -559,8 +559,23 @@ class SqlStore(InboundStore, WorkerStore):
     def record_archive(self, results: Sequence[ArchiveResult], now: datetime) -> None:
         if not results:
             return
+        archived = [r for r in results if r.state is ArchiveState.ARCHIVED
+                    and r.attempted and not r.in_doubt]
         with self.engine.begin() as conn:
+            if archived:  # the common case, in one statement
+                conn.execute(
+                    update(archive_outbox)
+                    .where(archive_outbox.c.id == bindparam("b_id"),
+                           archive_outbox.c.state == ArchiveState.PENDING)
+                    .values(state=ArchiveState.ARCHIVED, claimed_until=None, claimed_by=None,
+                            reply=bindparam("b_reply"), attempts=archive_outbox.c.attempts + 1,
+                            archived_at=now, data=None, next_attempt_at=now)
+                    .execution_options(synchronize_session=False),
+                    [{"b_id": r.copy_id, "b_reply": r.reply} for r in archived])
+            done = {r.copy_id for r in archived}
             for result in results:
+                if result.copy_id in done:
+                    continue
                 values: dict[str, Any] = {"state": result.state, "claimed_until": None,
                                           "claimed_by": None}
                 if result.attempted:
