@@ -7,7 +7,6 @@ recipient alone (Plan.render raises EncodingError; analyze() writes one failed l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,11 +16,12 @@ import pytest
 from postroom.compose.mime import EncodingError
 from postroom.delivery.analysis import analyze, static_checks
 from postroom.delivery.plan import Links, Plan, make_plan
-from postroom.domain.models import Audience, Delivery, NewLog, Recipient, Target
+from postroom.domain.models import Audience, Delivery, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.properties import MirrorMode, Properties
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.settings import DefaultsSettings, SendingSettings
+from tests.unit.analysis_store import MemoryStore
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
@@ -178,33 +178,11 @@ def test_representable_recipient_renders() -> None:
     assert b"=?iso-8859-1?" in data
 
 
-class FakeStore:
-    """The AnalysisStore protocol in memory."""
-
-    def __init__(self, delivery: Delivery, audience: list[Recipient]):
-        self.delivery = delivery
-        self.audience = audience
-        self.logs: list[NewLog] = []
-        self.states: list[tuple[DeliveryState, str | None]] = []
-
-    def get_delivery(self, delivery_id: int) -> Delivery:
-        return self.delivery
-
-    def move_delivery(self, delivery_id: int, target: DeliveryState, now: datetime, *,
-                      error: str | None = None) -> Delivery:
-        self.states.append((target, error))
-        self.delivery = replace(self.delivery, state=target)
-        return self.delivery
-
-    def iter_audience(self, delivery: Delivery, batch_size: int = 1000) -> Iterator[Recipient]:
-        return iter(self.audience)
-
-    def replace_logs(self, delivery_id: int, logs: Iterator[NewLog], now: datetime) -> None:
-        self.logs = list(logs)
+FakeStore = MemoryStore  # the AnalysisStore protocol in memory (also for other tests)
 
 
-def run_analysis(audience: list[Recipient], **props: Any) -> tuple[Any, FakeStore]:
-    store = FakeStore(delivery(**props), audience)
+def run_analysis(audience: list[Recipient], **props: Any) -> tuple[Any, MemoryStore]:
+    store = MemoryStore(delivery(**props), audience)
     report = analyze(store, 5, planner=lambda d: make_plan(
         d, defaults=DEFAULTS, sending=SENDING, archive_available=True, links=LINKS),
         archive_available=True, now=NOW)

@@ -40,7 +40,6 @@ from postroom.domain.models import (
     DeliveryLog,
     EmailFormat,
     LogUpdate,
-    NewLog,
     Recipient,
     RecipientRow,
     Target,
@@ -52,6 +51,7 @@ from postroom.domain.properties import Properties
 from postroom.domain.states import DeliveryState, LogStatus, can_log_move, transition
 from postroom.errors import InputError, NotFoundError, ReadOnlyError, StateError
 from postroom.storage import migrate
+from postroom.storage.audience import AudienceStore
 from postroom.storage.inbound import InboundStore
 from postroom.storage.schema import (
     address_status,
@@ -154,7 +154,7 @@ def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
         yield batch
 
 
-class SqlStore(InboundStore, WorkerStore):
+class SqlStore(InboundStore, WorkerStore, AudienceStore):
     """Postroom's storage on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine):
@@ -217,14 +217,7 @@ class SqlStore(InboundStore, WorkerStore):
         Equal addresses come out next to each other, so duplicates are found with O(1) memory.
         """
         status = address_status.c.status.label("address_status")
-        if delivery.audience.kind == "list":
-            key_col = audience_members.c.position
-            base = select(recipients, key_col.label("k"), status).join(
-                audience_members, audience_members.c.recipient_id == recipients.c.id
-            ).where(audience_members.c.delivery_id == delivery.id)
-        else:
-            key_col = recipients.c.id
-            base = select(recipients, key_col.label("k"), status)
+        base, key_col = self._audience_query(delivery, recipients, status)
         base = base.outerjoin(address_status, address_status.c.address == recipients.c.email)
         last: tuple[str, int] | None = None
         while True:
@@ -354,27 +347,7 @@ class SqlStore(InboundStore, WorkerStore):
             raise StateError(f"delivery #{delivery_id} changed state meanwhile; try again")
         return self.get_delivery(delivery_id)
 
-    # -- analysis -----------------------------------------------------------------------------
-
-    def replace_logs(self, delivery_id: int, logs: Iterable[NewLog], now: datetime) -> None:
-        """Write the delivery's logs afresh in one transaction: all of them, or none.
-
-        `logs` may raise (a template error for some recipient): nothing is then written.
-        """
-        with self.engine.begin() as conn:
-            conn.execute(delete(delivery_logs).where(delivery_logs.c.delivery_id == delivery_id))
-            for batch in _chunks(logs, 2000):
-                conn.execute(insert(delivery_logs), [
-                    {"delivery_id": delivery_id, "recipient_id": log.recipient_id,
-                     "email": log.email, "domain": log.email.rpartition("@")[2].lower(),
-                     "status": log.status,
-                     "failure_type": log.failure_type or (
-                         FailureType.IGNORED if log.status is LogStatus.IGNORED else None),
-                     "failure_reason": log.failure_reason, "detail": log.detail,
-                     "attempts": 0,
-                     "next_attempt_at": now if log.status is LogStatus.PENDING else None,
-                     "smtp_reply": "", "updated_at": now}
-                    for log in batch])
+    # -- analysis: audience_rows, held_addresses, replace_logs (AudienceStore) ----------------
 
     # -- sending ------------------------------------------------------------------------------
 
