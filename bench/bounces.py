@@ -22,15 +22,15 @@ import datetime as dt
 import email
 import importlib.metadata
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
+from results_file import RESULTS, replace_section  # noqa: E402 - after the path set-up
 from tests.corpus.scoring import (  # noqa: E402 - after the path set-up above
     REPO_CORPUS,
     Prediction,
@@ -41,7 +41,6 @@ from tests.corpus.scoring import (  # noqa: E402 - after the path set-up above
     shared_corpus,
 )
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Bounce parsing accuracy"
 Predict = Callable[[bytes], Iterable[Prediction]]
 
@@ -143,13 +142,7 @@ def _section(results: list[tuple[str, Score, Score | None]], flufl_version: str)
 
 def write_results(section: str) -> None:
     """Replace (or add) this benchmark's section in RESULTS.md, keeping the others."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    replace_section(SECTION, section)
 
 
 def main(argv: list[str] | None = None) -> int:

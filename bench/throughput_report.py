@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from results_file import replace_section
+
 __all__ = ["SECTION", "PostroomRun", "Rate", "Results", "machine", "section", "write_results"]
 
 SECTION = "## Throughput (issue 6)"
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 MILLION = 1_000_000
 ANALYSIS_TARGET_S = 20.0
 RSS_TARGET_MB = 150.0
@@ -313,11 +314,4 @@ def section(results: Results, command: str) -> str:
 
 def write_results(text: str) -> None:
     """Replace (or add) this benchmark's section in RESULTS.md, keeping the others."""
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else \
-        "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(current):
-        current = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(current.rstrip("\n") + "\n", encoding="utf-8")
+    replace_section(SECTION, text)

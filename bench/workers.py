@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -26,10 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from results_file import replace_section
 from sqlalchemy import create_engine
 from throughput import Sink, _child_env
 from throughput_data import ERRORS_TO, FROM_ADDRESS, HTML, SUBJECT, TEXT, jinja, recipients
-from throughput_report import RESULTS, machine
+from throughput_report import machine
 
 from postroom.domain.models import ArchiveState
 from postroom.domain.states import DeliveryState
@@ -163,13 +163,7 @@ def _section(rows: list[tuple[int, int, float]], options: argparse.Namespace) ->
 
 
 def _write(text: str) -> None:
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(current):
-        current = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(current.rstrip("\n") + "\n", encoding="utf-8")
+    replace_section(SECTION, text)
 
 
 if __name__ == "__main__":
