@@ -55,12 +55,32 @@ def test_each_domain_is_held_to_its_own_limits(
     assert relay.messages == [], "static routes take both domains past the relay"
     assert len(narrow.messages) == 30 and len(wide.messages) == 60
 
+    # Counted by the servers from connect to close: an idle connection kept open counts too.
+    assert narrow.most_connections == 1
+    assert 2 <= wide.most_connections <= 4
     narrow_sessions = _sessions(narrow.messages)
     assert _most_at_once(narrow_sessions) == 1
     assert max(len(times) for times in narrow_sessions.values()) <= 5
     assert len(narrow_sessions) >= 6
     wide_sessions = _sessions(wide.messages)
     assert 2 <= _most_at_once(wide_sessions) <= 4
+
+
+def test_an_idle_connection_to_a_domain_counts_against_its_limit(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    # Claims of two logs at a time starve the lane now and then: a worker whose lane runs dry
+    # gives its slot back, and must not keep its connection open while another worker opens one.
+    relay, domain = capture(), capture()
+    postroom = make_postroom(
+        sqlite_url, relay, bcc=False, sending={"connections": 6, "batch_size": 2},
+        routing={"routes": {"own.example": f"127.0.0.1:{domain.port}"}},
+        shaping={"default": {"max_connections": 2}})
+    delivery_id = _delivery(postroom, tmp_path, {"own.example": 200})
+    assert postroom.send(delivery_id).state is DeliveryState.FINISHED
+    assert len(domain.messages) == 200
+    assert domain.most_connections <= 2
 
 
 def test_a_domain_answering_4xx_is_slowed_down_and_the_report_says_so(

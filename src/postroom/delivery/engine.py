@@ -32,7 +32,7 @@ from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import ConfigError, PostroomError, StateError
 from postroom.settings import SendingSettings
 from postroom.transport.routed import RoutedConnection, Transport
-from postroom.transport.routing import HostPort, NoRoute, Router
+from postroom.transport.routing import HostPort, NoRoute, Router, RouteSource
 
 __all__ = ["Engine", "RunSummary", "SendStore", "doubtful"]
 
@@ -249,7 +249,8 @@ class Engine:
     async def _connection(self, lanes: Lanes[Message], plan: Plan, summary: RunSummary,
                           progress: Progress | None) -> None:
         """One connection worker: takes a lane its domain's limits allow, sends its messages
-        over a connection to the lane's hosts (kept for the next lane with the same hosts)."""
+        over a connection to the lane's hosts (a relay connection is kept for the next lane;
+        one to a domain's own hosts is closed with its slot)."""
         conn: RoutedConnection | None = None
         used = 0  # messages over `conn`
         lane: Lane[Message] | None = None
@@ -279,8 +280,12 @@ class Engine:
                         if faults:
                             await asyncio.sleep(min(5.0, 0.05 * 2 ** faults))
                             break  # let the lane go: its host may be down
-                    if not self._shaper.may_reuse(lane.domain, used):
-                        await conn.close()  # renewed for the next message
+                    if (not self._shaper.may_reuse(lane.domain, used)
+                            or lane.route.source is not RouteSource.RELAY):
+                        # Renewed for the next message; and a connection to a domain's own
+                        # hosts counts against its limit for as long as it is open, so it is
+                        # not kept once its slot is given back.
+                        await conn.close()
                         conn, used = None, 0
                 await lanes.notify()  # a connection slot of the lane's domain is free again
         finally:

@@ -202,6 +202,22 @@ class _Handler:
         return reply
 
 
+class _CountedSMTP(SMTP):
+    """An SMTP session that tells its server when its connection opens and closes."""
+
+    def __init__(self, owner: CaptureServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._owner._connection_opened()
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._connection_closed()
+        super().connection_lost(exc)
+
+
 class _Controller(Controller):
     """Controller that tracks sessions (for clean shutdown) and resolves port 0."""
 
@@ -210,7 +226,7 @@ class _Controller(Controller):
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def factory(self) -> SMTP:
-        smtp = SMTP(self.handler, **self.SMTP_kwargs)
+        smtp = _CountedSMTP(self.handler._owner, self.handler, **self.SMTP_kwargs)
         self.sessions.add(smtp)
         return smtp
 
@@ -267,6 +283,8 @@ class CaptureServer:
         self._rcpt_attempts: list[str] = []
         self._rejected: dict[str, str] = {}
         self._seq = 0  # server-wide number of accepted messages (mail_dir file names)
+        self._open_connections = 0
+        self._most_connections = 0
         self._controller: _Controller | None = None
 
     @property
@@ -350,6 +368,21 @@ class CaptureServer:
         """Address -> last non-2xx RCPT reply (reject_ratio or script)."""
         with self._lock:
             return dict(self._rejected)
+
+    @property
+    def most_connections(self) -> int:
+        """The most client connections that were open at once (from connect to close)."""
+        with self._lock:
+            return self._most_connections
+
+    def _connection_opened(self) -> None:
+        with self._lock:
+            self._open_connections += 1
+            self._most_connections = max(self._most_connections, self._open_connections)
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self._open_connections -= 1
 
     def received_for(self, address: str) -> list[Received]:
         wanted = address.lower()
