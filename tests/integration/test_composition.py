@@ -261,6 +261,9 @@ def test_utf8_local_part_fails_alone_when_the_relay_lacks_smtputf8(
     failed = postroom.logs(delivery_id, status="failed")
     assert [log.email for log in failed] == ["jörg@bücher.example"]
     assert "SMTPUTF8" in failed[0].detail
+    assert failed[0].failure_type == "ignored", "our relay's limit is not the address's fault"
+    address = postroom.store.get_address(failed[0].email)
+    assert address is None or address.status.value == "valid"
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ __all__ = [
     "SmtpReply",
     "Verdict",
     "connection_fault",
+    "no_smtputf8",
     "reply_outcome",
 ]
 
@@ -108,3 +109,11 @@ def connection_fault(detail: str, *, in_doubt: bool = False) -> Outcome:
     """A connection that could not be opened, dropped, or timed out: try again later."""
     return Outcome(Verdict.DEFERRED, None, FailureType.SOFT, FailureReason.UNREACHABLE, detail,
                    in_doubt=in_doubt)
+
+
+def no_smtputf8() -> Outcome:
+    """A non-ASCII local part the relay cannot carry (no SMTPUTF8): the message fails, and the
+    failure is ignored for the address, which is not at fault (another relay would take it)."""
+    return Outcome(Verdict.FAILED, None, FailureType.IGNORED, FailureReason.REFUSED,
+                   "the address has a non-ASCII local part and the relay does not offer "
+                   "SMTPUTF8")

@@ -37,12 +37,10 @@ from dataclasses import dataclass
 from aiosmtplib.email import quote_address
 
 from postroom.domain.outcomes import (
-    FailureReason,
-    FailureType,
     Outcome,
     SmtpReply,
-    Verdict,
     connection_fault,
+    no_smtputf8,
     reply_outcome,
 )
 from postroom.settings import SmtpRelay, TlsMode
@@ -54,9 +52,7 @@ _ATOM = r"[^\s\x00-\x1f\x7f()<>@,;:\\\".\[\]]+"  # \s: Unicode spaces too, as ai
 _PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_REPLY = 64 * 1024
-_NO_SMTPUTF8 = Outcome(Verdict.FAILED, None, FailureType.HARD, FailureReason.UNDEFINED,
-                       "the address has a non-ASCII local part and the relay does not offer "
-                       "SMTPUTF8")
+_NO_SMTPUTF8 = no_smtputf8()
 
 
 def data_payload(data: bytes) -> bytes:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import aiosmtplib
 
 from postroom.domain.outcomes import (
-    FailureReason,
-    FailureType,
     Outcome,
     SmtpReply,
-    Verdict,
     connection_fault,
+    no_smtputf8,
     reply_outcome,
 )
 from postroom.settings import SmtpRelay, TlsMode
@@ -68,10 +66,7 @@ class SmtpConnection:
             options: list[str] = []
             if smtputf8:
                 if not client.supports_extension("smtputf8"):
-                    return Outcome(Verdict.FAILED, None, FailureType.HARD,
-                                   FailureReason.UNDEFINED,
-                                   "the address has a non-ASCII local part and the relay does "
-                                   "not offer SMTPUTF8")
+                    return no_smtputf8()
                 options = ["SMTPUTF8", "BODY=8BITMIME"]
             try:
                 try:
