@@ -146,8 +146,10 @@ def qualify_smtp_reply(code: int, text: str,
     """Qualify a synchronous SMTP reply with the same rules as bounces.
 
     The enhanced status code may sit anywhere in the text. A 4xx reply is temporary, so never
-    hard; without a more specific rule it is "unreachable". A 5xx without a rule is hard and
-    undefined (kept "to qualify"). A 2xx is not a failure: ignored.
+    hard; without a more specific rule it is "unreachable". A 5xx without a rule is undefined,
+    as a bounce with the same text would be (DESIGN.md §5, reason 0): the message fails, the
+    text is kept "to qualify", and the address is left alone until a rule says what it means.
+    A 2xx is not a failure: ignored.
     """
     if 200 <= code < 300:
         return Qualification(IGN, R.ERROR_IGNORED, None)
@@ -157,10 +159,8 @@ def qualify_smtp_reply(code: int, text: str,
         status = f"{str(code)[0]}.0.0"  # "550 ... 4.2.2" is inconsistent: trust the reply code
     found = qualify(table, status=status, text=text)
     temporary = 400 <= code < 500
-    if found.failure_type is U:
-        if temporary:
-            return Qualification(S, R.UNREACHABLE, found.rule_id)
-        return Qualification(H, found.reason, found.rule_id)
+    if found.failure_type is U and temporary:
+        return Qualification(S, R.UNREACHABLE, found.rule_id)
     if temporary and found.failure_type is H:
         return Qualification(S, found.reason, found.rule_id)
     return found

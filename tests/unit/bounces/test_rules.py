@@ -221,7 +221,7 @@ def test_recipient_action_refines_the_kind() -> None:
         (554, "5.7.1 Message rejected as spam", (S, 20)),
         (421, "4.7.0 Try again later, closing connection", (S, 20)),
         (451, "4.3.0 Local error in processing", (S, 3)),
-        (550, "Requested action not taken", (H, 0)),
+        (550, "Requested action not taken", (U, 0)),
         (450, "Requested action not taken", (S, 3)),
         (550, "mailbox unavailable; see 5.1.1 in the docs", (H, 1)),
     ],
@@ -235,8 +235,10 @@ def test_smtp_reply_rules_and_edges() -> None:
     assert qualify_smtp_reply(250, "2.0.0 Ok").failure_type is IGN
     # A temporary reply is never hard, even when a rule says so.
     assert qualify_smtp_reply(450, "4.1.1 <a@example.org>: User unknown").failure_type is S
-    # Unmatched: 5xx hard and undefined (to qualify), 4xx soft unreachable; no rule id.
-    assert qualify_smtp_reply(554, "Nyaan") == Qualification(H, R.UNDEFINED, None)
+    # Unmatched: 5xx undefined (to qualify) as a bounce would be, 4xx soft unreachable.
+    assert qualify_smtp_reply(554, "Nyaan") == Qualification(U, R.UNDEFINED, None)
+    assert qualify_smtp_reply(554, "Nyaan") == qualify(default_rules(), status="5.0.0",
+                                                       text="Nyaan")
     assert qualify_smtp_reply(451, "Nyaan") == Qualification(S, R.UNREACHABLE, None)
     # An enhanced code of the other class than the reply is not trusted.
     assert qualify_smtp_reply(550, "4.2.2 odd").reason is R.UNDEFINED
