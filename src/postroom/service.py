@@ -187,7 +187,10 @@ class Postroom:
     @cached_property
     def bounces(self) -> BounceService:
         """Bounce intake, processing, rules and quarantine."""
-        return BounceService(self.store, secret=self.planner.links.secret, clock=self.clock)
+        return BounceService(
+            self.store, secret=self.planner.links.secret,
+            clock=lambda: self.clock(),  # read at each call: tests move `clock`
+            attribution_window=timedelta(days=self.settings.quarantine.attribution_window_days))
 
     # -- recipients ---------------------------------------------------------------------------
 

@@ -220,6 +220,9 @@ class QuarantineSettings(_Section):
                                       "the counter.")
     mailbox_full_release_days: float = Field(30.0, gt=0, description="Days after which a "
                                              "mailbox-full quarantine is released.")
+    attribution_window_days: float = Field(7.0, gt=0, description="Days after sending during "
+                                           "which a bounce is applied to its log and address; "
+                                           "later ones are kept, not applied.")
 
 
 class DkimKey(_Section):

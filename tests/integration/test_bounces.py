@@ -134,11 +134,84 @@ def test_forged_bounces_change_no_address(postroom: Postroom, tmp_path: Path) ->
         postroom.bounces.receive(data, "")
     summary = postroom.bounces.process()
     assert summary.processed == 3 and summary.failures_applied == 0
+    assert (summary.attributed, summary.unattributed) == (0, 3)  # as the stored states say
     assert postroom.store.get_address("erin@example.org") is None
     assert postroom.store.get_address("someone-else@example.org") is None
     assert postroom.store.get_log(log_id).status is LogStatus.SENT
     states = {b.state for b in postroom.store.list_bounces()}
     assert states == {"unattributed"}  # kept for a person, never dropped
+
+
+def test_a_bounce_after_the_attribution_window_is_kept_not_applied(
+    postroom: Postroom, tmp_path: Path,
+) -> None:
+    from postroom.compose.tokens import verp_address
+
+    log_id = _sent_to(postroom, tmp_path, "gail@example.org")
+    verp = verp_address(postroom.planner.links.secret, f"bounces@{DOMAIN}", log_id)
+    dsn = _dsn_for("postfix-gone.eml", verp=verp, recipient="gail@example.org")
+    sent_at = postroom.clock()
+    postroom.clock = lambda: sent_at + timedelta(days=7, minutes=1)
+    postroom.bounces.receive(dsn, "")
+    summary = postroom.bounces.process()
+    assert (summary.processed, summary.attributed, summary.late) == (1, 1, 1)
+    assert summary.failures_applied == 0
+    assert postroom.store.get_log(log_id).status is LogStatus.SENT
+    assert postroom.store.get_address("gail@example.org") is None
+    [bounce] = postroom.store.list_bounces()
+    assert bounce.state == "processed"
+    [result] = postroom.store.bounce_results_of(bounce.id)
+    assert result["log_id"] == log_id and not result["applied"]
+    # The same report inside the window is applied (stored a day after sending).
+    other = _sent_to(postroom, tmp_path, "hal@example.org")
+    postroom.clock = lambda: sent_at + timedelta(days=8)
+    postroom.bounces.receive(_dsn_for("postfix-gone.eml", recipient="hal@example.org",
+                                      verp=verp_address(postroom.planner.links.secret,
+                                                        f"bounces@{DOMAIN}", other)), "")
+    assert postroom.bounces.process().failures_applied == 1
+    assert postroom.store.get_log(other).status is LogStatus.FAILED
+
+
+def test_mail_that_is_no_report_is_kept_for_a_person_even_with_a_valid_token(
+    postroom: Postroom, tmp_path: Path,
+) -> None:
+    from postroom.compose.tokens import verp_address
+
+    log_id = _sent_to(postroom, tmp_path, "ivy@example.org")
+    verp = verp_address(postroom.planner.links.secret, f"bounces@{DOMAIN}", log_id)
+    reply = (f"From: Ivy <ivy@example.org>\r\nTo: {verp}\r\nSubject: Re: Hello ivy\r\n"
+             "Message-ID: <reply-1@example.org>\r\n\r\nPlease call me about this.\r\n")
+    postroom.bounces.receive(reply.encode(), verp)
+    summary = postroom.bounces.process()
+    assert (summary.processed, summary.attributed, summary.unrecognized) == (1, 0, 1)
+    assert postroom.store.get_log(log_id).status is LogStatus.SENT
+    assert [b.state for b in postroom.store.list_bounces()] == ["unrecognized"]
+    assert len(postroom.store.list_bounces(state="unrecognized", limit=10)) == 1
+
+
+def test_a_pending_retry_is_not_sent_once_its_address_is_quarantined(
+    make_postroom: Callable[..., Postroom], capture: Callable[..., CaptureServer],
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    relay = capture(script=Script()
+                    .on_rcpt("jo@example.org", "451 4.3.0 Try again later", times=1)
+                    .on_rcpt("jo@example.org", "550 5.1.1 User unknown"))
+    postroom = make_postroom(sqlite_url, relay, bcc=False,
+                             sending={"quick_retries": 0, "wait_for_retries_seconds": 0})
+    first = _delivery(postroom, tmp_path, ["jo@example.org", "kim@example.org"])
+    assert postroom.send(first).deferred == 1  # jo: retry in an hour
+    second = _delivery(postroom, tmp_path, ["jo@example.org"])
+    postroom.send(second)  # user unknown: hard, quarantined
+    assert postroom.store.get_address("jo@example.org").status == "quarantine"  # type: ignore[union-attr]
+    attempts = len(relay.rcpt_attempts)
+    later = postroom.clock() + timedelta(hours=2)
+    postroom.clock = lambda: later
+    postroom.send(first)
+    assert len(relay.rcpt_attempts) == attempts, "not tried again"
+    jo = next(log for log in postroom.logs(first) if log.email == "jo@example.org")
+    assert jo.status is LogStatus.FAILED and jo.failure_reason is FailureReason.QUARANTINE
+    assert jo.failure_type is FailureType.HARD and "quarantine" in jo.detail
+    assert postroom.pending_count(first) == 0
 
 
 def test_same_bounce_twice_counts_once_and_a_crash_loses_nothing(

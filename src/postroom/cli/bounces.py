@@ -32,8 +32,9 @@ def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
         "action": o.recipient.action, "failure_type": o.qualification.failure_type,
         "reason": int(o.qualification.reason), "reason_label": o.qualification.reason.label,
         "rule": o.qualification.rule_id, "diagnostic": o.recipient.diagnostic[:500],
-        "log": o.log.id if o.log is not None and o.applies else None,
+        "log": o.log.id if o.log is not None and o.attributed else None,
         "attributed_by": o.attributed_by or None,
+        "late": o.late,  # the log's, but past the attribution window: not applied
     } for o in outcomes]
 
 
@@ -105,6 +106,7 @@ def fetch(
     if processed is not None:
         console.print(f"processed {processed['processed']}: attributed "
                       f"{processed['attributed']}, unattributed {processed['unattributed']}, "
+                      f"unrecognized {processed['unrecognized']}, "
                       f"logs failed {processed['failures_applied']}")
 
 
@@ -144,7 +146,7 @@ def serve(
 @bounces_app.command("list")
 def list_(ctx: typer.Context, state_: str | None = typer.Option(None, "--state"),
           limit: int = typer.Option(50, min=1), as_json: bool = JsonOption) -> None:
-    """Stored bounces, newest first (state: new, processed, unattributed)."""
+    """Stored bounces, newest first (state: new, processed, unattributed, unrecognized)."""
     postroom = state(ctx).postroom()
     rows: list[dict[str, Any]] = [{"id": b.id, "state": b.state, "kind": b.kind,
                                    "source": b.source,

@@ -3,8 +3,11 @@
 Attribution (Mailman's order): the signed VERP token in the bounce's envelope recipient (or the
 Delivered-To / X-Original-To / To headers that carry it), then the returned Message-ID, which
 carries the log id and the delivery's unguessable salt. A token that does not verify is never
-applied, and a report about an address the log was not sent to changes nothing. Unattributed
-bounces are kept (state `unattributed`) for a person to look at; nothing is dropped.
+applied, and a report about an address the log was not sent to changes nothing. Nor does one
+that arrives more than the attribution window (7 days, DESIGN.md §8) after the message was
+sent: the address may have changed hands since. Unattributed bounces, and mail that is no
+report Postroom recognizes, are kept (states `unattributed`, `unrecognized`) for a person to
+look at; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from postroom.bounces.model import BouncedRecipient, BounceKind, ParsedBounce
 from postroom.bounces.rules import Qualification, Rule, qualify_recipient
@@ -19,7 +23,8 @@ from postroom.compose.tokens import verp_log_id
 from postroom.domain.models import DeliveryLog
 from postroom.domain.outcomes import FailureType
 
-__all__ = ["Attribution", "BounceOutcome", "ProcessSummary", "attribute", "decide"]
+__all__ = ["Attribution", "BounceOutcome", "ProcessSummary", "attribute", "bounce_state",
+           "decide"]
 
 _MESSAGE_ID = re.compile(r"<?(\d+)\.(\d+)\.([0-9a-f]{16})@[^>]*>?")
 _FAILURE_KINDS = (BounceKind.DSN, BounceKind.HEURISTIC)
@@ -39,22 +44,39 @@ class BounceOutcome:
     qualification: Qualification
     log: DeliveryLog | None
     attributed_by: str
-    applies: bool  # attributed, and about the address the log was sent to
+    applies: bool  # attributed, about the address the log was sent to, in the window
     fails_log: bool  # a failure report: the `sent` log becomes `failed`
+    late: bool = False  # about the log's address, but after the attribution window
+
+    @property
+    def attributed(self) -> bool:
+        """Whose it is is known (applied, or too late to apply)."""
+        return self.applies or self.late
+
+
+def bounce_state(kind: str, outcomes: Sequence[BounceOutcome]) -> str:
+    """Where a processed bounce rests: `unrecognized` (no report Postroom can read, kept for a
+    person even when it carries a valid token), `processed` (attributed), `unattributed`."""
+    if kind == BounceKind.UNKNOWN:
+        return "unrecognized"
+    return "processed" if any(o.attributed for o in outcomes) else "unattributed"
 
 
 @dataclass
 class ProcessSummary:
-    processed: int = 0
-    attributed: int = 0
+    processed: int = 0  # bounces processed by this run, whatever their state
+    attributed: int = 0  # state `processed`
     unattributed: int = 0
+    unrecognized: int = 0
+    late: int = 0  # recipients attributed after the window, not applied
     failures_applied: int = 0
     ignored: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"processed": self.processed, "attributed": self.attributed,
-                "unattributed": self.unattributed, "failures_applied": self.failures_applied,
+                "unattributed": self.unattributed, "unrecognized": self.unrecognized,
+                "late": self.late, "failures_applied": self.failures_applied,
                 "ignored": self.ignored, "kinds": self.kinds}
 
 
@@ -102,19 +124,29 @@ def _same_address(reported: str | None, sent_to: str) -> bool:
     return a_local == b_local or a_local.lower() == b_local.lower()
 
 
+def _in_window(log: DeliveryLog, received_at: datetime, window: timedelta) -> bool:
+    """Whether a bounce received at `received_at` is still about this log's address. A log
+    with no sending time (never reached `sent`) has nothing to measure from: in."""
+    return log.sent_at is None or received_at - log.sent_at <= window
+
+
 def decide(parsed: ParsedBounce, rules: Sequence[Rule], log: DeliveryLog | None,
-           attributed_by: str) -> list[BounceOutcome]:
+           attributed_by: str, *, received_at: datetime,
+           window: timedelta = timedelta(days=7)) -> list[BounceOutcome]:
     """Qualify every recipient of a bounce and say which ones may be applied (pure)."""
     recipients = parsed.recipients or (
         BouncedRecipient(None, None, None, parsed.subject, None),)
+    in_window = log is not None and _in_window(log, received_at, window)
     outcomes: list[BounceOutcome] = []
     for recipient in recipients:
         verdict = qualify_recipient(rules, parsed, recipient)
-        applies = log is not None and _same_address(recipient.recipient, log.email)
+        about_log = log is not None and _same_address(recipient.recipient, log.email)
+        applies = about_log and in_window
         action = (recipient.action or "failed").strip().lower()
         fails = (applies and parsed.kind in _FAILURE_KINDS and action == "failed"
                  and verdict.failure_type in (FailureType.HARD, FailureType.SOFT))
-        outcomes.append(BounceOutcome(recipient, verdict, log, attributed_by, applies, fails))
+        outcomes.append(BounceOutcome(recipient, verdict, log, attributed_by, applies, fails,
+                                      late=about_log and not in_window))
     return outcomes
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
@@ -21,7 +21,7 @@ from postroom.bounces.parse import parse_bounce
 from postroom.bounces.rules import Rule, qualify
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.errors import InputError, NotFoundError
-from postroom.inbound.processor import ProcessSummary, attribute, decide
+from postroom.inbound.processor import ProcessSummary, attribute, bounce_state, decide
 from postroom.inbound.sources import InboundMessage
 from postroom.storage.inbound import RuleRow
 from postroom.storage.sql import SqlStore
@@ -61,10 +61,12 @@ def _headers(data: bytes) -> dict[str, str]:
 
 
 class BounceService:
-    def __init__(self, store: SqlStore, *, secret: bytes, clock: Callable[[], datetime]):
+    def __init__(self, store: SqlStore, *, secret: bytes, clock: Callable[[], datetime],
+                 attribution_window: timedelta = timedelta(days=7)):
         self.store = store
         self._secret = secret
         self._clock = clock
+        self._window = attribution_window
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -93,8 +95,10 @@ class BounceService:
         found = self.store.log_delivery_salt(log_id)
         return found
 
-    def examine(self, data: bytes, envelope_to: str = "") -> tuple[ParsedBounce, list[Any]]:
-        """Parse, attribute and qualify one message without changing anything."""
+    def examine(self, data: bytes, envelope_to: str = "", *,
+                received_at: datetime | None = None) -> tuple[ParsedBounce, list[Any]]:
+        """Parse, attribute and qualify one message without changing anything; `received_at`
+        (default: now) decides whether it came within the attribution window."""
         parsed = parse_bounce(data)
         attribution = attribute(envelope_to=envelope_to, parsed=parsed, headers=_headers(data),
                                 secret=self._secret, salt_of=self._salt_of)
@@ -105,7 +109,8 @@ class BounceService:
             except NotFoundError:
                 log = None
         return parsed, decide(parsed, self.rules(), log,
-                              attribution.by if attribution and log else "")
+                              attribution.by if attribution and log else "",
+                              received_at=received_at or self._clock(), window=self._window)
 
     def process(self, *, limit: int = 500) -> ProcessSummary:
         """Process stored bounces that are still new, each in its own transaction."""
@@ -115,18 +120,25 @@ class BounceService:
             if not batch:
                 return summary
             for stored in batch:
-                parsed, outcomes = self.examine(stored.data, stored.envelope_to)
+                parsed, outcomes = self.examine(stored.data, stored.envelope_to,
+                                                received_at=stored.received_at)
                 unqualified = [(normalize_text(o.recipient.diagnostic), o.recipient.diagnostic)
                                for o in outcomes
                                if o.qualification.rule_id is None and o.recipient.diagnostic]
+                resting = bounce_state(parsed.kind, outcomes)
                 applied = self.store.apply_bounce(stored.id, parsed.kind, outcomes, unqualified,
-                                                  self._clock())
+                                                  self._clock(), state=resting)
+                if applied is None:
+                    continue  # another processor took it first: counted there
                 summary.processed += 1
                 summary.kinds[parsed.kind] = summary.kinds.get(parsed.kind, 0) + 1
-                if any(o.log is not None for o in outcomes):
+                if resting == "processed":
                     summary.attributed += 1
-                else:
+                elif resting == "unattributed":
                     summary.unattributed += 1
+                else:
+                    summary.unrecognized += 1
+                summary.late += sum(1 for o in outcomes if o.late)
                 summary.failures_applied += applied
                 summary.ignored += sum(1 for o in outcomes if not o.fails_log)
             if len(batch) < limit:

@@ -117,9 +117,11 @@ class InboundStore:
         return reset, released
 
     def apply_bounce(self, bounce_id: int, kind: str, outcomes: Sequence[Any],
-                     unqualified: Sequence[tuple[str, str]], now: datetime) -> int:
-        """Record one processed bounce and its effects in one transaction; returns how many
-        `sent` logs it turned `failed`. A bounce already processed changes nothing."""
+                     unqualified: Sequence[tuple[str, str]], now: datetime, *,
+                     state: str) -> int | None:
+        """Record one processed bounce and its effects in one transaction, leaving it in
+        `state`; returns how many `sent` logs it turned `failed`. A bounce already taken by
+        another processor changes nothing: None."""
         from postroom.storage.schema import delivery_logs
 
         failed = 0
@@ -128,19 +130,17 @@ class InboundStore:
                                                          bounces.c.state == "new")
                                    .values(state="processing")).rowcount
             if not claimed:
-                return 0
+                return None
             events: list[tuple[str, AddressEvent]] = []
-            attributed = False
             for o in outcomes:
-                log = o.log if o.applies else None
-                attributed = attributed or log is not None
                 q, r = o.qualification, o.recipient
                 conn.execute(insert(bounce_results).values(
                     bounce_id=bounce_id, recipient=(r.recipient or "")[:320],
-                    log_id=log.id if log else None, status=(r.status or "")[:16],
+                    log_id=o.log.id if o.attributed else None, status=(r.status or "")[:16],
                     action=(r.action or "")[:16], failure_type=str(q.failure_type),
-                    reason=int(q.reason), rule_id=q.rule_id, attributed_by=o.attributed_by,
-                    applied=log is not None))
+                    reason=int(q.reason), rule_id=q.rule_id,
+                    attributed_by=o.attributed_by, applied=o.applies))  # late: log, not applied
+                log = o.log if o.applies else None
                 if log is None:
                     continue
                 if o.fails_log:
@@ -160,8 +160,7 @@ class InboundStore:
                 self.count_unqualified(conn, normalized, raw, now)
             self.apply_address_events(conn, events, now)
             conn.execute(update(bounces).where(bounces.c.id == bounce_id).values(
-                state="processed" if attributed else "unattributed", kind=kind,
-                processed_at=now))
+                state=state, kind=kind, processed_at=now))
         return failed
 
     # -- bounce mail ----------------------------------------------------------------------------

@@ -264,7 +264,8 @@ bounces = Table(
     Column("source", String(255), nullable=False),
     Column("envelope_to", String(320), nullable=False, default=""),
     Column("data", LargeBinary, nullable=False),
-    Column("state", String(16), nullable=False, index=True),  # new | processed | unattributed
+    # new | processing | processed | unattributed | unrecognized
+    Column("state", String(16), nullable=False, index=True),
     Column("kind", String(16), nullable=False, default=""),
     Column("detail", Text, nullable=False, default=""),
     Column("received_at", UtcDateTime(), nullable=False),

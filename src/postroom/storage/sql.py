@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from postroom.bounces.normalize import normalize_text
-from postroom.bounces.quarantine import AddressEvent
+from postroom.bounces.quarantine import AddressEvent, AddressStatus
 from postroom.domain.models import (
     ArchiveCopy,
     ArchiveResult,
@@ -375,11 +375,38 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
                                     .returning(c.id)))
             if not ids:
                 return []
+            ids = self._fail_held(conn, ids, now)
             rows = conn.execute(
                 select(c.id.label("log_id"), c.attempts, recipients)
                 .join(recipients, recipients.c.id == c.recipient_id)
                 .where(c.id.in_(ids)).order_by(c.id)).all()
         return [Target(row.log_id, row.attempts, _recipient(row)) for row in rows]
+
+    def _fail_held(self, conn: Any, ids: list[int], now: datetime) -> list[int]:
+        """Fail the claimed logs whose address went into quarantine or onto the denylist since
+        the delivery was analysed (a hard bounce meanwhile, say): they are not sent, and not
+        retried. Returns the ids still to send."""
+        if self.policy is None:
+            return ids
+        c, a = delivery_logs.c, address_status.c
+        held = conn.execute(
+            select(c.id, a.status).join(address_status, a.address == c.email)
+            .where(c.id.in_(ids), a.status.in_((str(AddressStatus.QUARANTINE),
+                                               str(AddressStatus.DENYLISTED))))).all()
+        if not held:
+            return ids
+        for status, reason, words in (
+                (AddressStatus.QUARANTINE, FailureReason.QUARANTINE, "in quarantine"),
+                (AddressStatus.DENYLISTED, FailureReason.DENYLISTED, "denylisted")):
+            batch = [log_id for log_id, held_as in held if held_as == str(status)]
+            if batch:
+                conn.execute(update(delivery_logs).where(c.id.in_(batch)).values(
+                    status=LogStatus.FAILED, failure_type=str(FailureType.HARD),
+                    failure_reason=int(reason), next_attempt_at=None, claimed_until=None,
+                    claimed_by=None, attempting=False, updated_at=now,
+                    detail=f"not sent: the address is {words} since the analysis"))
+        failed = {log_id for log_id, _ in held}
+        return [log_id for log_id in ids if log_id not in failed]
 
     def release(self, log_ids: Sequence[int]) -> None:
         """Give claimed logs back unsent (a pause or stop came between claim and send)."""
