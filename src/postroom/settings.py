@@ -198,7 +198,8 @@ class WebSettings(_Section):
         "secret generated once and kept in the database.",
     )
     unsubscribe_mailto: str = Field(
-        "", description="Address of mailto unsubscribes; empty: unsubscribe@<From domain>."
+        "", description="Address of mailto unsubscribes; empty: unsubscribe@<From domain>. "
+        "An international domain goes out as its A-label; the local part must be ASCII."
     )
     resource_validity_days: float = Field(30.0, gt=0, description="Mirror pages' lifetime.")
 
@@ -208,6 +209,34 @@ class WebSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _mailto(cls, value: str) -> str:
+        """The address as the List-Unsubscribe header carries it, which must be ASCII.
+
+        An ASCII value is kept as given (not validated, ADR 0007). Otherwise the address must
+        validate: an international domain becomes its A-label, and a non-ASCII local part is
+        refused, since only mail sent with SMTPUTF8 could reach it (RFC 6068 would percent-encode
+        it, but the senders of unsubscribe mail cannot be relied on to support that).
+        """
+        if value.isascii():
+            return value
+        from postroom.domain.addresses import wire_address
+        from postroom.errors import InputError
+
+        try:
+            wire = wire_address(value)
+        except InputError as exc:
+            raise ValueError(f"{value!r} is not a valid address: {exc}") from None
+        if wire.smtputf8:
+            local = wire.address.rpartition("@")[0]
+            raise ValueError(
+                f"{value!r}: the part before the @-sign ({local!r}) must be ASCII, because "
+                "List-Unsubscribe is an ASCII header and unsubscribe mail to a non-ASCII "
+                "mailbox needs SMTPUTF8; use an ASCII mailbox (the domain may be "
+                "international, it goes out as its A-label)")
+        return wire.address
 
 
 class QuarantineSettings(_Section):

@@ -139,6 +139,27 @@ def test_render_with_default_sender_domain() -> None:
     assert plan().render(target(), NOW).message_id == "<42.3.s4lt@platform.example>"
 
 
+def test_default_unsubscribe_mailto_of_an_idn_from_domain_is_its_a_label() -> None:
+    value = plan(from_address="news@Bücher.example").links.list_unsubscribe(42)
+    assert value.isascii()
+    assert value.startswith("<mailto:unsubscribe@xn--bcher-kva.example?subject=unsubscribe%20")
+
+
+def test_list_unsubscribe_of_an_idn_from_domain_is_a_plain_header() -> None:
+    """Not encoded words (RFC 2047 has no place in a list of URIs: clients would not decode
+    them), and ASCII even in a message whose header block may be UTF-8 (SMTPUTF8)."""
+    jorg = Recipient(id=12, email="jörg@bücher.example", first_name="Jörg",
+                     fields={"tier": "gold"})
+    message = plan(from_address="news@bücher.example").render(target(recipient=jorg), NOW)
+    assert message.smtputf8
+    head = message.data.split(b"\r\n\r\n")[0].replace(b"\r\n ", b" ")  # unfolded
+    line = next(line for line in head.split(b"\r\n") if line.startswith(b"List-Unsubscribe:"))
+    value = line.removeprefix(b"List-Unsubscribe: ").decode("ascii")
+    mailto, url = value.split(", ")
+    assert mailto.startswith("<mailto:unsubscribe@xn--bcher-kva.example?subject=unsubscribe%20")
+    assert url.startswith("<https://mail.example.com/u/42.")
+
+
 def test_render_reveals_neither_errors_to_nor_a_bcc() -> None:
     data = plan(email_bcc=True, errors_to="bounce@example.com").render(target(), NOW).data
     msg = parse(data)

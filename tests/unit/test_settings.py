@@ -262,3 +262,24 @@ def test_archive_addresses_must_be_valid(tmp_path: Path, monkeypatch: pytest.Mon
                       encoding="utf-8")
     with pytest.raises(ConfigError, match=r"archive\.bcc_address"):
         load_settings(config)
+
+
+def test_unsubscribe_mailto_with_an_idn_domain_goes_out_as_its_a_label() -> None:
+    from postroom.settings import WebSettings
+
+    assert WebSettings(unsubscribe_mailto="leave@Bücher.example").unsubscribe_mailto == (
+        "leave@xn--bcher-kva.example")
+    assert WebSettings(unsubscribe_mailto="leave+list@lists.example").unsubscribe_mailto == (
+        "leave+list@lists.example")  # ASCII: as given
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("jörg@bücher.example", "must be ASCII"),
+    ("jörg@lists.example", "must be ASCII"),
+    ("leave@bücher", "not a valid address"),
+])
+def test_unsubscribe_mailto_that_cannot_be_ascii_is_refused(tmp_path: Path, value: str,
+                                                            reason: str) -> None:
+    config = write(tmp_path / "p.toml", f'[web]\nunsubscribe_mailto = "{value}"\n')
+    with pytest.raises(ConfigError, match=rf"web\.unsubscribe_mailto: .*{reason}"):
+        load_settings(config)

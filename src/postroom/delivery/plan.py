@@ -72,7 +72,7 @@ class Links:
 
     base_url: str
     secret: bytes
-    unsubscribe_mailto: str
+    unsubscribe_mailto: str  # ASCII (A-label domain); settings refuse a non-ASCII local part
 
     def token(self, purpose: str, log_id: int | None) -> str:
         """The signed token of a link (`proof` in proofs, where links are inactive)."""
@@ -325,8 +325,8 @@ def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: Sendin
         errors_to=props.errors_to or defaults.errors_to,
         archive=props.email_bcc and archive_available,
         retry=retry,
-        links=Links(links.base_url, links.secret,
-                    links.unsubscribe_mailto or f"unsubscribe@{domain}"),
+        links=Links(links.base_url, links.secret, links.unsubscribe_mailto
+                    or f"unsubscribe@{_ascii_domain(from_address).lower()}"),
         extra_headers=parse_extra_headers(props.extra_headers),
         resource_validity=timedelta(days=props.resource_validity_days
                                     or resource_validity_days),
@@ -344,6 +344,14 @@ def _wire(address: str) -> str:
         return wire_address(address).address
     except InputError:
         return address
+
+
+def _ascii_domain(address: str) -> str:
+    """The domain of a platform address as headers carry it: as given when it is ASCII, else
+    the A-label form the From header has (`_wire`); left as is when invalid (analysis reports
+    it)."""
+    domain = address.rpartition("@")[2]
+    return domain if domain.isascii() else _wire(address).rpartition("@")[2]
 
 
 @dataclass(frozen=True)
