@@ -160,6 +160,23 @@ def test_list_unsubscribe_of_an_idn_from_domain_is_a_plain_header() -> None:
     assert url.startswith("<https://mail.example.com/u/42.")
 
 
+def test_an_idn_from_domain_gives_an_ascii_message() -> None:
+    """Message-ID and List-Unsubscribe carry the From domain as the From header does: as its
+    A-label, so the message of an ASCII recipient has an ASCII header block."""
+    p = plan(from_address="news@bücher.example")
+    message = p.render(target(), NOW)
+    assert not message.smtputf8 and message.data.isascii()
+    assert message.message_id == "<42.3.s4lt@xn--bcher-kva.example>"
+    msg = parse(message.data)
+    assert msg["Message-ID"] == message.message_id
+    assert msg["From"] == "Postroom <news@xn--bcher-kva.example>"
+    assert msg["List-Unsubscribe"].startswith(
+        "<mailto:unsubscribe@xn--bcher-kva.example?subject=unsubscribe%2042.")
+    proof, _wire = p.render_proof(ANN, "proof@example.org", 2, NOW)
+    assert proof.isascii()
+    assert parse(proof)["Message-ID"] == "<proof.2.3.s4lt@xn--bcher-kva.example>"
+
+
 def test_render_reveals_neither_errors_to_nor_a_bcc() -> None:
     data = plan(email_bcc=True, errors_to="bounce@example.com").render(target(), NOW).data
     msg = parse(data)

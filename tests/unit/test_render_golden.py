@@ -433,8 +433,8 @@ def test_the_golden_set_is_complete_and_varied() -> None:
     assert sorted(index) == sorted(case.name for case in CASES)
     errors = [name for name, meta in index.items() if "error" in meta]
     kinds = {meta["error"].partition(":")[0] for meta in index.values() if "error" in meta}
-    # UnicodeEncodeError: a non-ASCII Reply-To display name, or the default unsubscribe mailto
-    # of an IDN From domain, is written as is into an ASCII head
+    # UnicodeEncodeError: a Reply-To with a display name is written as is, its IDN domain
+    # into an ASCII head
     assert kinds == {"EncodingError", "InputError", "TemplateError", "UnicodeEncodeError"}
     assert len(errors) < len(index) / 3
     messages = b"".join((GOLDEN / f"{name}.eml").read_bytes()

@@ -190,8 +190,8 @@ class Plan:
         content = self.personalize(sample, None)
         content = RenderedContent(f"Proof #{number} {content.subject}", content.html,
                                   content.text)
-        domain = self.from_address.rpartition("@")[2]
-        message_id = f"<proof.{number}.{self.delivery.id}.{self.delivery.salt}@{domain}>"
+        message_id = (f"<proof.{number}.{self.delivery.id}.{self.delivery.salt}"
+                      f"@{self._from_domain}>")
         return self._compose(content, sample, wire, "", None, message_id, now), wire
 
     def _compose(self, content: RenderedContent, recipient: Recipient, wire: WireAddress,
@@ -245,7 +245,8 @@ class Plan:
 
     @cached_property
     def _from_domain(self) -> str:
-        return self.from_address.rpartition("@")[2]
+        """The domain of Message-IDs: the From domain, as A-labels when international."""
+        return _ascii_domain(self.from_address)
 
     def qualified(self, outcome: Outcome) -> Outcome:
         """The outcome with type and reason from the qualification rules (DESIGN.md §5).
