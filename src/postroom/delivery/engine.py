@@ -173,7 +173,7 @@ class Engine:
 
     async def _send_all(self, plan: Plan, summary: RunSummary, progress: Progress | None) -> None:
         """Feed claimed logs to N connection workers; a worker's crash stops the run."""
-        lanes: Lanes[Message] = Lanes(self._sending.connections * 4)
+        lanes: Lanes[Message] = Lanes(self._lane_capacity)
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self._sending.connections):
@@ -206,7 +206,7 @@ class Engine:
                                             self._sending.batch_size, lease,
                                             worker=self.worker_id)
             if targets:
-                step = self._sending.connections
+                step = self._lane_capacity  # rendered and marked attempting in one write
                 for start in range(0, len(targets), step):
                     if not self._sending_allowed(delivery_id):
                         self._store.release([t.log_id for t in targets[start:]])
@@ -344,6 +344,11 @@ class Engine:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._halt.wait(), timeout=seconds)
+
+    @property
+    def _lane_capacity(self) -> int:
+        """Messages queued for the connections at most: four per connection."""
+        return self._sending.connections * 4
 
     def _sending_allowed(self, delivery_id: int, *, force: bool = False) -> bool:
         """Whether to go on: not halted, and the delivery still `sending` (re-read every 0.5 s)."""

@@ -90,7 +90,8 @@ def open_store(url: str) -> SqlStore:
     return SqlStore(engine)
 
 
-def _recipient(row: Any) -> Recipient:
+def _recipient(row: Any, address_status: str = "valid") -> Recipient:
+    """`address_status`: the row's own column when it has one (the audience query joins it)."""
     return Recipient(
         id=row.id,
         email=row.email,
@@ -99,7 +100,7 @@ def _recipient(row: Any) -> Recipient:
         email_format=EmailFormat(row.email_format),
         opted_out=bool(row.opted_out),
         fields=dict(row.fields or {}),
-        address_status=getattr(row, "address_status", None) or "valid",
+        address_status=address_status,
     )
 
 
@@ -229,7 +230,7 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
             if not rows:
                 return
             for row in rows:
-                yield _recipient(row)
+                yield _recipient(row, row.address_status or "valid")
             last = (rows[-1].email_key, rows[-1].k)
 
     def set_audience_list(self, delivery_id: int, recipient_ids: Sequence[int]) -> None:
@@ -364,10 +365,14 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
         with self.engine.begin() as conn:
             candidates = (select(c.id).where(due).order_by(c.next_attempt_at, c.id)
                           .limit(limit).with_for_update(skip_locked=True))
+            # SQLite: one statement under the write lock, so the subquery's `due` holds for the
+            # UPDATE, which then finds its rows by id (checking `due` again made it walk every
+            # due row of the delivery: O(audience) per claim). PostgreSQL: rows locked by
+            # SKIP LOCKED first, `due` checked again under the lock.
+            chosen = (c.id.in_(candidates.scalar_subquery()) if self._dialect == "sqlite"
+                      else and_(due, c.id.in_(list(conn.scalars(candidates)))))
             ids = list(conn.scalars(update(delivery_logs)
-                                    .where(due, c.id.in_(candidates.scalar_subquery()
-                                                         if self._dialect == "sqlite"
-                                                         else list(conn.scalars(candidates))))
+                                    .where(chosen)
                                     .values(claimed_until=now + lease, claimed_by=worker,
                                             attempting=False,
                                             in_doubt=c.in_doubt + case(
