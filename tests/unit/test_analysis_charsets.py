@@ -83,6 +83,11 @@ def test_euro_in_from_name() -> None:
         f"from_name: {EURO} at position 6 {LATIN1}"]
 
 
+def test_euro_in_the_reply_to_name() -> None:
+    assert problems(reply_to="Büro € <help@example.com>") == [
+        f"reply_to: {EURO} at position 6 {LATIN1}"]
+
+
 def test_euro_in_an_extra_header() -> None:
     assert problems(extra_headers="X-Note: 5 €") == [
         f"header X-Note: {EURO} at position 3 {LATIN1}"]

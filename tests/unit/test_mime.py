@@ -125,6 +125,12 @@ def test_headers() -> None:
     assert msg["Date"].datetime == HEADERS.date
 
 
+def test_reply_to_with_a_display_name() -> None:
+    data = build(Parts.TEXT, reply_to="help@xn--bcher-kva.example", reply_to_name="Büro")
+    assert b"\r\nReply-To: =?utf-8?B?QsO8cm8=?= <help@xn--bcher-kva.example>\r\n" in data
+    assert parse(data)["Reply-To"] == "Büro <help@xn--bcher-kva.example>"
+
+
 def test_no_reply_to_header_when_empty() -> None:
     assert "Reply-To" not in parse(build(Parts.TEXT))
 

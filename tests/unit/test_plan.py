@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from postroom.compose.mime import EncodingError
 from postroom.delivery.plan import Links, Message, Plan, RetryPolicy, make_plan
 from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
 from postroom.domain.outcomes import (
@@ -175,6 +177,48 @@ def test_an_idn_from_domain_gives_an_ascii_message() -> None:
     proof, _wire = p.render_proof(ANN, "proof@example.org", 2, NOW)
     assert proof.isascii()
     assert parse(proof)["Message-ID"] == "<proof.2.3.s4lt@xn--bcher-kva.example>"
+
+
+def _header_line(data: bytes, name: bytes) -> bytes:
+    """The raw bytes of one header field, folding included."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    (line,) = re.findall(rb"^" + name + rb":[^\r\n]*(?:\r\n[ \t][^\r\n]*)*", head, re.M)
+    return bytes(line)
+
+
+@pytest.mark.parametrize(("reply_to", "charset", "name"), [
+    ("Help Desk <help@bücher.example>", "utf-8", "Help Desk"),
+    ("Bücher Büro <help@Bücher.example>", "iso-8859-1", "Bücher Büro"),
+    ('"Büro, Zürich \\"Nord\\"" <team@bücher.example>', "utf-8", 'Büro, Zürich "Nord"'),
+    ("お問い合わせ窓口 <help@bücher.example>", "iso-2022-jp", "お問い合わせ窓口"),
+    ("  <help@bücher.example>  ", "utf-8", ""),
+])
+def test_reply_to_with_a_display_name_and_an_idn_domain(reply_to: str, charset: str,
+                                                        name: str) -> None:
+    """Reply-To is written as From is: the name as a phrase (encoded words when it is not
+    ASCII), the domain as its A-label, and the header bytes ASCII."""
+    message = plan(reply_to=reply_to, charset=charset).render(target(), NOW)
+    line = _header_line(message.data, b"Reply-To")
+    assert line.isascii(), line
+    assert b"xn--bcher-kva.example" in line
+    (mailbox,) = parse(message.data)["Reply-To"].addresses
+    assert mailbox.display_name == name
+    assert mailbox.domain == "xn--bcher-kva.example"
+
+
+def test_reply_to_display_name_cannot_add_headers() -> None:
+    data = plan(reply_to="Help\r\nBcc: x@evil.example <help@example.com>").render(
+        target(), NOW).data
+    msg = parse(data)
+    assert msg.get_all("Bcc") is None
+    (mailbox,) = msg["Reply-To"].addresses
+    assert (mailbox.display_name, mailbox.addr_spec) == ("Help Bcc: x@evil.example",
+                                                         "help@example.com")
+
+
+def test_reply_to_name_the_charset_cannot_represent_names_the_field() -> None:
+    with pytest.raises(EncodingError, match=r"^reply_to: the character '日' \(U\+65E5\)"):
+        plan(reply_to="日本 <help@example.com>", charset="iso-8859-1").render(target(), NOW)
 
 
 def test_render_reveals_neither_errors_to_nor_a_bcc() -> None:

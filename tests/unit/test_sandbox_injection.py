@@ -161,6 +161,14 @@ def test_line_breaks_in_reply_to_fail_analysis() -> None:
     assert len(found) == 1 and found[0].startswith("reply_to: "), found
 
 
+def test_reply_to_with_a_display_name_passes_analysis_and_its_address_is_checked() -> None:
+    assert static_checks(plan(reply_to='"Help, Desk" <help@bücher.example>'),
+                         archive_available=False) == []
+    found = static_checks(plan(reply_to="Help <help@example.com\r\nBcc: x@evil.example>"),
+                          archive_available=False)
+    assert len(found) == 1 and found[0].startswith("reply_to: "), found
+
+
 def test_payload_in_the_subject_of_a_proof_is_inert() -> None:
     data, _ = plan().render_proof(recipient("first_name", "\r\nBcc: x@evil.example"),
                                   "proof@example.net", 1, NOW)

@@ -60,11 +60,12 @@ class HeaderValues:
     from_address: str
     to_name: str
     to_address: str  # header form: A-label domain (or UTF-8 when the message needs SMTPUTF8)
-    reply_to: str
+    reply_to: str  # the address, in header form like from_address; empty: no Reply-To
     subject: str
     message_id: str
     date: datetime
     extra: tuple[tuple[str, str], ...] = ()  # after the standard headers, in order
+    reply_to_name: str = ""
 
 
 def make_message_id(*, log_id: int, delivery_id: int, salt: str, domain: str) -> str:
@@ -210,19 +211,24 @@ def _guarded(field: str, charset: Charset, make: Callable[..., str], *args: str)
 class MessageWriter:
     """Writes the messages of one delivery: what they share is made once, on first use.
 
-    From, Reply-To and the operator's extra headers are the same in every message; `write`
-    adds one recipient's Date, To, Subject, Message-ID, per-message headers and bodies. A
-    shared header that fails (EncodingError) is not kept, so it fails every message at the
-    same point as before, after the errors of the headers above it.
+    From, Reply-To (an address and an optional display name, written as From is) and the
+    operator's extra headers are the same in every message; `write` adds one recipient's
+    Date, To, Subject, Message-ID, per-message headers and bodies. A shared header that fails
+    (EncodingError) is not kept, so it fails every message at the same point as before, after
+    the errors of the headers above it.
     """
 
     def __init__(self, *, from_name: str, from_address: str, reply_to: str,
-                 extra: tuple[tuple[str, str], ...] = (), charset: Charset = UTF8):
+                 reply_to_name: str = "", extra: tuple[tuple[str, str], ...] = (),
+                 charset: Charset = UTF8):
         self.charset = charset
         self._from_values = (from_name, from_address)
-        self._reply_to = f"Reply-To: {header_text(reply_to)}" if reply_to else None
+        # Like From: the name as a phrase (encoded words when needed), the address as given
+        # (header form), without line breaks even when it is invalid (analysis reports it).
+        self._reply_to_values = (reply_to_name, header_text(reply_to)) if reply_to else None
         self._extra = extra
         self._from_line: str | None = None
+        self._reply_to_line: str | None = None
         self._extra_lines: list[str] | None = None
         self._qp = _QpLines()
 
@@ -237,8 +243,8 @@ class MessageWriter:
         charset = self.charset
         lines = [f"Date: {format_datetime(date)}", self._from(),
                  _guarded("to", charset, address_header, "To", to_name, to_address)]
-        if self._reply_to is not None:
-            lines.append(self._reply_to)
+        if self._reply_to_values is not None:
+            lines.append(self._reply_to())
         lines.append(_guarded("subject", charset, unstructured_header, "Subject",
                               content.subject))
         lines.append(f"Message-ID: {message_id}")
@@ -275,6 +281,14 @@ class MessageWriter:
                                        address)
         return self._from_line
 
+    def _reply_to(self) -> str:
+        if self._reply_to_line is None:
+            assert self._reply_to_values is not None
+            name, address = self._reply_to_values
+            self._reply_to_line = _guarded("reply_to", self.charset, address_header, "Reply-To",
+                                           name, address)
+        return self._reply_to_line
+
     def _extras(self) -> list[str]:
         if self._extra_lines is None:
             self._extra_lines = [_guarded(name, self.charset, unstructured_header, name, value)
@@ -294,7 +308,8 @@ def build_message(*, content: RenderedContent, parts: Parts, headers: HeaderValu
     `utf8_headers` allows raw UTF-8 in headers (RFC 6532), for SMTPUTF8 recipients.
     """
     writer = MessageWriter(from_name=headers.from_name, from_address=headers.from_address,
-                           reply_to=headers.reply_to, charset=charset)
+                           reply_to=headers.reply_to, reply_to_name=headers.reply_to_name,
+                           charset=charset)
     data, _html = writer.write(content=content, parts=parts, to_name=headers.to_name,
                                to_address=headers.to_address, message_id=headers.message_id,
                                date=headers.date, headers=headers.extra,

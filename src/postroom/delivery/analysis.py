@@ -29,7 +29,7 @@ from postroom.compose.personalize import static_text, template_literals
 from postroom.delivery.audience import matcher
 from postroom.delivery.plan import Plan
 from postroom.delivery.screening import plain_address, screen
-from postroom.domain.addresses import normalize_address
+from postroom.domain.addresses import normalize_address, split_mailbox
 from postroom.domain.models import Delivery, EmailFormat, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.properties import MessageFormat, MirrorMode
@@ -104,7 +104,8 @@ def _charset_problems(plan: Plan) -> list[str]:
                                 f"(U+{ord(problem.character):04X}) at line {line}, column "
                                 f"{column} cannot be encoded in {plan.charset.mime}")
                 break
-    plain = {"from_name": plan.from_name, **{f"header {n}": v for n, v in plan.extra_headers}}
+    plain = {"from_name": plan.from_name, "reply_to": split_mailbox(plan.reply_to)[0],
+             **{f"header {n}": v for n, v in plan.extra_headers}}
     for field_name, value in plain.items():
         problem = first_unrepresentable(value, plan.charset)
         if problem is not None:
@@ -136,7 +137,8 @@ def static_checks(plan: Plan, *, archive_available: bool) -> list[str]:
         if name == "reply_to" and not value:
             continue
         try:
-            normalize_address(value)
+            # Reply-To may carry a display name, `Name <address>` (the others have their own)
+            normalize_address(split_mailbox(value)[1] if name == "reply_to" else value)
         except InputError as exc:
             problems.append(f"{name}: {value!r} is not a valid address: {exc}")
     if not plan.content.has_html and not plan.content.has_text:

@@ -32,7 +32,7 @@ from postroom.compose.personalize import (
 )
 from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, make_token, verp_address
 from postroom.compose.wire import recipient_wire_address
-from postroom.domain.addresses import WireAddress, wire_address
+from postroom.domain.addresses import WireAddress, split_mailbox, wire_address
 from postroom.domain.models import Delivery, LogUpdate, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType, Outcome, Verdict
 from postroom.domain.properties import MirrorMode, Properties
@@ -117,7 +117,7 @@ class Plan:
     charset: Charset
     from_name: str
     from_address: str
-    reply_to: str
+    reply_to: str  # an address, or `Name <address>`
     errors_to: str
     archive: bool
     retry: RetryPolicy
@@ -230,8 +230,10 @@ class Plan:
         extra = self.extra_headers
         if self.props.list_unsubscribe:
             extra = (("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"), *extra)
+        reply_to_name, reply_to = split_mailbox(self.reply_to)
         return MessageWriter(from_name=self.from_name, from_address=_wire(self.from_address),
-                             reply_to=_wire(self.reply_to), extra=extra, charset=self.charset)
+                             reply_to=_wire(reply_to), reply_to_name=reply_to_name,
+                             extra=extra, charset=self.charset)
 
     @cached_property
     def _errors_to(self) -> str:

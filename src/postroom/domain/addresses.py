@@ -6,13 +6,16 @@ domain goes out as its A-label (punycode); a non-ASCII local part needs SMTPUTF8
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 
 from postroom.errors import InputError
 
-__all__ = ["WireAddress", "normalize_address", "wire_address"]
+__all__ = ["WireAddress", "normalize_address", "split_mailbox", "wire_address"]
+
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,20 @@ def normalize_address(address: str) -> str:
     """
     normalized: str = _validate(address).normalized  # type: ignore[attr-defined]
     return normalized
+
+
+def split_mailbox(value: str) -> tuple[str, str]:
+    """(display name, address) of `Name <address>` or `"Name" <address>`; ("", value) for a
+    bare address. Only splits: the address is validated apart, and the name is made safe when
+    it is written (`header_text`), as the From name is."""
+    text = value.strip()
+    start = text.rfind("<")
+    if start < 0 or not text.endswith(">"):
+        return "", text
+    name, address = text[:start].strip(), text[start + 1:-1].strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = _QUOTED_PAIR.sub(r"\1", name[1:-1])
+    return name, address
 
 
 def wire_address(address: str) -> WireAddress:
