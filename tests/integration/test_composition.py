@@ -4,10 +4,11 @@ IDN and SMTPUTF8, DKIM through the archive — against real SMTP servers and the
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
@@ -315,6 +316,42 @@ def test_dkim_signature_verifies_before_and_after_the_archive(
     assert dkim.verify(sent.data, dnsfunc=dns)
     assert dkim.verify(copy.data, dnsfunc=dns)
     assert not dkim.verify(sent.data.replace(b"Ivy", b"Eve"), dnsfunc=dns)
+
+
+def test_dkim_signature_time_is_the_send_clock_not_the_system_clock(
+    make_postroom: Callable[..., Postroom], capture: Callable[..., CaptureServer],
+    tmp_path: Path, dkim_key: tuple[Path, bytes],
+) -> None:
+    """t= comes from the clock Postroom was built with (the time the message is rendered, as
+    its Date), and the message still verifies."""
+    from postroom.settings import Settings
+    from postroom.wiring import build
+
+    key_file, txt = dkim_key
+    relay = capture()
+    base = make_postroom(f"sqlite:///{tmp_path / 't.db'}", relay, bcc=False)
+    settings = Settings.model_validate({
+        **base.settings.model_dump(),
+        "dkim": [DkimKey(domain="shop.example", selector="pr2026", private_key_file=key_file)],
+    })
+    base.store.close()
+    shift = timedelta(days=400, seconds=17)
+    postroom = build(settings, clock=lambda: datetime.now(UTC) - shift)
+    try:
+        delivery_id = _setup(postroom, tmp_path,
+                             [{"email": "ivy@example.org", "first_name": "Ivy"}])
+        assert postroom.send(delivery_id).sent == 1
+    finally:
+        postroom.store.close()
+
+    [sent] = relay.messages
+    parsed = _parse(sent.data)
+    signature = re.sub(r"\s+", "", str(parsed["DKIM-Signature"]))
+    signed_at = int(dict(tag.split("=", 1) for tag in signature.split(";") if tag)["t"])
+    assert signed_at == int(parsed["Date"].datetime.timestamp())
+    assert time.time() - signed_at > shift.total_seconds() - 60
+    assert dkim.verify(sent.data, dnsfunc=lambda name, timeout=5: (
+        txt if name == b"pr2026._domainkey.shop.example." else b""))
 
 
 def test_health_form_posts_and_html_escaping(

@@ -12,6 +12,7 @@ import binascii
 import codecs
 import hashlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from unittest import mock
 from urllib.parse import quote
@@ -332,6 +333,7 @@ MESSAGE = (b"Date: Wed, 01 May 2024 09:02:03 +0000\r\nFrom: News <news@news.exam
            b" folded\r\nMessage-ID: <1.2.s@news.example>\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: text/plain; charset=\"utf-8\"\r\n"
            b"Content-Transfer-Encoding: 7bit\r\n\r\nHello  \t world \r\n\r\n\r\n")
+SIGNED_AT = datetime(2024, 5, 1, 8, 0, 0, 999999, tzinfo=UTC)  # t= has whole seconds
 BODY_LINES = st.lists(st.sampled_from([b"", b"  ", b"a  b\t", b"x" * 120, b".", b"=C3=AB"]),
                       max_size=8)
 
@@ -358,8 +360,8 @@ def test_dkim_signature_as_dkim_sign(backend: str, key: str, lines: list[bytes],
     message = MESSAGE.replace(b"Hello \t there", subject.encode()) + b"\r\n".join(lines)
     openssl = postroom_dkim._openssl_rsa if backend == "openssl" else lambda *_: None
     with mock.patch.object(postroom_dkim, "_openssl_rsa", openssl), \
-            mock.patch.object(dkim.time, "time", return_value=1714550400.0):
-        assert DkimSigner("news.example", "s2024", KEYS[key]).sign(message) == (
+            mock.patch.object(dkim.time, "time", return_value=SIGNED_AT.timestamp()):
+        assert DkimSigner("news.example", "s2024", KEYS[key]).sign(message, now=SIGNED_AT) == (
             reference_sign(signer, message))
 
 
@@ -374,5 +376,5 @@ def test_openssl_signs_with_the_key_dkimpy_reads() -> None:
 
 def test_an_unreadable_key_fails_as_dkim_sign_does() -> None:
     signer = DkimSigner("news.example", "s2024", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END")
-    assert outcome(lambda: signer.sign(MESSAGE)) == outcome(
+    assert outcome(lambda: signer.sign(MESSAGE, now=SIGNED_AT)) == outcome(
         lambda: reference_sign(signer, MESSAGE))

@@ -6,15 +6,18 @@ per message. The RSA step (PKCS #1 v1.5, deterministic, so the same bytes either
 OpenSSL through `cryptography` when it is installed; dkimpy's pure-Python RSA takes ~10 ms per
 message with a 2048-bit key, OpenSSL well under 1 ms. A key dkimpy cannot read goes through
 `dkim.sign` itself, which reports it.
+
+Pure, like the rest of composition: the signature time (`t=`) is the `now` the message was
+rendered at (its Date), never the system clock, so the same message signs to the same bytes.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -42,8 +45,9 @@ class DkimSigner:
     selector: str
     private_key: bytes  # PEM
 
-    def sign(self, message: bytes) -> bytes:
-        """The message with its DKIM-Signature header in front."""
+    def sign(self, message: bytes, *, now: datetime) -> bytes:
+        """The message with its DKIM-Signature header in front, signed at `now` (`t=`; an
+        aware datetime, the time the message was rendered)."""
         present = {line.split(b":", 1)[0].strip().lower()
                    for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
                    if line and not line[:1].isspace()}
@@ -51,7 +55,7 @@ class DkimSigner:
         # §8.15), so a second From or Subject added on the way breaks the signature.
         headers = [h for h in SIGNED_HEADERS if h.lower() in present] + list(OVERSIGNED)
         rsa = self._rsa
-        if rsa is None:
+        if rsa is None:  # a key dkimpy cannot read: dkim.sign raises its error for it
             signature: bytes = dkim.sign(
                 message, self.selector.encode(), self.domain.encode(), self.private_key,
                 canonicalize=(b"relaxed", b"relaxed"), include_headers=headers,
@@ -59,7 +63,8 @@ class DkimSigner:
             )
         else:
             signature = _signature(message, self.selector.encode(), self.domain.encode(),
-                                   tuple(h.lower() for h in headers), rsa)
+                                   tuple(h.lower() for h in headers), rsa,
+                                   int(now.timestamp()))
         return signature + message
 
     @cached_property
@@ -74,16 +79,17 @@ class DkimSigner:
 
 
 def _signature(message: bytes, selector: bytes, domain: bytes, include: tuple[bytes, ...],
-               rsa: Callable[[Any], bytes]) -> bytes:
+               rsa: Callable[[Any], bytes], timestamp: int) -> bytes:
     """The DKIM-Signature header line of `dkim.sign(message, selector, domain, key,
-    canonicalize=(b"relaxed", b"relaxed"), include_headers=include, linesep=b"\\r\\n")`:
-    the steps of dkimpy's `DKIM.sign` and `DKIM.gen_header` for rsa-sha256, in its order."""
+    canonicalize=(b"relaxed", b"relaxed"), include_headers=include, linesep=b"\\r\\n")`
+    when dkimpy's clock reads `timestamp`: the steps of dkimpy's `DKIM.sign` and
+    `DKIM.gen_header` for rsa-sha256, in its order."""
     headers, body = dkim.rfc822_parse(message)
     body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
     fields = [
         (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", _RELAXED.to_c_value()), (b"d", domain),
         (b"i", b"@" + domain), (b"q", b"dns/txt"), (b"s", selector),
-        (b"t", str(int(time.time())).encode("ascii")), (b"h", b" : ".join(include)),
+        (b"t", str(timestamp).encode("ascii")), (b"h", b" : ".join(include)),
         (b"bh", body_hash),
         (b"b", b"0" * 60),  # folds b= onto its own line, as dkimpy does
     ]

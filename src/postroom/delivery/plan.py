@@ -215,7 +215,7 @@ class Plan:
             content=content, parts=parts, to_name=to_name, to_address=wire.address,
             message_id=message_id, date=now, headers=headers, utf8_headers=wire.smtputf8)
         if sign and self.signer is not None:
-            data = self.signer.sign(data)
+            data = self.signer.sign(data, now=now)  # t= is the Date: the render time
         return data, html
 
     def message_id(self, log_id: int) -> str:
