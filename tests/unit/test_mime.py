@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from postroom.compose.mime import (
+    EncodingError,
     HeaderValues,
     Parts,
     build_message,
@@ -129,6 +130,15 @@ def test_reply_to_with_a_display_name() -> None:
     data = build(Parts.TEXT, reply_to="help@xn--bcher-kva.example", reply_to_name="Büro")
     assert b"\r\nReply-To: =?utf-8?B?QsO8cm8=?= <help@xn--bcher-kva.example>\r\n" in data
     assert parse(data)["Reply-To"] == "Büro <help@xn--bcher-kva.example>"
+
+
+def test_a_raw_non_ascii_address_fails_with_an_error_naming_its_header() -> None:
+    with pytest.raises(EncodingError, match=r"^From: .*needs SMTPUTF8"):
+        build(Parts.TEXT, from_address="jörg@xn--bcher-kva.example")
+    # For an SMTPUTF8 recipient the same header goes out in UTF-8 (RFC 6532).
+    data = build_message(content=CONTENT, parts=Parts.TEXT, utf8_headers=True,
+                         headers=replace(HEADERS, from_address="jörg@xn--bcher-kva.example"))
+    assert "jörg@xn--bcher-kva.example".encode() in data
 
 
 def test_no_reply_to_header_when_empty() -> None:

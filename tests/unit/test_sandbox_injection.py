@@ -169,6 +169,16 @@ def test_reply_to_with_a_display_name_passes_analysis_and_its_address_is_checked
     assert len(found) == 1 and found[0].startswith("reply_to: "), found
 
 
+@pytest.mark.parametrize("field", ["from_address", "reply_to", "errors_to"])
+def test_a_sender_address_with_a_non_ascii_local_part_fails_analysis(field: str) -> None:
+    found = static_checks(plan(**{field: "jörg@bücher.example"}), archive_available=False)
+    assert len(found) == 1 and found[0].startswith(f"{field}: "), found
+    assert "non-ASCII local part" in found[0]
+    # An internationalized domain alone is fine: it goes out as its A-label.
+    assert static_checks(plan(**{field: "news@bücher.example"}),
+                         archive_available=False) == []
+
+
 def test_payload_in_the_subject_of_a_proof_is_inert() -> None:
     data, _ = plan().render_proof(recipient("first_name", "\r\nBcc: x@evil.example"),
                                   "proof@example.net", 1, NOW)

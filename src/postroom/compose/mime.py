@@ -272,7 +272,13 @@ class MessageWriter:
             head = "\r\n".join(lines) + "\r\n" + _part_headers(subtype, charset, cte) + "\r\n"
             body = bytearray(data)
             html = decoded if subtype == "html" else None
-        return head.encode("utf-8" if utf8_headers else "ascii") + bytes(body), html
+        try:
+            encoded = head.encode("utf-8" if utf8_headers else "ascii")
+        except UnicodeEncodeError as exc:  # a raw non-ASCII address in a header line
+            line = head[:exc.start].rpartition("\n")[2] + head[exc.start:].partition("\r")[0]
+            raise EncodingError(f"{line.partition(':')[0]}: {line!r} needs SMTPUTF8, which "
+                                "a message to this recipient cannot use") from None
+        return encoded + bytes(body), html
 
     def _from(self) -> str:
         if self._from_line is None:

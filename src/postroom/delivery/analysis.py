@@ -136,11 +136,19 @@ def static_checks(plan: Plan, *, archive_available: bool) -> list[str]:
                         ("reply_to", plan.reply_to)):
         if name == "reply_to" and not value:
             continue
+        # Reply-To may carry a display name, `Name <address>` (the others have their own)
+        address = split_mailbox(value)[1] if name == "reply_to" else value
         try:
-            # Reply-To may carry a display name, `Name <address>` (the others have their own)
-            normalize_address(split_mailbox(value)[1] if name == "reply_to" else value)
+            normalize_address(address)
         except InputError as exc:
             problems.append(f"{name}: {value!r} is not a valid address: {exc}")
+            continue
+        local = address.rpartition("@")[0]
+        if not local.isascii():
+            # It is in every message's headers (errors_to: in every MAIL FROM), and a server
+            # without SMTPUTF8 cannot take it: most recipients' messages could not be built.
+            problems.append(f"{name}: {value!r} has a non-ASCII local part ({local!r}); "
+                            "use an ASCII address (an internationalized domain is fine)")
     if not plan.content.has_html and not plan.content.has_text:
         problems.append("content: the delivery has neither HTML nor text content")
     if props.format is MessageFormat.HTML and not plan.content.has_html:
