@@ -257,10 +257,23 @@ class QuarantineSettings(_Section):
 class DkimKey(_Section):
     """A DKIM signing key for one sending domain."""
 
-    domain: str = Field(..., description="The From domain this key signs for.")
+    domain: str = Field(..., description="The From domain this key signs for (an "
+                        "international domain is kept as its A-label, as d= needs).")
     selector: str = Field(..., description="DNS selector (selector._domainkey.domain).")
     private_key_file: Path = Field(..., description="PEM private key (keep it readable only "
                                    "by Postroom).")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        from postroom.domain.addresses import wire_address
+        from postroom.errors import InputError
+
+        try:  # the domain checked and turned to A-labels as the From address's would be
+            wire = wire_address(f"postmaster@{value.strip()}")
+        except InputError as exc:
+            raise ValueError(f"{value!r} is not a valid domain: {exc}") from None
+        return wire.address.rpartition("@")[2].lower()
 
 
 class Settings(BaseSettings):

@@ -241,3 +241,26 @@ def test_signing_is_deterministic_for_the_same_message() -> None:
     # RSA PKCS#1 v1.5 is deterministic and t= comes from `now`: the same bytes every time
     assert signed() == signed()
     assert tags(signed())["t"] == str(int(NOW.timestamp()))
+
+
+def test_an_international_from_domain_is_signed_with_its_a_label() -> None:
+    from pathlib import Path
+
+    from postroom.settings import DkimKey
+
+    a_label = "xn--bcher-kva.example"
+    for configured in ("bücher.example", "Bücher.Example", a_label):
+        key = DkimKey(domain=configured, selector=SELECTOR, private_key_file=Path("k.pem"))
+        assert key.domain == a_label
+    with pytest.raises(ValueError, match="not a valid domain"):
+        DkimKey(domain="bad domain", selector=SELECTOR, private_key_file=Path("k.pem"))
+
+    delivery = plan(from_address="letters@bücher.example").delivery
+    signer = DkimSigner(domain=a_label, selector=SELECTOR, private_key=PRIVATE_PEM)
+    idn = make_plan(delivery, defaults=DEFAULTS, sending=SENDING, archive_available=False,
+                    links=LINKS, signers={a_label: signer})
+    data = idn.render(Target(42, 0, ANN), NOW).data
+    assert tags(data)["d"] == a_label
+    record = f"v=DKIM1; k=rsa; p={PUBLIC_B64}".encode()
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5, **_: (
+        record if name == f"{SELECTOR}._domainkey.{a_label}.".encode() else None))

@@ -319,7 +319,6 @@ def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: Sendin
         quick_delay=timedelta(seconds=sending.quick_retry_seconds),
     )
     from_address = props.from_address or defaults.from_address
-    domain = from_address.rpartition("@")[2].lower()
     return Plan(
         delivery=delivery, props=props, content=content, charset=charset_for(props.charset),
         from_name=props.from_name or defaults.from_name,
@@ -333,7 +332,7 @@ def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: Sendin
         extra_headers=parse_extra_headers(props.extra_headers),
         resource_validity=timedelta(days=props.resource_validity_days
                                     or resource_validity_days),
-        signer=(signers or {}).get(domain),
+        signer=(signers or {}).get(_ascii_domain(from_address).lower()),  # keys: A-labels
         rules=tuple(rules) if rules else default_rules(),
     )
 
