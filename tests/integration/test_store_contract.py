@@ -138,6 +138,8 @@ def test_record_clears_the_claim_and_owes_one_archive_copy_per_log(
     assert (row["status"], row["claimed_until"], row["claimed_by"], row["attempting"]) == \
         (LogStatus.SENT, None, None, False)
     assert store.archive_counts(delivery_id)[delivery_id] == {ArchiveState.PENDING: 1}
+    assert store.archive_pending(delivery_id) == store.archive_pending() == 1
+    assert store.archive_pending(delivery_id + 1) == 0
 
 
 def test_a_recorded_doubt_is_counted(sending: tuple[Postroom, int]) -> None:

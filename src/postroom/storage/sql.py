@@ -544,12 +544,15 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
         if delivery_id is not None:
             due = and_(due, c.delivery_id == delivery_id)
         with self.engine.begin() as conn:
-            candidates = (select(c.id).where(due).order_by(c.id).limit(limit)
-                          .with_for_update(skip_locked=True))
+            # In ix_archive_due's order, so the LIMIT reads `limit` index entries (ordering by
+            # id alone sorted every pending copy per claim); by id in the UPDATE on SQLite, as
+            # in claim_due.
+            candidates = (select(c.id).where(due).order_by(c.next_attempt_at, c.id)
+                          .limit(limit).with_for_update(skip_locked=True))
+            chosen = (c.id.in_(candidates.scalar_subquery()) if self._dialect == "sqlite"
+                      else and_(due, c.id.in_(list(conn.scalars(candidates)))))
             ids = list(conn.scalars(update(archive_outbox)
-                                    .where(due, c.id.in_(candidates.scalar_subquery()
-                                                         if self._dialect == "sqlite"
-                                                         else list(conn.scalars(candidates))))
+                                    .where(chosen)
                                     .values(claimed_until=now + lease, claimed_by=worker,
                                             in_doubt=c.in_doubt + case(
                                                 (c.claimed_until.is_not(None), 1), else_=0))
@@ -613,6 +616,15 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
         with self.engine.begin() as conn:
             return conn.execute(update(archive_outbox).where(where).values(
                 next_attempt_at=now)).rowcount
+
+    def archive_pending(self, delivery_id: int | None = None) -> int:
+        """Copies still pending (of one delivery), read from ix_archive_due's pending range."""
+        query = (select(func.count()).select_from(archive_outbox)
+                 .where(archive_outbox.c.state == ArchiveState.PENDING))
+        if delivery_id is not None:
+            query = query.where(archive_outbox.c.delivery_id == delivery_id)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
 
     def archive_counts(self, delivery_id: int | None = None) -> dict[int, dict[str, int]]:
         query = (select(archive_outbox.c.delivery_id, archive_outbox.c.state, func.count())
