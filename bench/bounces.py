@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                for name, rows in corpora]
     print("\n".join(_table(results)))
     print("\n".join(_failure_lines(results)))
+    if not args.no_write and flufl is None:
+        print("not writing bench/RESULTS.md: its table compares with flufl.bounce "
+              "(pip install -e '.[bench]'); --no-write prints Postroom's scores alone")
+        return 2
     if not args.no_write:
         write_results(_section(results, flufl_version))
         print(f"wrote {RESULTS.relative_to(ROOT)}")
