@@ -6,6 +6,8 @@ fault. Nothing here raises for a refused recipient or a dropped connection.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiosmtplib
 
 from postroom.domain.outcomes import (
@@ -48,7 +50,13 @@ class SmtpConnection:
             if relay.username:
                 await client.login(relay.username, relay.password.get_secret_value())
         except BaseException:
-            client.close()  # a failed TLS handshake or login must not leak the socket
+            # A failed TLS handshake or login must not leak the socket. aiosmtplib's close()
+            # skips a transport already closing, and after a refused certificate the raw one
+            # can be left closing with unsent bytes for ever: abort it.
+            transport = client.transport
+            client.close()
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
             raise
         self._sent_on_connection = 0
         return client
