@@ -15,23 +15,16 @@ import pytest
 
 from postroom.compose.mime import EncodingError
 from postroom.delivery.analysis import analyze, static_checks
-from postroom.delivery.plan import Links, Plan, make_plan
+from postroom.delivery.plan import Plan, make_plan
 from postroom.domain.models import Audience, Delivery, Recipient, Target
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.properties import MirrorMode, Properties
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.settings import DefaultsSettings, SendingSettings
 from tests.unit.analysis_store import MemoryStore
+from tests.unit.plan_settings import DEFAULTS, LINKS, SENDING
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
-DEFAULTS = DefaultsSettings(
-    from_name="Postroom", from_address="postroom@platform.example", reply_to="",
-    errors_to="bounces@platform.example", retry_period_minutes=60, max_retries=5,
-    validity_days=5,
-)
-SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
-LINKS = Links("https://mail.example.com", b"k" * 32, "")
 EURO = "the character '€' (U+20AC)"
 LATIN1 = "cannot be encoded in iso-8859-1"
 

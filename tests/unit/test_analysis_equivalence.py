@@ -36,7 +36,7 @@ from postroom.delivery.analysis import (
     static_checks,
 )
 from postroom.delivery.audience import matcher
-from postroom.delivery.plan import Links, Plan, make_plan
+from postroom.delivery.plan import Plan, make_plan
 from postroom.delivery.screening import plain_address, screen
 from postroom.domain.addresses import normalize_address
 from postroom.domain.models import Audience, Delivery, EmailFormat, NewLog, Recipient, Target
@@ -44,18 +44,11 @@ from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.properties import MessageFormat, MirrorMode, Properties
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import InputError, PostroomError
-from postroom.settings import DefaultsSettings, SendingSettings
 from tests.unit.analysis_store import MemoryStore
+from tests.unit.plan_settings import DEFAULTS, LINKS, SENDING
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
-DEFAULTS = DefaultsSettings(
-    from_name="Postroom", from_address="postroom@platform.example", reply_to="",
-    errors_to="bounces@platform.example", retry_period_minutes=60, max_retries=5,
-    validity_days=5,
-)
-SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
-LINKS = Links("https://mail.example.com", b"k" * 32, "")
 
 
 def planner(delivery: Delivery) -> Plan:

@@ -31,21 +31,14 @@ import pytest
 from postroom.compose.charsets import Charset, charset_for, first_unrepresentable
 from postroom.compose.html import html_to_text
 from postroom.compose.mime import EncodingError
-from postroom.delivery.plan import Links, Plan, make_plan
+from postroom.delivery.plan import Plan, make_plan
 from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
 from postroom.domain.properties import MessageFormat, Properties
 from postroom.domain.states import DeliveryState
-from postroom.settings import DefaultsSettings, SendingSettings
+from tests.unit.plan_settings import DEFAULTS, LINKS, SENDING
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
-DEFAULTS = DefaultsSettings(
-    from_name="Postroom", from_address="postroom@platform.example", reply_to="",
-    errors_to="bounces@platform.example", retry_period_minutes=60, max_retries=5,
-    validity_days=5,
-)
-SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
-LINKS = Links("https://mail.example.com", b"k" * 32, "")
 LOG_ID = 42
 ADDRESS = "ann@example.org"
 

@@ -19,21 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from postroom.compose.dkim import DkimSigner
-from postroom.delivery.plan import Links, Plan, make_plan
+from postroom.delivery.plan import Plan, make_plan
 from postroom.domain.models import Audience, Delivery, Recipient, Target
 from postroom.domain.properties import Properties
 from postroom.domain.states import DeliveryState
-from postroom.settings import DefaultsSettings, SendingSettings
+from tests.unit.plan_settings import DEFAULTS, LINKS, SENDING
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
-DEFAULTS = DefaultsSettings(
-    from_name="Postroom", from_address="postroom@platform.example", reply_to="",
-    errors_to="bounces@platform.example", retry_period_minutes=60, max_retries=5,
-    validity_days=5,
-)
-SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
-LINKS = Links("https://mail.example.com", b"k" * 32, "")
 DOMAIN = "news.example"
 SELECTOR = "pr2024"
 ANN = Recipient(id=11, email="ann@example.org", first_name="Zoë", last_name="Lee")

@@ -36,7 +36,7 @@ from postroom.delivery.plan import Links, Plan, make_plan
 from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
 from postroom.domain.properties import Properties
 from postroom.domain.states import DeliveryState
-from postroom.settings import DefaultsSettings, SendingSettings
+from tests.unit.plan_settings import DEFAULTS, LINKS, SENDING
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 INDEX = GOLDEN / "index.json"
@@ -45,13 +45,6 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1, minutes=2, seconds=3)
 NOW_CEST = datetime(2024, 7, 14, 23, 59, 58, 123456, tzinfo=timezone(timedelta(hours=2)))
-DEFAULTS = DefaultsSettings(
-    from_name="Postroom", from_address="postroom@platform.example", reply_to="",
-    errors_to="bounces@platform.example", retry_period_minutes=60, max_retries=5,
-    validity_days=5,
-)
-SENDING = SendingSettings(quick_retries=2, quick_retry_seconds=5)
-LINKS = Links("https://mail.example.com", b"k" * 32, "")
 
 # Static text each charset can represent (the content must pass analysis).
 PHRASES = {

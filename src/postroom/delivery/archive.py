@@ -17,16 +17,11 @@ from typing import Protocol
 
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.domain.outcomes import Outcome, Verdict
+from postroom.transport.routed import Transport, send_all
 
 __all__ = ["ArchiveTarget", "Archiver", "Transport"]
 
 _GROUP = 25  # copies sent (pipelined) before their results are recorded
-
-
-class Transport(Protocol):
-    async def send(self, sender: str, recipient: str, data: bytes, *,
-                   smtputf8: bool = False) -> Outcome: ...
-    async def close(self) -> None: ...
 
 
 class ArchiveStore(Protocol):
@@ -128,7 +123,7 @@ class Archiver:
                 self._give_back(copies[start:])
                 return 0.0
             group = copies[start:start + _GROUP]
-            outcomes = await _send_all(transport, [
+            outcomes = await send_all(transport, [
                 (self._target.envelope_sender, self._target.address, copy.data,
                  not copy.data.split(b"\r\n\r\n", 1)[0].isascii())  # SMTPUTF8 headers
                 for copy in group])
@@ -167,16 +162,6 @@ class Archiver:
             self._store.record_archive([ArchiveResult(
                 c.id, ArchiveState.PENDING, "not attempted", next_attempt_at=self._clock(),
                 attempted=False) for c in copies], self._clock())
-
-
-async def _send_all(transport: Transport,
-                    items: list[tuple[str, str, bytes, bool]]) -> list[Outcome]:
-    batch = getattr(transport, "send_batch", None)
-    if batch is not None:
-        outcomes: list[Outcome] = await batch(items)
-        return outcomes
-    return [await transport.send(sender, recipient, data, smtputf8=utf8)
-            for sender, recipient, data, utf8 in items]
 
 
 async def _sleep_or(event: asyncio.Event | None, seconds: float) -> None:

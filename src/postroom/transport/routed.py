@@ -9,7 +9,7 @@ from typing import Protocol
 from postroom.domain.outcomes import Outcome, connection_fault
 from postroom.transport.routing import HostPort, Route, unreachable
 
-__all__ = ["Batch", "RoutedConnection", "Transport"]
+__all__ = ["Batch", "RoutedConnection", "Transport", "send_all"]
 
 Batch = Sequence[tuple[str, str, bytes, bool]]  # (sender, recipient, data, smtputf8)
 
@@ -46,7 +46,7 @@ class RoutedConnection:
         outcomes: list[Outcome] = []
         for _ in self.route.hosts:
             conn = self._current()
-            outcomes = await _send_all(conn, items)
+            outcomes = await send_all(conn, items)
             if not all(unreachable(o) for o in outcomes):
                 return outcomes
             faults.append(f"{self.route.hosts[self._index]}: {outcomes[0].detail}")
@@ -72,7 +72,9 @@ class RoutedConnection:
             await conn.close()
 
 
-async def _send_all(conn: Transport, items: Batch) -> list[Outcome]:
+async def send_all(conn: Transport, items: Batch) -> list[Outcome]:
+    """Send over one connection: in one pipelined batch where it can (`send_batch`), else
+    one message after the other."""
     batch = getattr(conn, "send_batch", None)
     if batch is not None:
         outcomes: list[Outcome] = await batch(items)
