@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from postroom.service import Postroom
 from postroom.settings import ArchiveSettings, SendingSettings, Settings, SmtpRelay
 from postroom.testing.smtp_server import CaptureServer
-from postroom.wiring import build
+from postroom.wiring import build, utc_now
 
 PG_ADMIN_URL = os.environ.get(
     "POSTROOM_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -82,7 +83,8 @@ def make_postroom() -> Iterator[Callable[..., Postroom]]:
 
     def make(database_url: str, relay: CaptureServer, *, archive: CaptureServer | None = None,
              bcc: bool = True, sending: dict[str, Any] | None = None,
-             archive_options: dict[str, Any] | None = None, **more: Any) -> Postroom:
+             archive_options: dict[str, Any] | None = None,
+             clock: Callable[[], datetime] = utc_now, **more: Any) -> Postroom:
         archive_relay = None if archive is None else SmtpRelay(host="127.0.0.1",
                                                                 port=archive.port,
                                                                 timeout_seconds=5)
@@ -97,7 +99,7 @@ def make_postroom() -> Iterator[Callable[..., Postroom]]:
                                        **(archive_options or {})}),
             **more,
         )
-        postroom = build(settings)
+        postroom = build(settings, clock=clock)
         built.append(postroom)
         return postroom
 

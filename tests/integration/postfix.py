@@ -2,10 +2,13 @@
 
 Needs root and Debian's postfix package (.ci/run installs it); the tests skip otherwise. The
 system's main.cf is saved before and restored after, and Postfix is stopped by the fixture.
+There is one system Postfix: a lock file keeps two test runs (say, two checkouts on one machine)
+from configuring it at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
@@ -20,6 +23,7 @@ import pytest
 DOMAIN = "postroom-pf.example"  # Postfix's local domain: mailboxes and the errors-to box
 REMOTE = "remote.example"  # routed to a capture server standing for a remote MX
 MAIN_CF = Path("/etc/postfix/main.cf")
+LOCK = Path("/tmp/postroom-system-postfix.lock")
 TRANSPORT = Path("/etc/postfix/postroom_transport")
 
 
@@ -60,6 +64,12 @@ def postfix_instance(remote_port: int) -> Iterator[Postfix]:
         pytest.skip("Postfix is not installed (.ci/run installs Debian's postfix package)")
     if os.geteuid() != 0:
         pytest.skip("the Postfix end-to-end test configures the system Postfix: needs root")
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield from _configured(remote_port)
+
+
+def _configured(remote_port: int) -> Iterator[Postfix]:
     saved = MAIN_CF.read_bytes()
     subprocess.run(["postfix", "stop"], check=False, capture_output=True)
     try:

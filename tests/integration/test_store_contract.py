@@ -26,7 +26,7 @@ LEASE = timedelta(seconds=60)
 def sending(capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
             database_url: str, tmp_path: Path) -> tuple[Postroom, int]:
     """A delivery in state `sending` with 50 pending logs."""
-    postroom = make_postroom(database_url, capture(), archive=capture())
+    postroom = make_postroom(database_url, capture(), archive=capture(), clock=lambda: T0)
     rows = [{"email": f"c{i:02d}@example.com"} for i in range(50)]
     postroom.import_recipients(write_csv(tmp_path / "c.csv", rows))
     postroom.create_template("t", {"subject": "Hi", "text": "Hello\n", "email_bcc": True})
