@@ -116,3 +116,13 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a date-shifted run (CI's second run) whose clock shift did not take effect."""
+    import sys
+
+    if os.environ.get("POSTROOM_TEST_SHIFT_DAYS") and not hasattr(
+            sys.modules.get("sitecustomize"), "_travel"):
+        raise pytest.UsageError("POSTROOM_TEST_SHIFT_DAYS is set but tests/clock_shift is not on "
+                                "PYTHONPATH: the clock is not shifted")

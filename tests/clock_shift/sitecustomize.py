@@ -1,0 +1,20 @@
+"""Shift the wall clock of every Python process in a test run (CI's date-shifted run).
+
+CI puts this folder on PYTHONPATH and sets POSTROOM_TEST_SHIFT_DAYS: Python then imports this
+module at start-up, in pytest and in every `python -m postroom` process the tests spawn (they
+inherit the environment), so all of them see the same shifted `time.time()` and
+`datetime.now()`, while monotonic time, sleeps and timeouts keep their meaning. A test that puts a
+fixed calendar date next to the real clock fails under it. (libfaketime was tried first: with
+monotonic time shifted, threading waits hang; without, time.sleep fails with EINVAL.)
+"""
+
+import os
+
+_days = os.environ.get("POSTROOM_TEST_SHIFT_DAYS", "")
+if _days:
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    _travel = time_machine.travel(datetime.now(UTC) + timedelta(days=int(_days)), tick=True)
+    _travel.start()
