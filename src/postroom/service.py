@@ -57,7 +57,7 @@ from postroom.storage.workers import DoubtCounts, WorkerRow
 from postroom.transport.routed import RoutedConnection
 from postroom.transport.routing import HostPort, NoRoute, Router
 
-__all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file"]
+__all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file", "parse_reason"]
 
 BUILTIN_TEMPLATE = "default"
 _BUILTIN_PROPS = Properties(
@@ -72,6 +72,22 @@ _BUILTIN_PROPS = Properties(
     ),
 )
 _FILE_KEYS = {"html_file": "html", "text_file": "text"}
+
+
+def parse_reason(text: str) -> FailureReason:
+    """A failure reason from its code (`1`) or its name (`user unknown`, `user_unknown`)."""
+    value = text.strip().lower().replace("_", " ").replace("-", " ")
+    for reason in FailureReason:
+        if value in (str(reason.value), reason.label):
+            return reason
+    raise InputError(f"{text!r} is not a failure reason; use a code or a name: "
+                     + ", ".join(f"{r.value} ({r.label})" for r in FailureReason))
+
+
+def _refuse_problems(name: str, props: Properties) -> None:
+    problems = Postroom.content_problems(props)
+    if problems:
+        raise TemplateError(f"template {name!r} does not compile:\n  " + "\n  ".join(problems))
 
 
 def load_template_file(path: Path) -> tuple[str | None, dict[str, Any]]:
@@ -202,12 +218,16 @@ class Postroom:
     # -- templates ----------------------------------------------------------------------------
 
     def create_template(self, name: str, data: dict[str, Any]) -> Template:
+        """A new template; content that does not compile is refused, every problem named."""
         props = parse_properties(data, source=f"template {name!r}")
+        _refuse_problems(name, props)
         return self.store.create_template(name, props, self.clock())
 
     def update_template(self, name: str, data: dict[str, Any]) -> Template:
         current = self.store.get_template(name)
-        return self.store.update_template(name, current.properties.override(data), self.clock())
+        props = current.properties.override(data)
+        _refuse_problems(name, props)
+        return self.store.update_template(name, props, self.clock())
 
     def duplicate_template(self, name: str, new_name: str) -> Template:
         source = self.store.get_template(name)
@@ -215,12 +235,27 @@ class Postroom:
 
     @staticmethod
     def content_problems(props: Properties) -> list[str]:
-        """Syntax errors of a template's content (saved drafts may have some)."""
+        """Syntax errors of a template's content, the first of each field with its line
+        (templates saved before they were refused may have some)."""
+        problems: list[str] = []
+        for field_name in ("subject", "html", "text"):
+            sources = {"subject": "", "html": "", "text": ""}
+            sources[field_name] = getattr(props, field_name)
+            try:
+                compile_content(**sources)
+            except TemplateError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def template_changed_since(self, delivery: Delivery) -> datetime | None:
+        """When the delivery's template was last changed, if after the delivery was made from
+        it (the delivery keeps its own copy, DESIGN.md §1); None otherwise or if it is gone."""
         try:
-            compile_content(subject=props.subject, html=props.html, text=props.text)
-        except TemplateError as exc:
-            return [str(exc)]
-        return []
+            template = self.store.get_template(delivery.template_name)
+        except NotFoundError:
+            return None
+        changed = template.updated_at
+        return changed if changed is not None and changed > delivery.created_at else None
 
     # -- deliveries ---------------------------------------------------------------------------
 
@@ -424,9 +459,22 @@ class Postroom:
                 "failed_by_domain": dict(by_domain.most_common(20)),
                 "addresses": quarantine}
 
-    def logs(self, delivery_id: int, **filters: Any) -> list[DeliveryLog]:
+    def logs(self, delivery_id: int, *, status: str | None = None,
+             reason: str | None = None, archive: str | None = None,
+             **filters: Any) -> list[DeliveryLog]:
+        """A delivery's logs; a status, reason (code or name) or archive state that does not
+        exist is refused with the valid ones, rather than giving an empty list."""
         self.store.get_delivery(delivery_id)
-        return self.store.list_logs(delivery_id, **filters)
+        if status is not None and status not in set(LogStatus):
+            raise InputError(f"--status {status!r}: not a log status; use one of "
+                             + ", ".join(LogStatus))
+        archives = [*ArchiveState, "none"]
+        if archive is not None and archive not in archives:
+            raise InputError(f"--archive {archive!r}: not an archive state; use one of "
+                             + ", ".join(archives))
+        code = None if reason is None else parse_reason(reason).value
+        return self.store.list_logs(delivery_id, status=status, reason=code, archive=archive,
+                                    **filters)
 
     # -- proofs, mirror pages, unsubscribe -----------------------------------------------------
 

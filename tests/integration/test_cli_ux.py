@@ -1,0 +1,202 @@
+"""What an operator meets at the command line (issue 10): refusals that name the mistake, no
+silent database or folder loss, JSON errors, and the small things. The `postroom` entry point
+runs in this process (`postroom.cli.app.main`, as the console script does) for speed; one test
+runs it as a real process where the terminal matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postroom.cli.app import main
+from postroom.testing.smtp_server import CaptureServer
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class Cli:
+    """Runs `postroom ARGS` through `main()` in a folder, with only the POSTROOM_* variables
+    given (the test's own environment has none)."""
+
+    def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch,
+                 capsys: pytest.CaptureFixture[str]):
+        self.dir = folder
+        self._monkeypatch = monkeypatch
+        self._capsys = capsys
+        for key in [k for k in os.environ if k.startswith("POSTROOM_")]:
+            monkeypatch.delenv(key)
+        monkeypatch.chdir(folder)
+
+    def configure(self, relay_port: int, *, extra: str = "") -> Path:
+        config = self.write("postroom.toml",
+                            f'database_url = "sqlite:///{self.dir / "p.db"}"\n{extra}'
+                            f'[smtp]\nhost = "127.0.0.1"\nport = {relay_port}\n'
+                            'timeout_seconds = 5\n[sending]\nquick_retry_seconds = 0.05\n'
+                            '[defaults]\nfrom_address = "news@postroom.example"\n')
+        return config
+
+    def run(self, *args: str, code: int | None = 0, env: dict[str, str] | None = None) -> Result:
+        self._capsys.readouterr()
+        with self._monkeypatch.context() as patch:
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            patch.setattr(sys, "argv", ["postroom", *args])
+            try:
+                main()
+                exit_code = 0
+            except SystemExit as exc:
+                exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None
+                                                                         else 1)
+        captured = self._capsys.readouterr()
+        result = Result(exit_code, captured.out, captured.err)
+        if code is not None:
+            assert result.code == code, result
+        return result
+
+    def json(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        return json.loads(self.run(*args, "--json", env=env).out)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def template(self, name: str = "news", *, html: str = "<p>Hi {{ recipient.first_name }}</p>",
+                 subject: str = "News for {{ recipient.first_name }}") -> Path:
+        self.write(f"{name}.html", html)
+        return self.write(f"{name}.toml", f'name = "{name}"\nsubject = "{subject}"\n'
+                          f'html_file = "{name}.html"\n')
+
+
+@pytest.fixture
+def relay(capture: Any) -> CaptureServer:
+    server: CaptureServer = capture()
+    return server
+
+
+@pytest.fixture
+def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+         capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
+    """A folder without any configuration."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    yield Cli(folder, monkeypatch, capsys)
+
+
+@pytest.fixture
+def cli(bare: Cli, relay: CaptureServer) -> Cli:
+    """A folder with a postroom.toml pointing at a capture relay."""
+    bare.configure(relay.port)
+    return bare
+
+
+# -- 5: the demo folder -------------------------------------------------------------------------
+
+
+def test_demo_refuses_a_folder_it_did_not_make_and_resets_its_own(bare: Cli) -> None:
+    users = bare.dir / "mine"
+    users.mkdir()
+    precious = users / "notes.txt"
+    precious.write_text("keep me", encoding="utf-8")
+    refused = bare.run("demo", "--dir", str(users), "--recipients", "3", code=2)
+    assert "not empty" in refused.err and "nothing was deleted" in refused.err
+    assert precious.read_text(encoding="utf-8") == "keep me"
+
+    made = bare.dir / "demo"
+    bare.json("demo", "--dir", str(made), "--recipients", "3")
+    (made / "leftover.txt").write_text("from the last run", encoding="utf-8")
+    again = bare.json("demo", "--dir", str(made), "--recipients", "3")
+    assert again["archive_check"]["ok"] is True
+    assert not (made / "leftover.txt").exists()  # its own folder is reset
+
+    empty = bare.dir / "empty"
+    empty.mkdir()
+    assert bare.json("demo", "--dir", str(empty), "--recipients", "3")["archive_check"]["ok"]
+
+
+# -- 7: mistakes refused, or reported once per problem -------------------------------------------
+
+
+def test_a_template_that_does_not_compile_is_refused_naming_every_field_and_line(
+        cli: Cli) -> None:
+    bad = cli.template(subject="Hi {{ recipient.first_name", html="<p>ok</p>\n<p>{% if %}</p>")
+    refused = cli.run("templates", "create", str(bad), code=2)
+    assert "subject, line 1" in refused.err and "html, line 2" in refused.err
+    assert "news" not in [t["name"] for t in cli.json("templates", "list")]
+    good = cli.json("templates", "create", str(cli.template()))
+    assert good["problems"] == []
+    broken = cli.write("u.toml", 'subject = "{% for %}"\n')
+    refused = cli.run("templates", "update", "news", str(broken), code=2)
+    assert "subject, line 1" in refused.err
+    assert cli.json("templates", "show", "news")["properties"]["subject"] == \
+        "News for {{ recipient.first_name }}"
+
+
+def test_undefined_variables_are_reported_once_per_problem_with_the_recipients_affected(
+        cli: Cli, relay: CaptureServer) -> None:
+    cli.write("p.csv", "email,first_name\n" + "".join(f"r{n}@example.com,R{n}\n"
+                                                        for n in range(12)))
+    cli.run("recipients", "import", "p.csv")
+    cli.run("templates", "create", str(cli.template(
+        html="<p>{{ recipient.loyalty }}</p>", subject="{{ recipient.tier }}")))
+    delivery = cli.json("deliveries", "create", "-t", "news")["id"]
+    result = cli.run("deliveries", "analyze", str(delivery), "--json", code=1)
+    errors = json.loads(result.out)["errors"]
+    assert len(errors) == 1, errors  # the subject fails first for every recipient
+    [error] = errors
+    assert "tier" in error and "12 recipients" in error and "r0@example.com" in error
+    assert relay.messages == []
+
+
+def test_filters_on_unknown_fields_or_with_a_malformed_operator_are_refused(cli: Cli) -> None:
+    cli.write("p.csv", "email,city\na@example.com,Lisboa\n")
+    cli.run("recipients", "import", "p.csv")
+    for typo in ("city==Lisboa", "city=~Lis", "city!==Porto"):
+        refused = cli.run("deliveries", "create", "--filter", typo, code=2)
+        assert repr(typo) in refused.err and "not an operator" in refused.err
+    unknown = cli.json("deliveries", "create", "--filter", "cty=Lisboa")["id"]
+    result = cli.run("deliveries", "analyze", str(unknown), "--json", code=1)
+    [error] = json.loads(result.out)["errors"]
+    assert "'cty'" in error and "city" in error
+    known = cli.json("deliveries", "create", "--filter", "city=Lisboa")["id"]
+    assert cli.json("deliveries", "analyze", str(known))["to_send"] == 1
+
+
+def test_log_filters_refuse_unknown_values_and_take_reason_names(
+        cli: Cli, relay: CaptureServer) -> None:
+    cli.write("p.csv", "email\na@example.com\n")
+    cli.run("recipients", "import", "p.csv")
+    delivery = cli.json("deliveries", "create")["id"]
+    cli.json("deliveries", "send", str(delivery))
+    bogus = cli.run("deliveries", "logs", str(delivery), "--status", "bogus", code=2)
+    assert "'bogus'" in bogus.err and "pending" in bogus.err and "cancelled" in bogus.err
+    reason = cli.run("deliveries", "logs", str(delivery), "--reason", "nonsense", code=2)
+    assert "user unknown" in reason.err
+    assert cli.json("deliveries", "logs", str(delivery), "--reason", "user unknown") == []
+    assert cli.json("deliveries", "logs", str(delivery), "--reason", "1") == []
+    assert len(cli.json("deliveries", "logs", str(delivery), "--status", "sent")) == 1
+
+
+def test_a_delivery_shows_that_its_template_changed_since(cli: Cli) -> None:
+    cli.run("templates", "create", str(cli.template()))
+    delivery = cli.json("deliveries", "create", "-t", "news")
+    assert delivery["template_changed_at"] is None
+    cli.run("templates", "update", "news", str(cli.write("u.toml", 'subject = "New"\n')))
+    [row] = cli.json("deliveries", "list")
+    assert row["template_changed_at"] is not None
+    report = cli.run("deliveries", "report", str(delivery["id"]))
+    assert "template 'news' changed since" in report.out
+    assert "changed since" in cli.run("deliveries", "list").out
