@@ -31,6 +31,7 @@ class Cli:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
         self.env["POSTROOM_CONFIG"] = str(self.config)
         self.env["COLUMNS"] = "200"
+        self.run("init", ok=None)  # other commands refuse to create a database
 
     def run(self, *args: str, ok: bool | None = True,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

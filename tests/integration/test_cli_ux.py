@@ -100,6 +100,7 @@ def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def cli(bare: Cli, relay: CaptureServer) -> Cli:
     """A folder with a postroom.toml pointing at a capture relay."""
     bare.configure(relay.port)
+    bare.run("init")
     return bare
 
 
@@ -200,3 +201,46 @@ def test_a_delivery_shows_that_its_template_changed_since(cli: Cli) -> None:
     report = cli.run("deliveries", "report", str(delivery["id"]))
     assert "template 'news' changed since" in report.out
     assert "changed since" in cli.run("deliveries", "list").out
+
+
+# -- 8: which database, which settings ----------------------------------------------------------
+
+
+def test_commands_outside_the_config_folder_do_not_create_a_database(
+        bare: Cli, relay: CaptureServer) -> None:
+    refused = bare.run("recipients", "count", code=2)
+    assert "does not exist" in refused.err and "postroom init" in refused.err
+    assert "no ./postroom.toml" in refused.err
+    assert not (bare.dir / "postroom.db").exists()
+    refused = bare.run("recipients", "count", code=2,
+                       env={"POSTROOM_DATABASE_URL": f"sqlite:///{bare.dir / 'x.db'}"})
+    assert "$POSTROOM_DATABASE_URL" in refused.err and not (bare.dir / "x.db").exists()
+
+    config = bare.configure(relay.port)
+    created = bare.json("init")
+    assert created["created"] is True and created["config_file"] == str(config.resolve())
+    assert (bare.dir / "p.db").is_file()
+    assert bare.json("init")["created"] is False  # again: kept, brought to the newest schema
+    assert bare.json("recipients", "count") == {"recipients": 0}
+
+
+def test_errors_from_environment_variables_name_the_variable(cli: Cli) -> None:
+    from_env = cli.run("config", "show", code=2, env={"POSTROOM_SMTP__PORT": "70000"})
+    assert "smtp.port: " in from_env.err and "(from $POSTROOM_SMTP__PORT)" in from_env.err
+    cli.write("postroom.toml", cli.dir.joinpath("postroom.toml").read_text(encoding="utf-8")
+              + "[web]\nport = 0\n")
+    from_file = cli.run("config", "show", code=2)
+    assert f"({cli.dir / 'postroom.toml'}):" in from_file.err and "web.port: " in from_file.err
+    assert "$" not in from_file.err
+
+
+def test_config_show_names_the_file_and_the_variables_in_effect(cli: Cli) -> None:
+    env = {"POSTROOM_SMTP__HOST": "relay.example", "POSTROOM_SMPT__PORT": "2525"}
+    shown = cli.json("config", "show", env=env)
+    assert shown["smtp"]["host"] == "relay.example"
+    assert shown["sources"] == {"file": str(cli.dir / "postroom.toml"),
+                                "environment": ["POSTROOM_SMTP__HOST"],
+                                "ignored_environment": ["POSTROOM_SMPT__PORT"]}
+    human = cli.run("config", "show", env=env).out
+    assert f"# file: {cli.dir / 'postroom.toml'}" in human
+    assert "# environment: POSTROOM_SMTP__HOST" in human and "POSTROOM_SMPT__PORT" in human
