@@ -15,7 +15,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -288,6 +296,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    allow_test_domains: bool = Field(
+        False, description="Accept addresses in the special-use domain .test (RFC 6761), for "
+        "test environments; the other special-use domains stay refused.")
     database_url: str = Field("sqlite:///postroom.db", description="SQLAlchemy database URL.")
     smtp: SmtpRelay = Field(default_factory=SmtpRelay, description="The sending relay.")
     sending: SendingSettings = Field(default_factory=SendingSettings)
@@ -302,6 +313,19 @@ class Settings(BaseSettings):
         default_factory=ShapingSettings, description="Per-domain connections, messages per "
         "connection and per hour, and the automatic slowdown on temporary failures.")
     dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _test_domains_first(cls, data: Any) -> Any:
+        """The addresses of the other sections are checked with allow_test_domains known."""
+        from postroom.domain.addresses import allow_test_domains
+
+        value = data.get("allow_test_domains", False) if isinstance(data, dict) else False
+        try:
+            allow_test_domains(TypeAdapter(bool).validate_python(value))
+        except ValidationError:
+            allow_test_domains(False)  # the field's own check reports the value
+        return data
 
     @property
     def archive_relay(self) -> SmtpRelay:
