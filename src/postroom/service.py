@@ -52,6 +52,7 @@ from postroom.errors import InputError, NotFoundError, StateError, TemplateError
 from postroom.inbound.service import BounceService
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
+from postroom.storage.metrics import StoreMetrics, oldest_pending_archive, read_metrics
 from postroom.storage.sql import SqlStore
 from postroom.storage.workers import DoubtCounts, WorkerRow
 from postroom.transport.routed import RoutedConnection
@@ -185,6 +186,28 @@ class Health:
                 "problems": self.problems, "notes": self.notes,
                 "live_workers": self.live_workers, "deliveries": self.deliveries,
                 "archive": self.archive}
+
+
+RATE_WINDOW = timedelta(minutes=5)  # the send rate is the messages sent in this window
+
+
+@dataclass(frozen=True)
+class Metrics:
+    store: StoreMetrics
+    now: datetime
+    live_workers: int
+    silent_workers: int  # registered, not stopped, no heartbeat for two lease periods
+    leases: int  # logs and archive copies the live senders hold
+
+    @property
+    def send_rate(self) -> float:
+        """Messages accepted per second over the last RATE_WINDOW."""
+        return self.store.sent_recent / RATE_WINDOW.total_seconds()
+
+    @property
+    def oldest_pending_archive_age(self) -> float:
+        oldest = self.store.archive_oldest_pending
+        return max(0.0, (self.now - oldest).total_seconds()) if oldest else 0.0
 
 
 class Postroom:
@@ -362,8 +385,33 @@ class Postroom:
         if archive.get(ArchiveState.FAILED, 0):
             problems.append(f"{archive[ArchiveState.FAILED]} archive copies failed: see "
                             "`postroom archive status`")
+        problems += self._archive_backlog_problems()
         return Health(True, problems, notes, len(live),
                       {"sending": len(sending)}, dict(archive))
+
+    def _archive_backlog_problems(self) -> list[str]:
+        """The oldest pending archive copy waits longer than archive.max_pending_age_minutes."""
+        oldest = oldest_pending_archive(self.store.engine)
+        limit = timedelta(minutes=self.settings.archive.max_pending_age_minutes)
+        if oldest is None or self.clock() - oldest <= limit:
+            return []
+        minutes = (self.clock() - oldest).total_seconds() / 60
+        return [f"the oldest pending archive copy waits for {minutes:.0f} min (more than "
+                f"archive.max_pending_age_minutes = {limit.total_seconds() / 60:g}): is the "
+                "archive relay taking copies? see `postroom archive status`"]
+
+    def metrics(self) -> Metrics:
+        """What `GET /metrics` exposes, counted in the store now (any process agrees)."""
+        live = silent = leases = 0
+        for worker in self.workers(recent=timedelta(0)):
+            if self.worker_alive(worker):
+                live += 1
+                leases += worker.leases
+            else:
+                silent += 1
+        return Metrics(read_metrics(self.store.engine, now=self.clock(), recent=RATE_WINDOW),
+                       now=self.clock(), live_workers=live, silent_workers=silent,
+                       leases=leases)
 
     def workers(self, *, recent: timedelta = timedelta(hours=1)) -> list[WorkerRow]:
         """Senders that are running, and those that stopped within `recent`."""

@@ -156,6 +156,9 @@ class ArchiveSettings(_Section):
         30.0, ge=0, description="How long a send run waits for pending copies at its end."
     )
     max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between attempts.")
+    max_pending_age_minutes: float = Field(
+        15.0, gt=0, description="`health` reports a problem when the oldest pending archive "
+        "copy is older than this (the archive relay has not taken copies for that long).")
 
     @field_validator("bcc_address", mode="before")
     @classmethod
