@@ -508,7 +508,7 @@ class Postroom:
                 "addresses": quarantine}
 
     def logs(self, delivery_id: int, *, status: str | None = None,
-             reason: str | None = None, archive: str | None = None,
+             reason: str | int | None = None, archive: str | None = None,
              **filters: Any) -> list[DeliveryLog]:
         """A delivery's logs; a status, reason (code or name) or archive state that does not
         exist is refused with the valid ones, rather than giving an empty list."""
@@ -520,7 +520,7 @@ class Postroom:
         if archive is not None and archive not in archives:
             raise InputError(f"--archive {archive!r}: not an archive state; use one of "
                              + ", ".join(archives))
-        code = None if reason is None else parse_reason(reason).value
+        code = None if reason is None else parse_reason(str(reason)).value
         return self.store.list_logs(delivery_id, status=status, reason=code, archive=archive,
                                     **filters)
 
