@@ -87,7 +87,8 @@ def prepare_folder(directory: Path) -> None:
         if not (directory / MARKER).is_file():
             raise InputError(
                 f"--dir {directory}: the folder is not empty and was not made by the demo; "
-                "nothing was deleted. Choose a new or empty folder")
+                "nothing was deleted. Choose a new or empty folder (a folder of a demo older "
+                f"than this check has no {MARKER} file: delete it yourself)")
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MARKER).write_text("made by `postroom demo`: it may delete this folder\n",
