@@ -352,7 +352,8 @@ def test_test_domains_are_refused_unless_allowed_and_an_import_refusing_all_fail
     bare.run("init")
     bare.write("p.csv", "email\na@site.test\nb@site.test\n")
     refused = bare.run("recipients", "import", "p.csv", "--json", code=1)
-    assert json.loads(refused.out)["rejected"] == 2
+    report = json.loads(refused.out)
+    assert report["rejected"] == 2 and "allow_test_domains" in report["errors"][0]["reason"]
     bare.configure(relay.port, extra="allow_test_domains = true\n")
     assert bare.json("recipients", "import", "p.csv")["inserted"] == 2
     assert bare.json("recipients", "count") == {"recipients": 2}

@@ -40,7 +40,11 @@ def _validate(address: str) -> object:
         return validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True,
                               test_environment=_test_environment)
     except EmailNotValidError as exc:
-        raise InputError(str(exc)) from None
+        domain = address.strip().rpartition("@")[2].rstrip(".").lower()
+        hint = (" (a test environment may accept .test addresses: the allow_test_domains "
+                "setting)" if not _test_environment and
+                (domain == "test" or domain.endswith(".test")) else "")
+        raise InputError(f"{exc}{hint}") from None
 
 
 def normalize_address(address: str) -> str:
