@@ -373,6 +373,7 @@ class Postroom:
             for states in self.store.archive_counts().values():
                 archive.update(states)
             due = self.store.next_sending_delivery(self.clock() - self._lease)
+            backlog = self._archive_backlog_problems()
         except SQLAlchemyError as exc:
             return Health(False, [f"database unreachable: {type(exc).__name__}"], [], 0, {}, {})
         sending = [d for d in deliveries if d.state is DeliveryState.SENDING]
@@ -385,7 +386,7 @@ class Postroom:
         if archive.get(ArchiveState.FAILED, 0):
             problems.append(f"{archive[ArchiveState.FAILED]} archive copies failed: see "
                             "`postroom archive status`")
-        problems += self._archive_backlog_problems()
+        problems += backlog
         return Health(True, problems, notes, len(live),
                       {"sending": len(sending)}, dict(archive))
 

@@ -20,6 +20,7 @@ from postroom.settings import Settings, config_sources, load_settings, sqlite_fi
 
 __all__ = ["JsonOption", "State", "console", "emit_json", "progress_bar", "state"]
 
+_PIPED_WIDTH = 10_000
 
 
 def _console(*, stderr: bool) -> Console:
@@ -30,7 +31,6 @@ def _console(*, stderr: bool) -> Console:
     return Console(stderr=stderr, soft_wrap=piped, width=_PIPED_WIDTH if piped else None)
 
 
-_PIPED_WIDTH = 10_000
 console = _console(stderr=False)
 err_console = _console(stderr=True)
 
