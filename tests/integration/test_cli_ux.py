@@ -162,6 +162,22 @@ def test_undefined_variables_are_reported_once_per_problem_with_the_recipients_a
     assert relay.messages == []
 
 
+def test_analysis_stops_counting_after_a_bounded_number_of_failing_recipients(
+        cli: Cli) -> None:
+    from postroom.delivery.analysis import MAX_FAILED_RENDERS
+
+    total = MAX_FAILED_RENDERS + 50
+    cli.write("p.csv", "email\n" + "".join(f"r{n}@example.com\n" for n in range(total)))
+    cli.run("recipients", "import", "p.csv")
+    cli.run("templates", "create", str(cli.template(subject="{{ recipient.tier }}")))
+    delivery = cli.json("deliveries", "create", "-t", "news")["id"]
+    result = cli.run("deliveries", "analyze", str(delivery), "--json", code=1)
+    errors = json.loads(result.out)["errors"]
+    assert len(errors) == 2, errors
+    assert f"{MAX_FAILED_RENDERS} recipients, for example" in errors[0]
+    assert errors[1].startswith(f"analysis stopped after {MAX_FAILED_RENDERS} recipients")
+
+
 def test_filters_on_unknown_fields_or_with_a_malformed_operator_are_refused(cli: Cli) -> None:
     cli.write("p.csv", "email,city\na@example.com,Lisboa\n")
     cli.run("recipients", "import", "p.csv")

@@ -29,6 +29,7 @@ from postroom.compose.mime import EncodingError
 from postroom.delivery import screening
 from postroom.delivery.analysis import (
     MAX_ERRORS,
+    MAX_FAILED_RENDERS,
     AnalysisReport,
     _Abort,
     _fields,
@@ -109,6 +110,12 @@ def _reference_logs(store: MemoryStore, plan: Plan, report: AnalysisReport,
             report.render_problems[problem] += 1
             report.render_examples.setdefault(
                 problem, f"recipient #{recipient.id} <{recipient.email}>")
+            if report.render_problems.total() >= MAX_FAILED_RENDERS:
+                report.errors += [*report.render_errors(), f"analysis stopped after "
+                                  f"{MAX_FAILED_RENDERS} recipients whose message cannot be "
+                                  f"built (at recipient #{recipient.id}): the counts above "
+                                  "are those seen so far"]
+                raise _Abort from None
             continue
         report.pending += 1
         yield NewLog(recipient.id, recipient.email, LogStatus.PENDING)
