@@ -31,7 +31,9 @@ def serving(postroom: Postroom) -> Iterator[httpx.Client]:
     deadline = time.monotonic() + 10
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
+        # thread.join, not time.sleep: under libfaketime (CI's date-shifted run) time.sleep
+        # may fail with EINVAL (clock_nanosleep on an absolute monotonic time)
+        thread.join(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
