@@ -52,12 +52,13 @@ from postroom.errors import InputError, NotFoundError, StateError, TemplateError
 from postroom.inbound.service import BounceService
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
+from postroom.storage.metrics import StoreMetrics, oldest_pending_archive, read_metrics
 from postroom.storage.sql import SqlStore
 from postroom.storage.workers import DoubtCounts, WorkerRow
 from postroom.transport.routed import RoutedConnection
 from postroom.transport.routing import HostPort, NoRoute, Router
 
-__all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file"]
+__all__ = ["BUILTIN_TEMPLATE", "Postroom", "load_template_file", "parse_reason"]
 
 BUILTIN_TEMPLATE = "default"
 _BUILTIN_PROPS = Properties(
@@ -72,6 +73,22 @@ _BUILTIN_PROPS = Properties(
     ),
 )
 _FILE_KEYS = {"html_file": "html", "text_file": "text"}
+
+
+def parse_reason(text: str) -> FailureReason:
+    """A failure reason from its code (`1`) or its name (`user unknown`, `user_unknown`)."""
+    value = text.strip().lower().replace("_", " ").replace("-", " ")
+    for reason in FailureReason:
+        if value in (str(reason.value), reason.label):
+            return reason
+    raise InputError(f"{text!r} is not a failure reason; use a code or a name: "
+                     + ", ".join(f"{r.value} ({r.label})" for r in FailureReason))
+
+
+def _refuse_problems(name: str, props: Properties) -> None:
+    problems = Postroom.content_problems(props)
+    if problems:
+        raise TemplateError(f"template {name!r} does not compile:\n  " + "\n  ".join(problems))
 
 
 def load_template_file(path: Path) -> tuple[str | None, dict[str, Any]]:
@@ -171,6 +188,28 @@ class Health:
                 "archive": self.archive}
 
 
+RATE_WINDOW = timedelta(minutes=5)  # the send rate is the messages sent in this window
+
+
+@dataclass(frozen=True)
+class Metrics:
+    store: StoreMetrics
+    now: datetime
+    live_workers: int
+    silent_workers: int  # registered, not stopped, no heartbeat for two lease periods
+    leases: int  # logs and archive copies the live senders hold
+
+    @property
+    def send_rate(self) -> float:
+        """Messages accepted per second over the last RATE_WINDOW."""
+        return self.store.sent_recent / RATE_WINDOW.total_seconds()
+
+    @property
+    def oldest_pending_archive_age(self) -> float:
+        oldest = self.store.archive_oldest_pending
+        return max(0.0, (self.now - oldest).total_seconds()) if oldest else 0.0
+
+
 class Postroom:
     def __init__(self, store: SqlStore, settings: Settings, *, planner: Planner,
                  connect: Callable[[HostPort], Transport], router: Router,
@@ -202,12 +241,16 @@ class Postroom:
     # -- templates ----------------------------------------------------------------------------
 
     def create_template(self, name: str, data: dict[str, Any]) -> Template:
+        """A new template; content that does not compile is refused, every problem named."""
         props = parse_properties(data, source=f"template {name!r}")
+        _refuse_problems(name, props)
         return self.store.create_template(name, props, self.clock())
 
     def update_template(self, name: str, data: dict[str, Any]) -> Template:
         current = self.store.get_template(name)
-        return self.store.update_template(name, current.properties.override(data), self.clock())
+        props = current.properties.override(data)
+        _refuse_problems(name, props)
+        return self.store.update_template(name, props, self.clock())
 
     def duplicate_template(self, name: str, new_name: str) -> Template:
         source = self.store.get_template(name)
@@ -215,12 +258,27 @@ class Postroom:
 
     @staticmethod
     def content_problems(props: Properties) -> list[str]:
-        """Syntax errors of a template's content (saved drafts may have some)."""
+        """Syntax errors of a template's content, the first of each field with its line
+        (templates saved before they were refused may have some)."""
+        problems: list[str] = []
+        for field_name in ("subject", "html", "text"):
+            sources = {"subject": "", "html": "", "text": ""}
+            sources[field_name] = getattr(props, field_name)
+            try:
+                compile_content(**sources)
+            except TemplateError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def template_changed_since(self, delivery: Delivery) -> datetime | None:
+        """When the delivery's template was last changed, if after the delivery was made from
+        it (the delivery keeps its own copy, DESIGN.md §1); None otherwise or if it is gone."""
         try:
-            compile_content(subject=props.subject, html=props.html, text=props.text)
-        except TemplateError as exc:
-            return [str(exc)]
-        return []
+            template = self.store.get_template(delivery.template_name)
+        except NotFoundError:
+            return None
+        changed = template.updated_at
+        return changed if changed is not None and changed > delivery.created_at else None
 
     # -- deliveries ---------------------------------------------------------------------------
 
@@ -315,6 +373,7 @@ class Postroom:
             for states in self.store.archive_counts().values():
                 archive.update(states)
             due = self.store.next_sending_delivery(self.clock() - self._lease)
+            backlog = self._archive_backlog_problems()
         except SQLAlchemyError as exc:
             return Health(False, [f"database unreachable: {type(exc).__name__}"], [], 0, {}, {})
         sending = [d for d in deliveries if d.state is DeliveryState.SENDING]
@@ -327,8 +386,33 @@ class Postroom:
         if archive.get(ArchiveState.FAILED, 0):
             problems.append(f"{archive[ArchiveState.FAILED]} archive copies failed: see "
                             "`postroom archive status`")
+        problems += backlog
         return Health(True, problems, notes, len(live),
                       {"sending": len(sending)}, dict(archive))
+
+    def _archive_backlog_problems(self) -> list[str]:
+        """The oldest pending archive copy waits longer than archive.max_pending_age_minutes."""
+        oldest = oldest_pending_archive(self.store.engine)
+        limit = timedelta(minutes=self.settings.archive.max_pending_age_minutes)
+        if oldest is None or self.clock() - oldest <= limit:
+            return []
+        minutes = (self.clock() - oldest).total_seconds() / 60
+        return [f"the oldest pending archive copy waits for {minutes:.0f} min (more than "
+                f"archive.max_pending_age_minutes = {limit.total_seconds() / 60:g}): is the "
+                "archive relay taking copies? see `postroom archive status`"]
+
+    def metrics(self) -> Metrics:
+        """What `GET /metrics` exposes, counted in the store now (any process agrees)."""
+        live = silent = leases = 0
+        for worker in self.workers(recent=timedelta(0)):
+            if self.worker_alive(worker):
+                live += 1
+                leases += worker.leases
+            else:
+                silent += 1
+        return Metrics(read_metrics(self.store.engine, now=self.clock(), recent=RATE_WINDOW),
+                       now=self.clock(), live_workers=live, silent_workers=silent,
+                       leases=leases)
 
     def workers(self, *, recent: timedelta = timedelta(hours=1)) -> list[WorkerRow]:
         """Senders that are running, and those that stopped within `recent`."""
@@ -424,9 +508,22 @@ class Postroom:
                 "failed_by_domain": dict(by_domain.most_common(20)),
                 "addresses": quarantine}
 
-    def logs(self, delivery_id: int, **filters: Any) -> list[DeliveryLog]:
+    def logs(self, delivery_id: int, *, status: str | None = None,
+             reason: str | int | None = None, archive: str | None = None,
+             **filters: Any) -> list[DeliveryLog]:
+        """A delivery's logs; a status, reason (code or name) or archive state that does not
+        exist is refused with the valid ones, rather than giving an empty list."""
         self.store.get_delivery(delivery_id)
-        return self.store.list_logs(delivery_id, **filters)
+        if status is not None and status not in set(LogStatus):
+            raise InputError(f"--status {status!r}: not a log status; use one of "
+                             + ", ".join(LogStatus))
+        archives = [*ArchiveState, "none"]
+        if archive is not None and archive not in archives:
+            raise InputError(f"--archive {archive!r}: not an archive state; use one of "
+                             + ", ".join(archives))
+        code = None if reason is None else parse_reason(str(reason)).value
+        return self.store.list_logs(delivery_id, status=status, reason=code, archive=archive,
+                                    **filters)
 
     # -- proofs, mirror pages, unsubscribe -----------------------------------------------------
 

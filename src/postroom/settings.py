@@ -15,7 +15,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -41,8 +49,10 @@ __all__ = [
     "SmtpRelay",
     "TlsMode",
     "WebSettings",
+    "config_sources",
     "load_settings",
     "masked_dump",
+    "sqlite_file",
 ]
 
 CONFIG_ENV = "POSTROOM_CONFIG"
@@ -146,6 +156,9 @@ class ArchiveSettings(_Section):
         30.0, ge=0, description="How long a send run waits for pending copies at its end."
     )
     max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between attempts.")
+    max_pending_age_minutes: float = Field(
+        15.0, gt=0, description="`health` reports a problem when the oldest pending archive "
+        "copy is older than this (the archive relay has not taken copies for that long).")
 
     @field_validator("bcc_address", mode="before")
     @classmethod
@@ -286,6 +299,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    allow_test_domains: bool = Field(
+        False, description="Accept addresses in the special-use domain .test (RFC 6761), for "
+        "test environments; the other special-use domains stay refused.")
     database_url: str = Field("sqlite:///postroom.db", description="SQLAlchemy database URL.")
     smtp: SmtpRelay = Field(default_factory=SmtpRelay, description="The sending relay.")
     sending: SendingSettings = Field(default_factory=SendingSettings)
@@ -300,6 +316,19 @@ class Settings(BaseSettings):
         default_factory=ShapingSettings, description="Per-domain connections, messages per "
         "connection and per hour, and the automatic slowdown on temporary failures.")
     dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _test_domains_first(cls, data: Any) -> Any:
+        """The addresses of the other sections are checked with allow_test_domains known."""
+        from postroom.domain.addresses import allow_test_domains
+
+        value = data.get("allow_test_domains", False) if isinstance(data, dict) else False
+        try:
+            allow_test_domains(TypeAdapter(bool).validate_python(value))
+        except ValidationError:
+            allow_test_domains(False)  # the field's own check reports the value
+        return data
 
     @property
     def archive_relay(self) -> SmtpRelay:
@@ -328,6 +357,46 @@ def _config_path(explicit: Path | None) -> Path | None:
         return Path(from_env)
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
+
+
+def _environment() -> dict[str, str]:
+    """POSTROOM_* variables, upper-cased, but for the one naming the file."""
+    prefix = Settings.model_config.get("env_prefix", "").upper()
+    return {key.upper(): value for key, value in os.environ.items()
+            if key.upper().startswith(prefix) and key.upper() != CONFIG_ENV}
+
+
+def _env_names(loc: tuple[str | int, ...]) -> list[str]:
+    """The variables that may have set the key at `loc`, most specific first."""
+    names: list[str] = []
+    for depth in range(len(loc), 0, -1):
+        parts = [str(p).upper() for p in loc[:depth] if not isinstance(p, int)]
+        if parts:
+            names.append("POSTROOM_" + "__".join(parts))
+    return list(dict.fromkeys(names))
+
+
+def config_sources(path: Path | None = None) -> tuple[Path | None, list[str], list[str]]:
+    """Where the settings come from: the TOML file (None: no file, defaults and environment
+    only), the POSTROOM_* variables that set settings, and those that set none (ignored)."""
+    config_file = _config_path(path)
+    used: list[str] = []
+    ignored: list[str] = []
+    for name in sorted(_environment()):
+        top = name.removeprefix("POSTROOM_").split("__")[0].lower()
+        (used if top in Settings.model_fields else ignored).append(name)
+    return config_file, used, ignored
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL (None for another store or an in-memory one)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _check_file(path: Path) -> None:
@@ -360,11 +429,27 @@ def _check_file(path: Path) -> None:
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    """One line per wrong key. A key set by an environment variable (they win over the file)
+    names the variable, so that the file is not blamed for it."""
+    environment = _environment()
+    lines: list[str] = []
+    from_env = False
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"  {key}: {error['msg']}")
-    return "\n".join(lines)
+        loc = tuple(error["loc"])
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        names = [n for n in _env_names(loc) if n in environment]
+        if not names and len(loc) <= 1:  # a check of a whole section: any of its variables
+            section = _env_names(loc)[0] + "__" if loc else "POSTROOM_"
+            names = sorted(n for n in environment if n.startswith(section))
+        origin = ""
+        if names:
+            from_env = True
+            origin = (f" (from ${names[0]})" if len(loc) > 1 else
+                      " (from $" + ", $".join(names) + f" with {source})")
+        lines.append(f"  {key}: {error['msg']}{origin}")
+    where = f"{source} and environment" if from_env and source != "environment and defaults" \
+        else source
+    return "\n".join([f"invalid configuration ({where}):", *lines])
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -387,10 +472,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     try:
         return schema(**overrides)
     except ValidationError as exc:
-        source = str(config_file) if config_file else "environment and defaults"
+        source = str(config_file.resolve()) if config_file else "environment and defaults"
         raise ConfigError(format_validation_error(exc, source)) from None
     except SettingsError as exc:  # an environment value that could not be parsed at all
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        raise ConfigError(f"invalid configuration in the environment: {exc}") from None
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from postroom.bounces.rules import default_rules
 from postroom.compose.dkim import DkimSigner
 from postroom.delivery.archive import Transport
 from postroom.delivery.plan import Links, Planner
+from postroom.domain.addresses import allow_test_domains
 from postroom.errors import ConfigError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
@@ -65,6 +66,7 @@ def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Postroom:
     """A ready Postroom: database opened and migrated, SMTP connectors configured."""
     sending = settings.sending
+    allow_test_domains(settings.allow_test_domains)
     store = open_store(settings.database_url)
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(

@@ -223,7 +223,9 @@ def test_analysis_on_a_real_store_fails_as_the_full_render_fails(store: SqlStore
     with pytest.raises(_Abort):
         list(_reference_logs(store, _plan(delivery), reference, NOW))  # type: ignore[arg-type]
     report = analyze(store, delivery.id, planner=_plan, archive_available=True, now=NOW)
+    nocity = store.recipient_ids(["nocity@example.com"])["nocity@example.com"]
     assert not report.ok and report.errors == reference.errors == [
-        "subject: undefined variable 'recipient.city' for nocity@example.com"]
+        "subject: undefined variable 'recipient.city' — 1 recipient, for example "
+        f"recipient #{nocity} <nocity@example.com>"]
     assert _raw(store, delivery.id) == []
     assert store.get_delivery(delivery.id).state is DeliveryState.FAILED

@@ -29,13 +29,14 @@ from postroom.compose.mime import EncodingError
 from postroom.delivery import screening
 from postroom.delivery.analysis import (
     MAX_ERRORS,
+    MAX_FAILED_RENDERS,
     AnalysisReport,
     _Abort,
     _fields,
     analyze,
     static_checks,
 )
-from postroom.delivery.audience import matcher
+from postroom.delivery.audience import COLUMNS, matcher, parse_filter
 from postroom.delivery.plan import Plan, make_plan
 from postroom.delivery.screening import plain_address, screen
 from postroom.domain.addresses import normalize_address
@@ -64,6 +65,8 @@ def _reference_logs(store: MemoryStore, plan: Plan, report: AnalysisReport,
     delivery = plan.delivery
     wanted = matcher(delivery.audience.filters)
     previous_key: str | None = None
+    custom = {parse_filter(f).field for f in delivery.audience.filters} - set(COLUMNS)
+    known = set().union(*(r.fields for r in store.iter_audience(delivery))) if custom else set()
     for recipient in store.iter_audience(delivery):
         if not wanted(recipient):
             continue
@@ -97,14 +100,31 @@ def _reference_logs(store: MemoryStore, plan: Plan, report: AnalysisReport,
                          FailureReason.UNDEFINED, f"message not built: {exc}",
                          FailureType.HARD)
             continue
-        except InputError as exc:
-            report.errors.append(f"recipient #{recipient.id} <{recipient.email}>: {exc}"
-                                 if recipient.email not in str(exc) else str(exc))
-            if len(report.errors) >= MAX_ERRORS:
+        except InputError as exc:  # one error per distinct problem, with its count
+            problem = str(exc).replace(f" for {recipient.email}", "")
+            if problem not in report.render_problems and \
+                    len(report.render_problems) >= MAX_ERRORS:
+                report.errors += [*report.render_errors(), f"more than {MAX_ERRORS} distinct "
+                                  f"problems; analysis stopped at recipient #{recipient.id}"]
+                raise _Abort from None
+            report.render_problems[problem] += 1
+            report.render_examples.setdefault(
+                problem, f"recipient #{recipient.id} <{recipient.email}>")
+            if report.render_problems.total() >= MAX_FAILED_RENDERS:
+                report.errors += [*report.render_errors(), f"analysis stopped after "
+                                  f"{MAX_FAILED_RENDERS} recipients whose message cannot be "
+                                  f"built (at recipient #{recipient.id}): the counts above "
+                                  "are those seen so far"]
                 raise _Abort from None
             continue
         report.pending += 1
         yield NewLog(recipient.id, recipient.email, LogStatus.PENDING)
+    for name in sorted(custom - known):  # a filter on a field no recipient has
+        filters = ", ".join(repr(f) for f in delivery.audience.filters
+                            if parse_filter(f).field == name)
+        report.errors.append(f"filter {filters}: no recipient has a field {name!r}; the "
+                             "fields are " + ", ".join([*COLUMNS, *sorted(known)[:30]]))
+    report.errors += report.render_errors()
     if report.errors:
         raise _Abort
 

@@ -235,6 +235,7 @@ def test_template_escape_fails_analysis() -> None:
         archive_available=False, now=NOW)
     assert not report.ok
     assert len(report.errors) == 1
-    assert report.errors[0].startswith("recipient #9 <ann@example.org>: subject: ")
+    assert report.errors[0].startswith("subject: forbidden in the sandbox: ")
     assert "unsafe" in report.errors[0]
+    assert report.errors[0].endswith("1 recipient, for example recipient #9 <ann@example.org>")
     assert store.logs == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import typer
@@ -28,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: Typer's Rich help shows flags as `--json <bool>`
 )
 app.add_typer(recipients.app, name="recipients")
 app.add_typer(templates.app, name="templates")
@@ -39,11 +42,18 @@ app.add_typer(bounces.bounces_app, name="bounces")
 app.add_typer(bounces.rules_app, name="rules")
 app.add_typer(bounces.quarantine_app, name="quarantine")
 app.add_typer(bounces.reports_app, name="reports")
+app.command("init")(config.init)
 app.command("demo")(demo.demo)
 app.command("serve")(web.serve)
 app.command("worker")(workers.worker)
 app.command("workers")(workers.workers)
 app.command("health")(workers.health)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"postroom {version('postroom')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -52,14 +62,30 @@ def _root(
     config_file: Path | None = typer.Option(
         None, "--config", "-c", help="Settings file (TOML). Default: $POSTROOM_CONFIG, "
         "then ./postroom.toml if present.", envvar="POSTROOM_CONFIG"),
+    _show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit."),
 ) -> None:
     ctx.obj = State(config_file)
 
 
 def main() -> None:
-    """Entry point: user errors print one clear message and exit non-zero, never a traceback."""
+    """Entry point: user errors print one clear message and exit non-zero, never a traceback.
+
+    Under --json the message is JSON too (`{"error": ..., "kind": ...}` on stderr), for the
+    script that asked for JSON."""
     try:
         app()
     except PostroomError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(2 if isinstance(exc, ConfigError | InputError | NotFoundError) else 1)
+        code = 2 if isinstance(exc, ConfigError | InputError | NotFoundError) else 1
+        if "--json" in sys.argv[1:]:
+            err_console.print_json(json.dumps({"error": str(exc), "kind": _kind(exc),
+                                               "exit_code": code}, ensure_ascii=False))
+        else:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(code)
+
+
+def _kind(exc: PostroomError) -> str:
+    """config, input, not_found, state, transport, ...: the error class, for scripts."""
+    name = type(exc).__name__.removesuffix("Error")
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")

@@ -68,7 +68,7 @@ def parse(ctx: typer.Context, files: list[Path], as_json: bool = JsonOption) -> 
 def fetch(
     ctx: typer.Context,
     files: list[Path] = typer.Argument(None, help=".eml files to take in."),
-    imap: str | None = typer.Option(None, help="imap\\[s]://USER@HOST\\[:PORT]/FOLDER"),
+    imap: str | None = typer.Option(None, help="imap[s]://USER@HOST[:PORT]/FOLDER"),
     pop3: str | None = typer.Option(None, help="pop3[s]://USER@HOST[:PORT]"),
     maildir: Path | None = typer.Option(None, help="A Maildir folder."),
     mbox: Path | None = typer.Option(None, help="An mbox file (read, never changed)."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,13 +14,25 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from postroom.errors import ConfigError
 from postroom.service import Postroom
-from postroom.settings import Settings, load_settings
+from postroom.settings import Settings, config_sources, load_settings, sqlite_file
 
 __all__ = ["JsonOption", "State", "console", "emit_json", "progress_bar", "state"]
 
-console = Console()
-err_console = Console(stderr=True)
+_PIPED_WIDTH = 10_000
+
+
+def _console(*, stderr: bool) -> Console:
+    """A terminal's width is its own; piped or redirected output is never wrapped (Rich would
+    wrap it at 80 columns), so that scripts and logs see whole lines."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty()
+    return Console(stderr=stderr, soft_wrap=piped, width=_PIPED_WIDTH if piped else None)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
@@ -35,12 +48,32 @@ class State:
             self._settings = load_settings(self.config)
         return self._settings
 
-    def postroom(self) -> Postroom:
+    def postroom(self, *, create: bool = False) -> Postroom:
+        """The Postroom of these settings. A SQLite file that does not exist is created only
+        when `create` (`postroom init`): elsewhere it is an error, since it usually means the
+        command ran outside the folder of its postroom.toml."""
         if self._postroom is None:
             from postroom.wiring import build
 
-            self._postroom = build(self.settings())
+            settings = self.settings()
+            path = sqlite_file(settings.database_url)
+            if path is not None and not path.exists():
+                if not create:
+                    raise ConfigError(self._missing_database(path))
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._postroom = build(settings)
         return self._postroom
+
+    def _missing_database(self, path: Path) -> str:
+        config_file, environment, _ = config_sources(self.config)
+        origin = ("$POSTROOM_DATABASE_URL" if "POSTROOM_DATABASE_URL" in environment
+                  else str(config_file) if config_file else "the default")
+        where = (f"settings from {config_file}" if config_file else
+                 f"no configuration file (no --config, no $POSTROOM_CONFIG, no "
+                 f"./postroom.toml in {Path.cwd()})")
+        return (f"database_url (from {origin}): the SQLite database {path.resolve()} does not "
+                f"exist; {where}. Run from the folder of your postroom.toml or pass --config; "
+                "`postroom init` creates a new database")
 
 
 def state(ctx: typer.Context) -> State:

@@ -12,9 +12,10 @@ from rich.table import Table
 from postroom.cli.common import JsonOption, console, emit_json, progress_bar, state
 from postroom.delivery.analysis import AnalysisReport
 from postroom.delivery.engine import RunSummary
-from postroom.domain.models import Delivery
+from postroom.domain.models import Delivery, DeliveryLog
+from postroom.domain.states import LogStatus
 from postroom.errors import InputError
-from postroom.service import read_content
+from postroom.service import Postroom, parse_reason, read_content
 
 app = typer.Typer(help="Deliveries: create, analyze, send, follow.", no_args_is_help=True)
 
@@ -37,10 +38,19 @@ def _overrides(pairs: list[str], html_file: Path | None, text_file: Path | None)
     return changes
 
 
-def _row(d: Delivery) -> dict[str, Any]:
+def _row(d: Delivery, postroom: Postroom) -> dict[str, Any]:
+    changed = postroom.template_changed_since(d)
     return {"id": d.id, "name": d.name, "template": d.template_name, "state": d.state,
             "email_bcc": d.properties.email_bcc, "audience": d.audience.to_json(),
-            "created_at": d.created_at.isoformat(), "last_error": d.last_error}
+            "created_at": d.created_at.isoformat(), "last_error": d.last_error,
+            "template_changed_at": changed.isoformat() if changed else None}
+
+
+def _state_line(d: Delivery, as_json: bool, postroom: Postroom, text: str = "") -> None:
+    if as_json:
+        emit_json(_row(d, postroom))
+    else:
+        console.print(f"delivery #{d.id} is {d.state}{text}")
 
 
 @app.command("create")
@@ -57,11 +67,13 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a delivery from a template (copy, then override); audience: all by default."""
-    delivery, imported = state(ctx).postroom().create_delivery(
+    postroom = state(ctx).postroom()
+    delivery, imported = postroom.create_delivery(
         template, name=name, overrides=_overrides(set_, html_file, text_file),
         filters=filter_, list_file=list_file)
     if as_json:
-        emit_json({**_row(delivery), "list_import": imported.to_json() if imported else None})
+        emit_json({**_row(delivery, postroom),
+                   "list_import": imported.to_json() if imported else None})
         return
     console.print(f"created delivery #{delivery.id} ({delivery.name}) from {template!r}")
     if imported is not None:
@@ -73,14 +85,17 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """All deliveries."""
-    rows = [_row(d) for d in state(ctx).postroom().store.list_deliveries()]
+    postroom = state(ctx).postroom()
+    rows = [_row(d, postroom) for d in postroom.store.list_deliveries()]
     if as_json:
         emit_json(rows)
         return
     table = Table("id", "name", "template", "state", "email_bcc")
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], r["template"], r["state"],
-                      "on" if r["email_bcc"] else "off")
+        changed = r["template_changed_at"]
+        table.add_row(str(r["id"]), r["name"], r["template"] + (
+            f" (changed since, {changed[:16]})" if changed else ""), r["state"],
+            "on" if r["email_bcc"] else "off")
     console.print(table)
 
 
@@ -140,18 +155,18 @@ def send(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> No
 
 
 @app.command("start")
-def start(ctx: typer.Context, delivery_id: int) -> None:
+def start(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Analyze if needed and set the delivery `sending`, for `postroom worker`s to send."""
-    on_analyzed = _print_analysis
-    d = state(ctx).postroom().start(delivery_id, on_analyzed=on_analyzed)
-    console.print(f"delivery #{d.id} is {d.state}; running workers pick it up")
+    postroom = state(ctx).postroom()
+    d = postroom.start(delivery_id, on_analyzed=None if as_json else _print_analysis)
+    _state_line(d, as_json, postroom, "; running workers pick it up")
 
 
 @app.command("pause")
-def pause(ctx: typer.Context, delivery_id: int) -> None:
+def pause(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Pause sending; a running `send` stops after its in-flight messages."""
-    d = state(ctx).postroom().pause(delivery_id)
-    console.print(f"delivery #{d.id} is {d.state}")
+    postroom = state(ctx).postroom()
+    _state_line(postroom.pause(delivery_id), as_json, postroom)
 
 
 @app.command("resume")
@@ -160,18 +175,19 @@ def resume(ctx: typer.Context, delivery_id: int,
                                          help="Continue sending in this process."),
            as_json: bool = JsonOption) -> None:
     """Resume a paused delivery and continue sending it."""
-    d = state(ctx).postroom().resume(delivery_id)
+    postroom = state(ctx).postroom()
+    d = postroom.resume(delivery_id)
     if send_now:
         _send(ctx, delivery_id, as_json)
     else:
-        console.print(f"delivery #{d.id} is {d.state}")
+        _state_line(d, as_json, postroom)
 
 
 @app.command("stop")
-def stop(ctx: typer.Context, delivery_id: int) -> None:
+def stop(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Stop a delivery for good: what was not sent is cancelled."""
-    d = state(ctx).postroom().stop(delivery_id)
-    console.print(f"delivery #{d.id} is {d.state}")
+    postroom = state(ctx).postroom()
+    _state_line(postroom.stop(delivery_id), as_json, postroom)
 
 
 @app.command("review")
@@ -217,25 +233,35 @@ def resend(
     delivery_id: int,
     failed: bool = typer.Option(True, "--failed", help="Target the recipients whose logs "
                                 "failed (the only mode today)."),
-    reason: list[int] = typer.Option([], help="Only these failure reason codes."),
+    reason: list[str] = typer.Option([], help="Only these failure reasons (code or name)."),
     name: str | None = typer.Option(None, help="Name of the new delivery."),
     as_json: bool = JsonOption,
 ) -> None:
     """Create a follow-up delivery to the failed recipients not in quarantine now."""
-    d = state(ctx).postroom().resend(delivery_id, reasons=reason or None, name=name)
-    emit_json(_row(d)) if as_json else console.print(
+    postroom = state(ctx).postroom()
+    d = postroom.resend(delivery_id, reasons=[parse_reason(r).value for r in reason] or None,
+                        name=name)
+    emit_json(_row(d, postroom)) if as_json else console.print(
         f"created delivery #{d.id} ({d.name}); analyze and send it as usual")
 
 
 @app.command("report")
 def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Counts by status and reason, and the state of the archive copies."""
-    data = state(ctx).postroom().report(delivery_id).to_json()
+    postroom = state(ctx).postroom()
+    report_ = postroom.report(delivery_id)
+    changed = postroom.template_changed_since(report_.delivery)
+    data = {**report_.to_json(), "template": report_.delivery.template_name,
+            "template_changed_at": changed.isoformat() if changed else None}
     if as_json:
         emit_json(data)
         return
     console.print(f"[bold]delivery #{data['delivery']}[/] {data['name']} — {data['state']}, "
                   f"Email BCC {'on' if data['email_bcc'] else 'off'}", highlight=False)
+    if changed:
+        console.print(f"[yellow]template {data['template']!r} changed since[/] "
+                      f"({changed:%Y-%m-%d %H:%M}); this delivery keeps the copy it was made "
+                      "with", highlight=False)
     table = Table("status", "count")
     for status, count in sorted(data["by_status"].items()):
         table.add_row(status, str(count))
@@ -268,8 +294,9 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
 def logs(
     ctx: typer.Context,
     delivery_id: int,
-    status: str | None = typer.Option(None, help="pending, sent, failed, ignored, cancelled."),
-    reason: int | None = typer.Option(None, help="Failure reason code."),
+    status: str | None = typer.Option(None, help=", ".join(LogStatus) + "."),
+    reason: str | None = typer.Option(None, help="Failure reason: code or name (`1`, "
+                                      "`user unknown`)."),
     email: str | None = typer.Option(None, help="Part of the address."),
     archive: str | None = typer.Option(None, help="pending, archived, failed or none."),
     limit: int = typer.Option(100, min=1),
@@ -293,5 +320,13 @@ def logs(
     for r in rows:
         table.add_row(str(r.id), r.email, r.status,
                       r.failure_reason.label if r.failure_reason is not None else "",
-                      str(r.attempts), (r.smtp_reply or r.detail)[:60], r.archive_state or "")
+                      str(r.attempts), _reply_or_detail(r)[:60], r.archive_state or "")
     console.print(table)
+
+
+def _reply_or_detail(log: DeliveryLog) -> str:
+    """What explains the log's status: for a failed log the failure (a bounce that came after
+    the relay's `250` acceptance), else the last SMTP reply."""
+    if log.status is LogStatus.FAILED and log.detail:
+        return log.detail
+    return log.smtp_reply or log.detail

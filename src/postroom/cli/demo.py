@@ -17,6 +17,7 @@ import typer
 
 from postroom.cli.common import console, emit_json, progress_bar
 from postroom.domain.states import LogStatus
+from postroom.errors import InputError
 from postroom.service import load_template_file
 from postroom.settings import (
     ArchiveSettings,
@@ -29,6 +30,7 @@ from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Script, is_rejected
 
 ARCHIVE_ADDRESS = "archive@compliance.example"
+MARKER = ".postroom-demo"  # written in every folder the demo creates: only those it resets
 _FIRST = ["Ada", "Björn", "Chloé", "Dmitri", "Eun-ji", "Farah", "Gonzalo", "Hana", "Ivo", "Józef"]
 _LAST = ["Lovelace", "Järvinen", "Dubois", "Petrov", "Kim", "Haddad", "Ruiz", "Sato", "Novak"]
 _CITIES = ["Lisboa", "Zürich", "Kraków", "Osaka", "Montréal", "Nairobi"]
@@ -76,8 +78,27 @@ def write_recipients(path: Path, count: int, *, seed: int = 7) -> None:
         writer.writerow(["not-an-address", "Broken", "Row", "", "", "Lisboa", 1])
 
 
+def prepare_folder(directory: Path) -> None:
+    """Make `directory` an empty demo folder. A folder the demo made before (it holds the
+    marker file) is reset; an empty one is taken; anything else is refused, untouched."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"--dir {directory}: exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not (directory / MARKER).is_file():
+            raise InputError(
+                f"--dir {directory}: the folder is not empty and was not made by the demo; "
+                "nothing was deleted. Choose a new or empty folder (a folder of a demo older "
+                f"than this check has no {MARKER} file: delete it yourself)")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("made by `postroom demo`: it may delete this folder\n",
+                                    encoding="utf-8")
+
+
 def demo(
-    directory: Path = typer.Option(Path("postroom-demo"), "--dir", help="Work folder (reset)."),
+    directory: Path = typer.Option(Path("postroom-demo"), "--dir",
+                                   help="Work folder: a new or empty one, or one an earlier "
+                                   "demo made (then reset)."),
     recipients: int = typer.Option(1000, min=1, help="Sample recipients to create."),
     reject_ratio: float = typer.Option(0.10, min=0, max=1, help="Share refused at RCPT (550)."),
     data_reject_ratio: float = typer.Option(0.02, min=0, max=1,
@@ -87,8 +108,7 @@ def demo(
     """Run a real delivery with Email BCC against a local capture SMTP server and check it."""
     from postroom.wiring import build
 
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    prepare_folder(directory)
     write_recipients(directory / "recipients.csv", recipients)
     (directory / "newsletter.toml").write_text(TEMPLATE_TOML, encoding="utf-8")
     (directory / "newsletter.html").write_text(TEMPLATE_HTML, encoding="utf-8")

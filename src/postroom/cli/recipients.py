@@ -18,19 +18,22 @@ def import_(
     encoding: str = typer.Option("utf-8", help="Character encoding of the file."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Import (or update, matched by email) recipients from a CSV file."""
+    """Import (or update, matched by email) recipients from a CSV file; exits 1 when every
+    row was refused."""
     postroom = state(ctx).postroom()
     with progress_bar("importing", None, enabled=not as_json) as advance:
         report = postroom.import_recipients(file, encoding=encoding, progress=advance)
     if as_json:
         emit_json(report.to_json())
-        return
-    console.print(f"{report.rows} rows: {report.inserted} new, {report.updated} updated, "
-                  f"{report.rejected} rejected")
-    for error in report.errors:
-        console.print(f"  {file}: {error}", highlight=False, markup=False)
-    if report.rejected > len(report.errors):
-        console.print(f"  ... and {report.rejected - len(report.errors)} more")
+    else:
+        console.print(f"{report.rows} rows: {report.inserted} new, {report.updated} updated, "
+                      f"{report.rejected} rejected")
+        for error in report.errors:
+            console.print(f"  {file}: {error}", highlight=False, markup=False)
+        if report.rejected > len(report.errors):
+            console.print(f"  ... and {report.rejected - len(report.errors)} more")
+    if report.rows and report.rejected == report.rows:
+        raise typer.Exit(1)  # nothing imported: a script must not go on as if it had
 
 
 @app.command("count")

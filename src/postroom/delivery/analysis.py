@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from postroom.compose.charsets import first_unrepresentable
 from postroom.compose.mime import EncodingError
 from postroom.compose.personalize import static_text, template_literals
-from postroom.delivery.audience import matcher
+from postroom.delivery.audience import COLUMNS, matcher, parse_filter
 from postroom.delivery.plan import Plan
 from postroom.delivery.screening import plain_address, screen
 from postroom.domain.addresses import normalize_address, split_mailbox
@@ -38,7 +38,11 @@ from postroom.errors import InputError, PostroomError
 
 __all__ = ["AnalysisReport", "AudienceRow", "LogRow", "analyze"]
 
-MAX_ERRORS = 10
+MAX_ERRORS = 10  # distinct render problems reported before analysis stops
+# Targets whose message cannot be built that analysis renders (about 1 ms each) before it
+# stops with the counts so far: a typo in the content of a million-recipient delivery is
+# reported in about a second, not after rendering every target.
+MAX_FAILED_RENDERS = 1000
 
 # One target as the store reads it: id, email, first_name, last_name, email_format, opted_out
 # (truthy), custom fields (their JSON text, or a dict), then the store's two sort keys.
@@ -75,6 +79,15 @@ class AnalysisReport:
     failed: int = 0  # recipients whose data the charset cannot represent
     excluded: Counter[FailureReason] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    # Recipients whose message cannot be rendered, by distinct problem (the text without the
+    # recipient), with the first recipient it was seen for: one error line per problem.
+    render_problems: Counter[str] = field(default_factory=Counter)
+    render_examples: dict[str, str] = field(default_factory=dict)
+
+    def render_errors(self) -> list[str]:
+        return [f"{problem} — {count} recipient{'s' if count != 1 else ''}, for example "
+                f"{self.render_examples[problem]}"
+                for problem, count in self.render_problems.items()]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -187,12 +200,18 @@ def _fields(raw: Any) -> dict[str, Any]:
 def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport,
           now: datetime) -> Iterator[LogRow]:
     """One log per target, in audience order. Raises _Abort when some target cannot be
-    rendered (after up to MAX_ERRORS of them, to report several at once).
+    rendered, after the whole audience, with one error per distinct problem and the number
+    of targets it affects (or at once past MAX_ERRORS distinct problems), and when a
+    filter names a field that no target has.
 
     The checks and their order are those of a full render per target; a target whose message
     `delivery.screening` proves buildable is not rendered (the hot path: a million of them)."""
     delivery = plan.delivery
     wanted = matcher(delivery.audience.filters) if delivery.audience.filters else None
+    # Filter fields that are no column: each must be some target's custom field, else the
+    # filter names a field no recipient has (a typo) and analysis fails naming it.
+    unseen = {parse_filter(f).field for f in delivery.audience.filters} - set(COLUMNS)
+    known: set[str] = set()
     held = store.held_addresses()
     screened = screen(plan)  # None: every target is rendered in full
     shape_of = screened.shape if screened is not None else None
@@ -210,6 +229,9 @@ def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport,
                 fields = _fields(raw) if parse else None
                 recipient: Recipient | None = None
                 if wanted is not None:
+                    if unseen and fields:
+                        unseen.difference_update(fields)
+                        known.update(fields)
                     recipient = Recipient(recipient_id, email, first_name, last_name,
                                           email_format, bool(opted), fields or {},
                                           held_status(email, "valid"))
@@ -256,6 +278,13 @@ def _logs(store: AnalysisStore, plan: Plan, report: AnalysisReport,
     finally:
         report.targets += targets
         report.pending += pending
+    for name in sorted(unseen):
+        filters = ", ".join(repr(f) for f in delivery.audience.filters
+                            if parse_filter(f).field == name)
+        report.errors.append(
+            f"filter {filters}: no recipient has a field {name!r}; the fields are "
+            + ", ".join([*COLUMNS, *sorted(known)[:30]]))
+    report.errors.extend(report.render_errors())
     if report.errors:
         raise _Abort
 
@@ -271,9 +300,20 @@ def _rendered(plan: Plan, recipient: Recipient, report: AnalysisReport,
         return (recipient.id, recipient.email, LogStatus.FAILED, FailureReason.UNDEFINED,
                 f"message not built: {exc}", FailureType.HARD)
     except InputError as exc:
-        report.errors.append(f"recipient #{recipient.id} <{recipient.email}>: {exc}"
-                             if recipient.email not in str(exc) else str(exc))
-        if len(report.errors) >= MAX_ERRORS:
+        problem = str(exc).replace(f" for {recipient.email}", "")
+        if problem not in report.render_problems and len(report.render_problems) >= MAX_ERRORS:
+            report.errors.extend(report.render_errors())
+            report.errors.append(f"more than {MAX_ERRORS} distinct problems; analysis "
+                                 f"stopped at recipient #{recipient.id}")
+            raise _Abort from None
+        report.render_problems[problem] += 1
+        report.render_examples.setdefault(problem, f"recipient #{recipient.id} "
+                                                   f"<{recipient.email}>")
+        if report.render_problems.total() >= MAX_FAILED_RENDERS:
+            report.errors.extend(report.render_errors())
+            report.errors.append(f"analysis stopped after {MAX_FAILED_RENDERS} recipients "
+                                 "whose message cannot be built (at recipient "
+                                 f"#{recipient.id}): the counts above are those seen so far")
             raise _Abort from None
         return None
     return (recipient.id, recipient.email, LogStatus.PENDING, None, "", None)

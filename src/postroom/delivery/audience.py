@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from postroom.domain.models import Recipient
 from postroom.errors import InputError
 
-__all__ = ["Filter", "matcher", "parse_filter"]
+__all__ = ["COLUMNS", "Filter", "matcher", "parse_filter"]
+
+COLUMNS = ("email", "first_name", "last_name", "email_format", "opted_out")
 
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(!=|=|~)\s*(.*?)\s*$", re.S)
 
@@ -36,7 +38,7 @@ class Filter:
 def _value(recipient: Recipient, field: str) -> str:
     if field == "opted_out":
         return "true" if recipient.opted_out else "false"
-    if field in ("email", "first_name", "last_name", "email_format"):
+    if field in COLUMNS:
         return str(getattr(recipient, field))
     return str(recipient.fields.get(field, ""))
 
@@ -46,6 +48,9 @@ def parse_filter(text: str) -> Filter:
     if match is None:
         raise InputError(f"filter {text!r}: expected FIELD=VALUE, FIELD!=VALUE or FIELD~TEXT")
     field, op, value = match.groups()
+    if value[:1] in ("=", "~") or (op == "~" and value[:1] == "="):
+        raise InputError(f"filter {text!r}: {op + value[0]!r} is not an operator; use "
+                         f"{field}=VALUE, {field}!=VALUE or {field}~TEXT")
     return Filter(field, op, value)
 
 

@@ -13,9 +13,20 @@ from email_validator import EmailNotValidError, validate_email
 
 from postroom.errors import InputError
 
-__all__ = ["WireAddress", "normalize_address", "split_mailbox", "wire_address"]
+__all__ = ["WireAddress", "allow_test_domains", "normalize_address", "split_mailbox",
+           "wire_address"]
 
 _QUOTED_PAIR = re.compile(r"\\(.)")
+# email-validator's test environment: addresses in the special-use domain `test` (RFC 6761)
+# are accepted. Process-wide, as email-validator's own switch is; set from the settings
+# (`allow_test_domains`) by `wiring.build()` and when the settings are read (ADR 0018).
+_test_environment = False
+
+
+def allow_test_domains(allowed: bool) -> None:
+    """Accept (or refuse again) addresses in `.test`, for test environments."""
+    global _test_environment
+    _test_environment = allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +37,14 @@ class WireAddress:
 
 def _validate(address: str) -> object:
     try:
-        return validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True)
+        return validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True,
+                              test_environment=_test_environment)
     except EmailNotValidError as exc:
-        raise InputError(str(exc)) from None
+        domain = address.strip().rpartition("@")[2].rstrip(".").lower()
+        hint = (" (a test environment may accept .test addresses: the allow_test_domains "
+                "setting)" if not _test_environment and
+                (domain == "test" or domain.endswith(".test")) else "")
+        raise InputError(f"{exc}{hint}") from None
 
 
 def normalize_address(address: str) -> str:

@@ -59,6 +59,7 @@ class Template:
     name: str
     builtin: bool
     properties: Properties
+    updated_at: datetime | None = None  # the last change (deliveries made before keep a copy)
 
 
 @dataclass(frozen=True, slots=True)

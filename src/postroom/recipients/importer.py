@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +53,11 @@ def import_csv(
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import `path`; good rows go in, bad rows are reported with their line and reason."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise InputError(f"--encoding {encoding!r}: not a character encoding Python knows "
+                         "(for example utf-8, latin-1, cp1252, shift_jis)") from None
     report = ImportReport()
     batch: list[RecipientRow] = []
 

@@ -274,13 +274,13 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
         if row is None:
             raise NotFoundError(f"no template named {name!r} (see `postroom templates list`)")
         return Template(row.id, row.name, bool(row.builtin),
-                        Properties.model_validate(row.properties))
+                        Properties.model_validate(row.properties), row.updated_at)
 
     def list_templates(self) -> list[Template]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(templates).order_by(templates.c.name)).all()
-        return [Template(r.id, r.name, bool(r.builtin), Properties.model_validate(r.properties))
-                for r in rows]
+        return [Template(r.id, r.name, bool(r.builtin), Properties.model_validate(r.properties),
+                         r.updated_at) for r in rows]
 
     def update_template(self, name: str, props: Properties, now: datetime) -> Template:
         self._writable(name)

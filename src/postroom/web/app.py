@@ -1,4 +1,4 @@
-"""Postroom's web server: mirror pages and one-click unsubscribe (RFC 8058).
+"""Postroom's web server: mirror pages, one-click unsubscribe (RFC 8058), health and metrics.
 
 Built explicitly from a list of routes around one Postroom instance; no global state. Handlers
 are plain functions (Starlette runs them in its thread pool, since the store is synchronous).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,6 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from postroom.service import Postroom
+from postroom.web.metrics import metrics_registry, render_metrics
 
 __all__ = ["create_app"]
 
@@ -78,9 +81,20 @@ def create_app(postroom: Postroom) -> Starlette:
         result = postroom.health()
         return JSONResponse(result.to_json(), status_code=200 if result.ok else 503)
 
+    registry = metrics_registry(postroom)
+
+    def metrics(request: Request) -> Response:
+        try:
+            body = render_metrics(registry)
+        except SQLAlchemyError as exc:
+            return PlainTextResponse(f"database unreachable: {type(exc).__name__}\n",
+                                     status_code=503)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(routes=[
         Route("/m/{token}", mirror, methods=["GET"]),
         Route("/u/{token}", confirm, methods=["GET"]),
         Route("/u/{token}", unsubscribe, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ])
