@@ -40,6 +40,7 @@ from postroom.bounces._mime import (
 )
 from postroom.bounces._text import (
     enhanced_status,
+    field_address,
     smtp_stage,
     split_original,
     strip_address,
@@ -169,11 +170,11 @@ def _recipient_of(group: dict[str, str]) -> str | None:
     """Original-Recipient when the reporting MTA rewrote the address (an alias, a forward):
     that is the address Postroom sent to and can attribute. Otherwise Final-Recipient, as
     spelled there."""
-    final = strip_address(group.get("final-recipient", ""))
-    original = strip_address(group.get("original-recipient", ""))
+    final = field_address(group.get("final-recipient", ""))
+    original = field_address(group.get("original-recipient", ""))
     if original and (final is None or _bare(original) != _bare(final)):
         return original
-    return final or strip_address(group.get("x-actual-recipient", ""))
+    return final or field_address(group.get("x-actual-recipient", ""))
 
 
 def _bare(address: str) -> str:
