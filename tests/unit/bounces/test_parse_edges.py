@@ -264,3 +264,28 @@ def test_the_last_guard_returns_an_empty_unknown(monkeypatch: pytest.MonkeyPatch
     assert parse_bounce(b"From: a@example.org\n\nx\n") == ParsedBounce(
         BounceKind.UNKNOWN, (), None, (), None, "", "")
 
+
+
+def test_dsn_fields_before_final_recipient_belong_to_its_group() -> None:
+    """Exim writes `Action:` before `Final-Recipient:`; RFC 3464 sets no order in a group."""
+    parsed = parse_bounce(dsn("Reporting-MTA: dns; exim.test\n\n"
+                              "Action: delayed\nFinal-Recipient: rfc822;ann@example.org\n"
+                              "Status: 4.0.0\nDiagnostic-Code: smtp; 450 4.2.0 Greylisted\n\n"
+                              "Action: failed\nFinal-Recipient: rfc822;bob@example.org\n"
+                              "Status: 5.0.0\n"))
+    assert [(r.recipient, r.action, r.status) for r in parsed.recipients] == [
+        ("ann@example.org", "delayed", "4.0.0"), ("bob@example.org", "failed", "5.0.0")]
+    only_delayed = parse_bounce(dsn("Action: delayed\nFinal-Recipient: rfc822;ann@example.org\n"
+                                    "Status: 4.0.0\n"))
+    assert only_delayed.kind is BounceKind.DELAY
+
+
+def test_a_multiline_smtp_reply_in_the_diagnostic_reads_as_one_sentence() -> None:
+    parsed = parse_bounce(dsn(
+        "Diagnostic-Code: smtp; 550-Please turn on SMTP Authentication in your mail client.\n"
+        "550-mx.example.org [192.0.2.1]:25 is not permitted to\n"
+        "550 relay through this server without authentication.\n"
+        "Status: 5.0.0\nAction: failed\nFinal-Recipient: rfc822; ann@example.org\n"))
+    assert parsed.recipients[0].diagnostic == (
+        "550-Please turn on SMTP Authentication in your mail client. mx.example.org "
+        "[192.0.2.1]:25 is not permitted to relay through this server without authentication.")
