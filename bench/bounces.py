@@ -184,6 +184,11 @@ def _holdout_section(holdouts: list[Holdout], flufl: dict[str, Score] | None) ->
         "",
         *_holdout_lines(holdouts, flufl),
         "",
+        f"Issue 15's targets, held out: type agreement >= 93% (measured "
+        f"{_pct(total.type_agreement)}: {'met' if total.type_agreement >= 0.93 else 'not met'}),"
+        f" recipient extraction >= 98% (measured {_pct(total.extraction)}: "
+        f"{'met' if total.extraction >= 0.98 else 'not met'}).",
+        "",
         "Confusion matrix of types, all families held out (rows: label, columns: Postroom):",
         "",
         *_confusion_lines(total),

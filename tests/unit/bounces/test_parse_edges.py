@@ -27,12 +27,14 @@ def test_ses_bounce_fields() -> None:
             {"emailAddress": "hal@example.org", "action": "Failed", "status": "5.1.1",
              "diagnosticCode": "smtp; 550 5.1.1 user unknown"},
             {"emailAddress": "ida@example.org"},
+            {"emailAddress": "jan@example.org", "action": "Delayed", "status": "4.4.1"},
             {"status": "5.0.0"},
             "not an object"]}})
     assert parsed.kind is BounceKind.DSN
     assert parsed.recipients == (
         BouncedRecipient("hal@example.org", "5.1.1", "failed", "550 5.1.1 user unknown", None),
         BouncedRecipient("ida@example.org", None, "failed", "General", None),
+        BouncedRecipient("jan@example.org", "4.4.1", "delayed", "General", None),
         BouncedRecipient(None, "5.0.0", "failed", "General", None),
     )
 
@@ -207,7 +209,9 @@ def test_dsn_field_defaults() -> None:
     actual = parse_bounce(dsn("Original-Recipient: rfc822; nobody\n"
                               "X-Actual-Recipient: rfc822; ann@example.org\nAction: failed\n"
                               "Status: 5.1.1\n"))
-    assert [r.recipient for r in actual.recipients] == ["ann@example.org"]
+    assert actual.kind is BounceKind.DSN
+    assert [(r.recipient, r.status) for r in actual.recipients] == [("ann@example.org",
+                                                                      "5.1.1")]
     forwarded = parse_bounce(dsn('Final-Recipient: rfc822; "Ann"@example.org\n'
                                  "Original-Recipient: rfc822; ANN@example.org\n"
                                  "Action: failed\nStatus: 5.1.1\n"))
@@ -218,7 +222,9 @@ def test_dsn_groups_without_a_recipient_are_skipped_not_the_end() -> None:
     parsed = parse_bounce(dsn("Final-Recipient: rfc822; nobody\nAction: failed\n\n"
                               "Final-Recipient: rfc822; ann@example.org\nAction: failed\n"
                               "Status: 5.1.1\n"))
-    assert [r.recipient for r in parsed.recipients] == ["ann@example.org"]
+    assert parsed.kind is BounceKind.DSN
+    assert [(r.recipient, r.status) for r in parsed.recipients] == [("ann@example.org",
+                                                                      "5.1.1")]
 
 
 def test_dsn_original_recipient_starts_a_group() -> None:
@@ -245,7 +251,7 @@ def test_dsn_fields_inline_in_a_text_part() -> None:
     text = ("From: MAILER-DAEMON@mx.example.org\nSubject: Delivery failure\n\n"
             "Your message could not be delivered.\nReporting-MTA: dns; mx.example.org\n\n"
             "Final-Recipient: rfc822; ann@example.org\nAction: failed\nStatus: 5.1.1\n"
-            "Diagnostic-Code: smtp; 550 5.1.1 unknown\n")
+            "Diagnostic-Code: smtp; 550 5.1.1 unknown\n\nThe mail system\n\nRegards\n")
     parsed = parse_bounce(text.encode())
     assert parsed.kind is BounceKind.DSN
     assert parsed.recipients == (
@@ -289,3 +295,26 @@ def test_a_multiline_smtp_reply_in_the_diagnostic_reads_as_one_sentence() -> Non
     assert parsed.recipients[0].diagnostic == (
         "550-Please turn on SMTP Authentication in your mail client. mx.example.org "
         "[192.0.2.1]:25 is not permitted to relay through this server without authentication.")
+
+
+def test_a_report_with_no_recipient_field_is_still_a_bounce() -> None:
+    """The message said it is a delivery report: even in plain words, it is read as one."""
+    data = dsn("Reporting-MTA: dns; mx.example.org\n", human="Hello there.")
+    data = data.replace(b"Subject: Undelivered Mail Returned to Sender", b"Subject: Hello")
+    data = data.replace(b"MAILER-DAEMON@mx.example.org (Mail Delivery System)",
+                        b"friend@example.net")
+    parsed = parse_bounce(data)
+    assert parsed.kind is BounceKind.HEURISTIC
+    assert [r.recipient for r in parsed.recipients] == ["ann@example.org"]
+
+
+def test_ses_json_with_raw_control_characters_and_trailing_text() -> None:
+    inner = ('{"notificationType": "Bounce", "bounce": {"bouncedRecipients": [{"emailAddress":'
+             ' "a@example.org", "status": "5.1.1", "diagnosticCode": "smtp; 550\t5.1.1 no"}]}}')
+    wrapped = parse_bounce(("From: no-reply@sns.amazonaws.com\nSubject: AWS Notification\n\n"
+                            + json.dumps({"Message": inner}) + "--\n").encode())
+    assert wrapped.recipients == (
+        BouncedRecipient("a@example.org", "5.1.1", "failed", "550\t5.1.1 no", None),)
+    plain = parse_bounce(("From: no-reply@sns.amazonaws.com\nSubject: AWS Notification\n\n"
+                          + inner + "--\n").encode())
+    assert plain.recipients == wrapped.recipients

@@ -31,9 +31,10 @@ UNDECIDED = Rule("undecided", re.compile("nyaan", re.I), None, U, R.UNDEFINED,
 
 
 def test_every_default_rule_has_an_id_and_a_description() -> None:
-    assert all(isinstance(rule.id, str) and rule.id for rule in RULES)
-    assert all(isinstance(rule.description, str) and rule.description for rule in RULES)
-    assert len({rule.id for rule in RULES}) == len(RULES)
+    rules = default_rules()
+    assert all(isinstance(rule.id, str) and rule.id for rule in rules)
+    assert all(isinstance(rule.description, str) and rule.description for rule in rules)
+    assert len({rule.id for rule in rules}) == len(rules)
 
 
 def test_a_rule_with_neither_pattern_nor_status_never_matches() -> None:
