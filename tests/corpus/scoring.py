@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class Label:
     recipients: frozenset[str]  # lower-cased recipient and alternatives; empty: none given
     failure_type: str
     reason: int
+    engine: str = ""  # the MTA or provider that wrote the bounce (the corpus's `engine`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class Score:
     failure_agreed: int = 0
     errors: int = 0  # files on which the parser raised
     misses: list[str] = field(default_factory=list)
+    # (labelled type, predicted type or "nothing") -> rows: the confusion matrix of types
+    confusion: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def extraction(self) -> float:
@@ -97,7 +101,7 @@ def read_labels(corpus: Path, labels: Path | None = None) -> dict[Path, list[Lab
                 rows.setdefault(email, []).append(Label(
                     row["file"], int(row["index"]),
                     frozenset(n.strip().lower() for n in names if n.strip()),
-                    row["postroom_type"], int(row["postroom_reason"])))
+                    row["postroom_type"], int(row["postroom_reason"]), row.get("engine", "")))
     return rows
 
 
@@ -139,6 +143,8 @@ def score(rows: dict[Path, list[Label]],
                     result.misses.append(f"{label.file}#{label.index}: recipient not found")
             prediction = _for_row(label, predictions)
             agreed = prediction is not None and prediction.failure_type == label.failure_type
+            result.confusion[(label.failure_type,
+                              prediction.failure_type if prediction else "nothing")] += 1
             if label.failure_type in ("hard", "soft"):
                 result.failure_rows += 1
                 result.failure_agreed += agreed

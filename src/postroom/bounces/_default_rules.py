@@ -124,7 +124,12 @@ DEFAULT_RULES: tuple[Spec, ...] = (
      r"|couldn'?t find (?:any host|a mail exchanger)|name service error|dns error|bad"
      r" destination (?:system|mailbox) address|indicated no smtp service|invalid domain|domain"
      r" (?:is )?not (?:configured|valid|available)|(?:host|domain) name lookup failed"
-     r"|(?<![@\w.-])(?:[a-z0-9-]+\.)+[a-z]{2,}\.? does not exist", None),
+     r"|(?<![@\w.-])(?:[a-z0-9-]+\.)+[a-z]{2,}\.? does not exist"
+     # the resolver's own words for NXDOMAIN (getaddrinfo's EAI_NONAME, DNS rcode names)
+     r"|unable to look up host|name or service not known|\bnxdomain\b", None),
+    ("greylisted", S, R.REFUSED,
+     "greylisting: the receiver defers a first attempt by policy and waits for a retry",
+     r"gr[ae]y-?list", None),
     ("no-relaying", S, R.REFUSED, "the server refused to relay",
      r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed)|prohibited)|not permitted"
      r" to relay|unable to relay|(?:we do not|cannot|can'?t|will not) relay|no relaying"
@@ -197,6 +202,8 @@ DEFAULT_RULES: tuple[Spec, ...] = (
      None, "x.1.3"),
     ("status-host-unknown", S, R.INVALID_DOMAIN, "x.1.2: bad destination system address",
      None, "x.1.2"),
+    ("status-null-mx", S, R.INVALID_DOMAIN, "x.1.10: the domain publishes a null MX (RFC 7505)",
+     None, "x.1.10"),
     ("status-sender", S, R.REFUSED, "x.1.7: bad sender's mailbox address", None,
      "x.1.7"),
     ("status-sender-domain", S, R.REFUSED, "x.1.8: bad sender's system address", None,
@@ -209,6 +216,8 @@ DEFAULT_RULES: tuple[Spec, ...] = (
      "x.3.4"),
     ("status-system", S, R.UNREACHABLE, "x.3.x: mail system fault", None, "x.3."),
     ("status-expired", S, R.UNREACHABLE, "x.4.7: delivery time expired", None, "x.4.7"),
+    ("status-no-route", S, R.INVALID_DOMAIN,
+     "5.4.4: unable to route, permanently (the domain has no address or MX)", None, "5.4.4"),
     ("status-network", S, R.UNREACHABLE, "x.4.x: network or routing fault", None, "x.4."),
     ("status-protocol", S, R.REFUSED, "x.5.x: protocol or syntax refusal", None, "x.5."),
     ("status-content", S, R.REFUSED, "x.6.x: content or media refused", None, "x.6."),

@@ -144,8 +144,13 @@ def _fields_text(part: Message) -> str:
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*:\s?(.*)$")
 
 
+# A further line of a multi-line SMTP reply pasted unfolded into a field (`550-text`, `550 text`)
+_REPLY_LINE = re.compile(r"^[2-5]\d\d[ -](.*)$")
+
+
 def field_blocks(text: str) -> list[list[tuple[str, str]]]:
-    """Blocks of `Name: value` fields separated by blank lines, continuation lines unfolded.
+    """Blocks of `Name: value` fields separated by blank lines, continuation lines unfolded
+    (also a multi-line SMTP reply whose further lines are not indented).
 
     Field names are lower-cased. Lines that are neither fields nor continuations are dropped:
     MTAs put comments and stray text in these parts.
@@ -163,6 +168,8 @@ def field_blocks(text: str) -> list[list[tuple[str, str]]]:
             close()
         elif line[0] in " \t" and current:
             current[-1][1].append(line.strip())
+        elif current and (reply := _REPLY_LINE.match(line)):
+            current[-1][1].append(reply.group(1).strip())  # "550-..." lines of one reply
         elif match := _FIELD.match(line):
             current.append((match.group(1).lower(), [match.group(2).strip()]))
     close()

@@ -17,6 +17,7 @@ __all__ = [
     "ADDRESS",
     "clean_address",
     "enhanced_status",
+    "field_address",
     "find_addresses",
     "smtp_stage",
     "split_original",
@@ -65,6 +66,24 @@ def strip_address(value: str) -> str | None:
     if match is None:
         return None
     return clean_address(match.group(0))
+
+
+# A DSN field names one address and nothing else, so a single-label domain (`user@localhost`,
+# a local Postfix's own recipients) or an address literal (`user@[192.0.2.1]`) is an address
+# there, where in prose it would be too loose to trust.
+_FIELD_ADDRESS = re.compile(
+    rf"(?<![\w.@/=-]){_LOCAL}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,62}}[A-Za-z0-9])?"
+    rf"|\[[0-9A-Fa-f.:]{{2,45}}\])(?![\w.-])")
+
+
+def field_address(value: str) -> str | None:
+    """The address of a DSN recipient field (`rfc822; user@localhost` → `user@localhost`): any
+    address `strip_address` finds, else one at a dotless domain or an address literal."""
+    found = strip_address(value)
+    if found is not None:
+        return found
+    match = _FIELD_ADDRESS.search(value)
+    return clean_address(match.group(0)) if match is not None else None
 
 
 def clean_address(address: str) -> str:

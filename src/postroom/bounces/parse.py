@@ -40,6 +40,7 @@ from postroom.bounces._mime import (
 )
 from postroom.bounces._text import (
     enhanced_status,
+    field_address,
     smtp_stage,
     split_original,
     strip_address,
@@ -150,17 +151,21 @@ def _kind_of(actions: list[str]) -> BounceKind:
 def _recipient_groups(blocks: list[list[tuple[str, str]]]) -> list[dict[str, str]]:
     """Per-recipient field groups: a new group starts with each block that names a recipient,
     and again when a block names a second one, so DSNs that forget the blank line between
-    recipients still split right."""
+    recipients still split right. Fields a block gives before its first recipient field
+    (Exim writes `Action:` first) belong to that recipient's group."""
     groups: list[dict[str, str]] = []
     for block in blocks:
         current: dict[str, str] | None = None
+        leading: dict[str, str] = {}
         for name, value in block:
             starts = name in ("final-recipient", "original-recipient") and (
                 current is None or name in current)
             if starts:
-                current = {}
+                current = dict(leading) if current is None else {}
                 groups.append(current)
-            if current is not None and name not in current:
+            if current is None:
+                leading.setdefault(name, value)
+            elif name not in current:
                 current[name] = value
     return groups
 
@@ -169,11 +174,11 @@ def _recipient_of(group: dict[str, str]) -> str | None:
     """Original-Recipient when the reporting MTA rewrote the address (an alias, a forward):
     that is the address Postroom sent to and can attribute. Otherwise Final-Recipient, as
     spelled there."""
-    final = strip_address(group.get("final-recipient", ""))
-    original = strip_address(group.get("original-recipient", ""))
+    final = field_address(group.get("final-recipient", ""))
+    original = field_address(group.get("original-recipient", ""))
     if original and (final is None or _bare(original) != _bare(final)):
         return original
-    return final or strip_address(group.get("x-actual-recipient", ""))
+    return final or field_address(group.get("x-actual-recipient", ""))
 
 
 def _bare(address: str) -> str:

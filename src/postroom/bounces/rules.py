@@ -102,9 +102,15 @@ def default_rules() -> tuple[Rule, ...]:
     return tuple(_rule(*spec) for spec in DEFAULT_RULES)
 
 
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
 def _effective_status(status: str | None, text: str) -> str | None:
     """The status to match: a generic one (x.0.0, or none) gives way to a more specific
-    enhanced code of the same class quoted in the text (`550 5.1.1 ...`)."""
+    enhanced code of the same class quoted in the text (`550 5.1.1 ...`). A status that is not
+    an RFC 3463 code (`9.1.1`, `5.1`) is no evidence: the text decides."""
+    if status is not None and _STATUS.fullmatch(status.strip()) is None:
+        status = None
     if status is not None and not status.endswith(".0.0"):
         return status
     quoted = enhanced_status(text)

@@ -349,3 +349,32 @@ def test_bounce_shapes_of_mtas_outside_the_corpus(
     assert [(r.recipient, r.status) for r in parsed.recipients] == [(recipient, status)]
     [(_, qualification)] = qualify_bounce(default_rules(), parsed)
     assert (qualification.failure_type, qualification.reason) == verdict
+
+
+def test_dsn_recipient_at_a_dotless_domain_is_read_from_the_report() -> None:
+    """A standard Postfix DSN for a local user (`nosuchuser@localhost`): the delivery-status
+    part is used, its status too; a dotless domain is still the address the report is about."""
+    parsed = parse_bounce(dsn(
+        "Reporting-MTA: dns; localhost\n"
+        "\n"
+        "Final-Recipient: rfc822; nosuchuser@localhost\n"
+        "Original-Recipient: rfc822;nosuchuser@localhost\n"
+        "Action: failed\n"
+        "Status: 5.1.1\n"
+        "Diagnostic-Code: X-Postfix; unknown user: \"nosuchuser\"\n",
+        human="<nosuchuser@localhost>: unknown user: \"nosuchuser\""))
+    assert parsed.kind is BounceKind.DSN
+    assert [(r.recipient, r.status, r.action) for r in parsed.recipients] == [
+        ("nosuchuser@localhost", "5.1.1", "failed")]
+    ((_, verdict),) = qualify_bounce(default_rules(), parsed)
+    assert (verdict.failure_type, verdict.reason) == (FailureType.HARD,
+                                                      FailureReason.USER_UNKNOWN)
+
+
+def test_dsn_field_values_that_are_not_addresses_name_no_recipient() -> None:
+    parsed = parse_bounce(dsn(
+        "Final-Recipient: rfc822; nobody\n"
+        "Action: failed\n"
+        "Status: 5.1.1\n",
+        human="<ann@example.org>: unknown user"))
+    assert [r.recipient for r in parsed.recipients] == ["ann@example.org"]

@@ -53,6 +53,8 @@ SAMPLES: dict[str, tuple[str | None, str]] = {
     "office365-directory": ("5.4.1", "550 5.4.1 Recipient address rejected: Access denied. "
                                      "AS(201806281) [BN8NAM12FT061.eop-nam12.prod.outlook.com]"),
     "host-unknown": (None, "Sorry, I couldn't find any host named nowhere.example. (#5.1.2)"),
+    "greylisted": ("4.2.0", "450 4.2.0 <ann@example.org>: Recipient address rejected: "
+                            "Greylisted, see http://postgrey.schweikert.ch/help/example.org.html"),
     "no-relaying": ("5.7.1", "554 5.7.1 <ann@example.org>: Relay access denied"),
     "blocklisted": ("5.7.1", "554 5.7.1 Service unavailable; Client host [192.0.2.10] blocked "
                              "using zen.spamhaus.org"),
@@ -77,6 +79,8 @@ SAMPLES: dict[str, tuple[str | None, str]] = {
     "status-address": ("5.1.0", "550 #5.1.0 Address rejected."),
     "status-bad-address": ("5.1.3", "553 5.1.3 Address contains illegal characters"),
     "status-host-unknown": ("5.1.2", "550 5.1.2 Cannot route to the recipient's system"),
+    "status-null-mx": ("5.1.10", "556 5.1.10 Recipient address rejected"),
+    "status-no-route": ("5.4.4", "550 5.4.4 Unable to route"),
     "status-sender": ("5.1.7", "553 5.1.7 Bad sender's mailbox address syntax"),
     "status-sender-domain": ("5.1.8", "501 5.1.8 Bad sender's system address"),
     "status-disabled": ("5.2.1", "550 5.2.1 Mailbox cannot be used"),
@@ -245,3 +249,46 @@ def test_smtp_reply_rules_and_edges() -> None:
     custom = (Rule("mine", re.compile("nyaan", re.I), None, IGN, R.ERROR_IGNORED, "allow"),)
     assert qualify_smtp_reply(550, "Nyaan", custom) == Qualification(IGN, R.ERROR_IGNORED,
                                                                       "mine")
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        # RFC 3463 and the IANA registry, subject and detail: what each says about the address
+        ("5.1.1", (H, R.USER_UNKNOWN)), ("5.1.10", (S, R.INVALID_DOMAIN)),
+        ("5.1.2", (S, R.INVALID_DOMAIN)), ("5.4.4", (S, R.INVALID_DOMAIN)),
+        ("4.4.4", (S, R.UNREACHABLE)), ("5.2.2", (S, R.MAILBOX_FULL)),
+        ("5.2.1", (S, R.ACCOUNT_DISABLED)), ("4.4.7", (S, R.UNREACHABLE)),
+        ("5.3.4", (S, R.REFUSED)), ("5.7.1", (S, R.REFUSED)), ("4.0.0", (S, R.UNREACHABLE)),
+        ("5.0.0", (U, R.UNDEFINED)),
+    ],
+)
+def test_status_registry_without_text(status: str, expected: tuple[FailureType, R]) -> None:
+    verdict = qualify(RULES, status=status, text="")
+    assert (verdict.failure_type, verdict.reason) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "unable to look up host no-such-host.test: Name or service not known",
+        "Host or domain name not found. Name service error for name=nowhere.test type=MX",
+        "DNS Error: DNS type 'mx' lookup of nowhere.test responded with code NXDOMAIN",
+    ],
+)
+def test_host_unknown_phrases(text: str) -> None:
+    verdict = qualify(RULES, status="5.0.0", text=text)
+    assert (verdict.failure_type, verdict.reason, verdict.rule_id) == (
+        S, R.INVALID_DOMAIN, "host-unknown")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["450 4.2.0 Recipient address rejected: Greylisted, see http://postgrey.example/",
+     "451 4.7.1 Greylisting in action, please come back later",
+     "421 4.7.0 graylisted, try again in 5 minutes"],
+)
+def test_greylisting_phrases(text: str) -> None:
+    verdict = qualify(RULES, status="4.0.0", text=text)
+    assert (verdict.failure_type, verdict.reason, verdict.rule_id) == (S, R.REFUSED,
+                                                                       "greylisted")
