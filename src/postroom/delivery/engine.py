@@ -268,7 +268,7 @@ class Engine:
                         conn, used = RoutedConnection(lane.route, self._connect), 0
                     while self._shaper.may_reuse(lane.domain, used):
                         limit = self._shaper.limits(lane.domain).messages_per_connection
-                        batch = lanes.take(lane, min(self._pipeline, limit - used))
+                        batch = lanes.take(lane, min(self._share, limit - used))
                         if not batch:
                             break
                         batch = await self._paced(lanes, lane, batch, summary)
@@ -347,8 +347,16 @@ class Engine:
 
     @property
     def _lane_capacity(self) -> int:
-        """Messages queued for the connections at most: four per connection."""
-        return self._sending.connections * 4
+        """Messages queued for the connections at most: four per connection (one pipelined
+        batch at least)."""
+        return max(self._sending.connections * 4, self._pipeline)
+
+    @property
+    def _share(self) -> int:
+        """Messages one connection takes at a time: its share of the queue, so that every
+        connection has work when the queue is full (one taking a whole pipeline's worth left
+        three of four connections idle on a single-domain audience)."""
+        return min(self._pipeline, max(1, self._lane_capacity // self._sending.connections))
 
     def _sending_allowed(self, delivery_id: int, *, force: bool = False) -> bool:
         """Whether to go on: not halted, and the delivery still `sending` (re-read every 0.5 s)."""
