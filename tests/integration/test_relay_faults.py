@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trustme
+from pydantic import SecretStr
 
-from postroom.settings import load_settings
+from postroom.domain.outcomes import Fault
+from postroom.settings import SmtpRelay, load_settings
 from postroom.testing.smtp_server import CaptureServer
+from postroom.transport.pipelined import PipelinedConnection
+from postroom.transport.smtp import SmtpConnection
 from postroom.web.app import create_app
 from postroom.wiring import build
 from tests.integration.test_cli import ARCHIVE, Cli
@@ -183,3 +188,54 @@ def test_an_archive_outage_is_named_in_send_archive_status_and_health(
     assert len(archive.messages) == 30 and {m.rcpt_tos for m in archive.messages} == {
         (ARCHIVE,)}
     assert _health(cli)[0] == 0
+
+
+def test_a_tls_failure_is_named_and_burns_no_attempt(
+        tmp_path: Path, capture: Callable[..., CaptureServer]) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    relay = capture(tls_context=context)  # a certificate our default trust store refuses
+    cli = Cli(tmp_path, relay.port, bcc=None)
+    cli.config.write_text(cli.config.read_text().replace(
+        "timeout_seconds = 5\n", 'timeout_seconds = 5\ntls = "starttls"\n'))
+    delivery = _delivery(cli, 5)
+
+    sent = cli.run("deliveries", "send", delivery, ok=False)
+    assert sent.returncode == 1
+    assert "TLS with the relay failed" in sent.stdout and "CERTIFICATE" in sent.stdout.upper()
+    assert all(log["attempts"] == 0 for log in _logs(cli, delivery))
+    assert relay.messages == []
+
+
+@pytest.mark.parametrize("kind", ["pipelined", "aiosmtplib"])
+def test_each_client_tells_why_no_session_could_be_opened(
+        kind: str, capture: Callable[..., CaptureServer], tmp_path: Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    secure = capture(tls_context=context, credentials=("mailer", "correct horse"))
+    port = _down(capture)
+    client = PipelinedConnection if kind == "pipelined" else SmtpConnection
+
+    def fault(**relay: Any) -> Fault | None:
+        async def go() -> Fault | None:
+            connection = client(SmtpRelay.model_validate({"timeout_seconds": 5, **relay}),
+                                helo_name="localhost")
+            try:
+                return (await connection.send("a@example.com", "b@example.com",
+                                              b"Subject: x\r\n\r\nx\r\n")).fault
+            finally:
+                await connection.close()
+
+        return asyncio.run(go())
+
+    tls = {"host": "127.0.0.1", "port": secure.port, "tls": "starttls"}
+    assert fault(host="127.0.0.1", port=port) is Fault.CONNECT
+    assert fault(**tls) is Fault.TLS  # the certificate is not trusted
+    assert fault(**tls, ca_file=ca_file, username="mailer",
+                 password=SecretStr("wrong")) is Fault.AUTH
+    assert fault(**tls, ca_file=ca_file, username="mailer",
+                 password=SecretStr("correct horse")) is None
+    assert len(secure.messages) == 1
