@@ -45,7 +45,7 @@ from postroom.domain.models import (
     Recipient,
     Template,
 )
-from postroom.domain.outcomes import FailureReason, Outcome, Verdict
+from postroom.domain.outcomes import RELAY_FAULT, FailureReason, Outcome, Verdict
 from postroom.domain.properties import Properties, parse_properties
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import InputError, NotFoundError, StateError, TemplateError
@@ -146,6 +146,7 @@ class Report:
     throughput: float | None  # messages sent per second, first to last acceptance
     doubt: DoubtCounts
     slowdowns: list[dict[str, Any]]  # domains slowed down for their temporary failures
+    relay_waiting: tuple[int, str] = (0, "")  # messages held by a relay fault, the latest
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -162,6 +163,8 @@ class Report:
             "throughput_per_second": self.throughput,
             "archive": self.archive,
             "slowed_domains": self.slowdowns,
+            "relay_fault": {"messages_waiting": self.relay_waiting[0],
+                            "detail": self.relay_waiting[1]} if self.relay_waiting[0] else None,
             "in_doubt": {"logs": self.doubt.logs, "events": self.doubt.events,
                          "review": self.doubt.review, "archive_copies": self.doubt.archive},
             "last_error": d.last_error,
@@ -314,14 +317,18 @@ class Postroom:
 
     def send(self, delivery_id: int, *, progress: Callable[[int], None] | None = None,
              on_analyzed: Callable[[AnalysisReport], None] | None = None,
-             halt: asyncio.Event | None = None) -> RunSummary:
+             halt: asyncio.Event | None = None, abort: asyncio.Event | None = None,
+             on_signal: Callable[[bool], None] | None = None) -> RunSummary:
         """Send a delivery: analyze first if needed, then send what is due.
 
         Runs in this process (no worker needed); it registers as a sender like a worker does.
+        Given `halt`, SIGINT and SIGTERM set it (in-flight messages finish); a second one sets
+        `abort` (stop at once); `on_signal(first)` hears each.
         """
         self.start(delivery_id, on_analyzed=on_analyzed)
-        sending = self._send(delivery_id, progress, halt)
-        return asyncio.run(sending if halt is None else halting_on_signals(halt, sending))
+        sending = self._send(delivery_id, progress, halt, abort)
+        return asyncio.run(sending if halt is None else halting_on_signals(
+            halt, sending, abort=abort, notify=on_signal))
 
     def start(self, delivery_id: int, *,
               on_analyzed: Callable[[AnalysisReport], None] | None = None) -> Delivery:
@@ -344,12 +351,13 @@ class Postroom:
         return self.store.get_delivery(delivery_id)
 
     async def _send(self, delivery_id: int, progress: Callable[[int], None] | None,
-                    halt: asyncio.Event | None) -> RunSummary:
+                    halt: asyncio.Event | None, abort: asyncio.Event | None) -> RunSummary:
         engine = self._engine()
         async with Heartbeat(self.store, engine.worker_id, kind="send", lease=self._lease,
                              clock=self.clock) as heartbeat:
             heartbeat.delivery_id = delivery_id
-            summary = await engine.run(delivery_id, progress=progress, halt=halt)
+            summary = await engine.run(delivery_id, progress=progress, halt=halt,
+                                       abort=abort)
             heartbeat.sent = summary.sent
         return summary
 
@@ -374,12 +382,24 @@ class Postroom:
                 archive.update(states)
             due = self.store.next_sending_delivery(self.clock() - self._lease)
             backlog = self._archive_backlog_problems()
+            waiting = {d.id: self.store.relay_waiting(d.id) for d in deliveries
+                       if d.state in (DeliveryState.SENDING, DeliveryState.PAUSED)}
+            archive_waiting, archive_fault = self.store.archive_relay_waiting()
         except SQLAlchemyError as exc:
             return Health(False, [f"database unreachable: {type(exc).__name__}"], [], 0, {}, {})
         sending = [d for d in deliveries if d.state is DeliveryState.SENDING]
         for d in deliveries:
-            if d.state is DeliveryState.PAUSED and d.last_error:
-                notes.append(f"delivery #{d.id} paused: {d.last_error}")
+            if d.state is DeliveryState.PAUSED and d.last_error:  # it paused itself: a fault
+                problems.append(f"delivery #{d.id} paused: {d.last_error}")
+            count, detail = waiting.get(d.id, (0, ""))
+            if count:
+                problems.append(f"delivery #{d.id}: {count} messages wait for the relay "
+                                f"({detail.removeprefix(RELAY_FAULT)}); once it is fixed: "
+                                f"`postroom deliveries retry {d.id}`")
+        if archive_waiting:
+            problems.append(f"{archive_waiting} archive copies wait for the archive relay "
+                            f"({archive_fault.removeprefix('not attempted: ')}); once it is "
+                            "fixed: `postroom archive flush`")
         if due is not None and not live:
             problems.append(f"delivery #{due} has messages due for a lease period and no "
                             "live sender: start `postroom worker`")
@@ -447,8 +467,20 @@ class Postroom:
         return self.store.move_delivery(delivery_id, DeliveryState.PAUSED, self.clock())
 
     def resume(self, delivery_id: int) -> Delivery:
-        return self.store.move_delivery(delivery_id, DeliveryState.SENDING, self.clock(),
-                                        error="")
+        """Send again; messages a relay fault held back are due at once (the fault that
+        paused the delivery was fixed, or the operator wants to see)."""
+        delivery = self.store.move_delivery(delivery_id, DeliveryState.SENDING, self.clock(),
+                                            error="")
+        self.store.retry_now(delivery_id, self.clock(), relay_only=True)
+        return delivery
+
+    def retry(self, delivery_id: int) -> int:
+        """`deliveries retry`: messages waiting for a later attempt because no connection
+        could be had (relay faults, connection faults, hourly limits) are due now; returns
+        how many. Sent, failed, cancelled and in-review logs are never touched, nor ones a
+        live sender holds, nor ones a recipient's server deferred."""
+        self.store.get_delivery(delivery_id)
+        return self.store.retry_now(delivery_id, self.clock())
 
     def stop(self, delivery_id: int) -> Delivery:
         delivery = self.store.move_delivery(delivery_id, DeliveryState.STOPPED, self.clock())
@@ -476,7 +508,8 @@ class Postroom:
         seconds = (last - first).total_seconds() if first and last else 0.0
         throughput = round(sent / seconds, 1) if seconds > 0 else None
         return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput,
-                      self.store.doubt_counts(delivery_id), self.store.slowdowns(delivery_id))
+                      self.store.doubt_counts(delivery_id), self.store.slowdowns(delivery_id),
+                      self.store.relay_waiting(delivery_id))
 
     def resend(self, delivery_id: int, *, reasons: list[int] | None = None,
                name: str | None = None) -> Delivery:

@@ -35,10 +35,11 @@ def status(
     console.print(f"Email BCC is {'on' if settings.enabled else 'off'} on this instance")
     table = Table("delivery", "pending", "archived", "failed", "latest reply")
     for row in rows:
-        recent = row["recent"]
-        latest = f"{recent[0]['state']}: {recent[0]['reply']}" if recent else ""
+        replied = [r for r in row["recent"] if r["reply"]]
+        latest = (f"{replied[0]['state']}: {replied[0]['reply']}" if replied
+                  else "pending: not attempted yet" if row["recent"] else "")
         table.add_row(str(row["delivery"]), str(row["pending"]), str(row["archived"]),
-                      str(row["failed"]), latest[:70])
+                      str(row["failed"]), latest)
     console.print(table)
 
 

@@ -9,7 +9,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from postroom.cli.common import JsonOption, console, emit_json, progress_bar, state
+from postroom.cli.common import (
+    JsonOption,
+    console,
+    emit_json,
+    err_console,
+    progress_bar,
+    state,
+)
 from postroom.delivery.analysis import AnalysisReport
 from postroom.delivery.engine import RunSummary
 from postroom.domain.models import Delivery, DeliveryLog
@@ -119,10 +126,23 @@ def analyze(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) ->
         raise typer.Exit(1)
 
 
-def _summary(summary: RunSummary) -> dict[str, Any]:
+def _summary(summary: RunSummary, pending: int) -> dict[str, Any]:
     return {"delivery": summary.delivery_id, "state": summary.state, "sent": summary.sent,
-            "failed": summary.failed, "deferred": summary.deferred,
+            "failed": summary.failed, "deferred": summary.deferred, "pending": pending,
+            "in_doubt": summary.in_doubt, "interrupted": summary.interrupted or None,
+            "relay_faults": summary.relay_faults, "relay_fault": summary.relay_fault or None,
+            "paused_reason": summary.paused_reason or None,
             "archived": summary.archived, "archive_pending": summary.archive_pending}
+
+
+def _on_signal(first: bool) -> None:
+    """Said at once, on stderr, when Ctrl-C (or SIGTERM) comes during a send."""
+    if first:
+        err_console.print("[yellow]interrupted:[/] finishing the messages on the wire and "
+                          "recording them; press Ctrl-C again to stop at once", highlight=False)
+    else:
+        err_console.print("[red]stopping at once:[/] messages on the wire are counted in doubt",
+                          highlight=False)
 
 
 def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
@@ -132,18 +152,46 @@ def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
     total = postroom.pending_count(delivery_id) if delivery.analyzed_at else None
     with progress_bar(f"sending #{delivery_id}", total, enabled=not as_json) as advance:
         summary = postroom.send(delivery_id, progress=advance, on_analyzed=on_analyzed,
-                                halt=asyncio.Event())
+                                halt=asyncio.Event(), abort=asyncio.Event(),
+                                on_signal=_on_signal)
+    pending = postroom.pending_count(delivery_id)
     if as_json:
-        emit_json(_summary(summary))
-        return
-    console.print(f"delivery #{delivery_id}: {summary.state}; sent {summary.sent}, "
-                  f"failed {summary.failed}, retry later {summary.deferred}")
+        emit_json(_summary(summary, pending))
+    else:
+        _print_summary(summary, pending)
+    if summary.interrupted:
+        raise typer.Exit(130)  # as a shell reports a process ended by Ctrl-C
+    if summary.paused_reason or (summary.relay_faults and not summary.sent):
+        raise typer.Exit(1)  # it paused itself, or the relay took nothing
+
+
+def _print_summary(summary: RunSummary, pending: int) -> None:
+    delivery_id = summary.delivery_id
+    state_text = f"interrupted ({summary.state})" if summary.interrupted else summary.state
+    console.print(f"delivery #{delivery_id}: {state_text}; sent {summary.sent}, "
+                  f"failed {summary.failed}, retry later {summary.deferred}", highlight=False)
     if summary.paused_reason:
         console.print(f"[red]{summary.paused_reason}[/]", highlight=False)
+    if summary.relay_faults:
+        console.print(f"[red]relay fault:[/] {summary.relay_fault}", highlight=False)
+        if not summary.paused_reason:
+            console.print(f"{summary.relay_faults} messages were not sent (no recipient is to "
+                          "blame; no attempt counted); they wait for the relay: once it is "
+                          f"fixed, `postroom deliveries retry {delivery_id}` makes them due "
+                          "now", highlight=False)
+    if summary.interrupted == "stopped" and summary.in_doubt:
+        console.print(f"[yellow]{summary.in_doubt} messages were on the wire when the send "
+                      "stopped: in doubt[/] (the relay may have them; they are resent or "
+                      "set aside for review as sending.in_doubt says)", highlight=False)
+    if summary.interrupted and pending:
+        console.print(f"{pending} messages not sent yet stay pending: `postroom deliveries "
+                      f"send {delivery_id}` continues", highlight=False)
     if summary.archive_pending:
-        console.print(f"[yellow]{summary.archive_pending} archive copies pending[/] "
-                      "(archive relay unreachable?): `postroom archive flush` retries them")
-    if summary.state == "sending":
+        why = f" ({summary.archive_fault})" if summary.archive_fault else ""
+        console.print(f"[yellow]{summary.archive_pending} archive copies pending[/]{why}: "
+                      "the next send or `postroom archive flush` sends them", highlight=False)
+    if summary.state == "sending" and not summary.interrupted and pending \
+            and pending > summary.relay_faults:
         console.print("some messages wait for a retry: run `postroom deliveries send "
                       f"{delivery_id}` again later")
 
@@ -152,6 +200,26 @@ def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
 def send(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Send a delivery (analyzing it first if needed)."""
     _send(ctx, delivery_id, as_json)
+
+
+@app.command("retry")
+def retry(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
+    """Make due now the messages that wait because no connection could be had (a relay
+    fault, a connection fault, a domain's hourly limit). Sent, failed and in-review messages
+    are never touched, nor ones a recipient's server deferred."""
+    postroom = state(ctx).postroom()
+    count = postroom.retry(delivery_id)
+    delivery = postroom.store.get_delivery(delivery_id)
+    if as_json:
+        emit_json({"delivery": delivery_id, "state": delivery.state, "due_now": count})
+        return
+    console.print(f"delivery #{delivery_id} ({delivery.state}): {count} messages due now",
+                  highlight=False)
+    if count and delivery.state == "paused":
+        console.print(f"it is paused: `postroom deliveries resume {delivery_id}` sends them")
+    elif count and delivery.state == "sending":
+        console.print(f"`postroom deliveries send {delivery_id}` (or a running worker) sends "
+                      "them")
 
 
 @app.command("start")
@@ -286,6 +354,11 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
                       f"relay twice ({doubt['review']} wait for review: `postroom deliveries "
                       f"review {data['delivery']}`); {doubt['archive_copies']} archive copies "
                       "may be in the archive twice", highlight=False)
+    relay = data["relay_fault"]
+    if relay:
+        console.print(f"[red]{relay['detail']}[/]: {relay['messages_waiting']} messages wait "
+                      "for the relay (not sent, no attempt counted); once it is fixed: "
+                      f"`postroom deliveries retry {data['delivery']}`", highlight=False)
     if data["last_error"]:
         console.print(f"[red]last error:[/] {data['last_error']}", highlight=False)
 

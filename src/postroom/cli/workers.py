@@ -26,6 +26,8 @@ def worker(
         if not as_json:
             err_console.print(f"delivery #{run.delivery_id}: {run.state}; sent {run.sent}, "
                               f"failed {run.failed}, retry later {run.deferred}"
+                              + (f"; {run.relay_faults} held by a relay fault: "
+                                 f"{run.relay_fault}" if run.relay_faults else "")
                               + (f" — {run.paused_reason}" if run.paused_reason else ""),
                               highlight=False)
 
@@ -34,7 +36,8 @@ def worker(
         emit_json({"worker": summary.worker_id, "sent": summary.sent,
                    "runs": [{"delivery": r.delivery_id, "state": r.state, "sent": r.sent,
                              "failed": r.failed, "deferred": r.deferred,
-                             "in_doubt": r.in_doubt} for r in summary.runs]})
+                             "in_doubt": r.in_doubt, "relay_faults": r.relay_faults,
+                             "relay_fault": r.relay_fault or None} for r in summary.runs]})
     else:
         console.print(f"worker {summary.worker_id} stopped; sent {summary.sent}")
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
-from postroom.domain.outcomes import Outcome, Verdict
+from postroom.domain.outcomes import ARCHIVE_RELAY_FAULT, Outcome, Verdict
 from postroom.transport.routed import Transport, send_all
 
 __all__ = ["ArchiveTarget", "Archiver", "Transport"]
@@ -56,6 +56,7 @@ class Archiver:
         self._batch = batch_size
         self._lease = lease
         self.archived = 0
+        self.fault = ""  # the archive relay's last fault (no session), until a copy goes
 
     def pending(self, delivery_id: int | None) -> int:
         return self._store.archive_pending(delivery_id)
@@ -100,8 +101,8 @@ class Archiver:
                     await _sleep_or(finish, 0.2)
                     continue
                 pause = await self._send_batch(transport, copies, halt)
-                if pause:
-                    await _sleep_or(finish if deadline is None else None,
+                if pause:  # woken by the end of the send, or by a halt once it ended
+                    await _sleep_or(finish if deadline is None else halt,
                                     min(pause, self._remaining(deadline, loop)))
         finally:
             await transport.close()
@@ -130,7 +131,8 @@ class Archiver:
             results, pause = self._results(group, outcomes)
             self._store.record_archive(results, self._clock())
             if pause:
-                self._give_back(copies[start + len(group):])
+                self._give_back(copies[start + len(group):],
+                                f"not attempted: {self.fault}" if self.fault else "")
                 return pause
         return 0.0
 
@@ -140,27 +142,33 @@ class Archiver:
         results: list[ArchiveResult] = []
         pause = 0.0
         for copy, outcome in zip(group, outcomes, strict=True):
+            if outcome.fault is not None and not pause:
+                self.fault = f"{ARCHIVE_RELAY_FAULT}{outcome.fault.label}: {outcome.text}"
             if pause:  # after the relay became unreachable: not really attempted
-                results.append(ArchiveResult(copy.id, ArchiveState.PENDING, "not attempted",
-                                             next_attempt_at=now, attempted=False))
+                results.append(ArchiveResult(copy.id, ArchiveState.PENDING,
+                                             f"not attempted: {self.fault}" if self.fault
+                                             else "", next_attempt_at=now, attempted=False))
             elif outcome.verdict is Verdict.SENT:
                 self.archived += 1
+                self.fault = ""
                 results.append(ArchiveResult(copy.id, ArchiveState.ARCHIVED, outcome.text))
             elif outcome.verdict is Verdict.FAILED:
                 results.append(ArchiveResult(copy.id, ArchiveState.FAILED, outcome.text))
             else:
                 wait = backoff(copy.attempts + 1, self._max_backoff)
-                results.append(ArchiveResult(copy.id, ArchiveState.PENDING, outcome.text,
+                reply = self.fault if outcome.fault is not None else outcome.text
+                results.append(ArchiveResult(copy.id, ArchiveState.PENDING, reply,
                                              next_attempt_at=now + wait,
                                              in_doubt=outcome.in_doubt))
                 if outcome.reply is None:  # the relay is unreachable: pause
                     pause = wait.total_seconds()
         return results, pause
 
-    def _give_back(self, copies: list[ArchiveCopy]) -> None:
+    def _give_back(self, copies: list[ArchiveCopy], why: str = "") -> None:
+        """Give claimed copies back unsent; `why` replaces their last reply, if given."""
         if copies:
             self._store.record_archive([ArchiveResult(
-                c.id, ArchiveState.PENDING, "not attempted", next_attempt_at=self._clock(),
+                c.id, ArchiveState.PENDING, why, next_attempt_at=self._clock(),
                 attempted=False) for c in copies], self._clock())
 
 

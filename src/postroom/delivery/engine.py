@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from postroom.delivery.lanes import Lane, Lanes
 from postroom.delivery.plan import Message, Plan
 from postroom.delivery.shaping import Shaper, Slowdown
 from postroom.domain.models import Delivery, LogUpdate, Target
-from postroom.domain.outcomes import FailureReason, Outcome, Verdict
+from postroom.domain.outcomes import RELAY_FAULT, FailureReason, Fault, Outcome, Verdict
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import ConfigError, PostroomError, StateError
 from postroom.settings import SendingSettings
@@ -47,6 +47,7 @@ class SendStore(Protocol):
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
                   lease: timedelta, *, worker: str = "") -> list[Target]: ...
     def mark_attempting(self, log_ids: list[int]) -> None: ...
+    def abandon(self, log_ids: list[int], now: datetime, *, review: bool) -> None: ...
     def review_doubtful(self, delivery_id: int, now: datetime) -> int: ...
     def record(self, updates: list[LogUpdate], now: datetime) -> None: ...
     def release(self, log_ids: list[int]) -> None: ...
@@ -70,7 +71,13 @@ class RunSummary:
     slowed: list[Slowdown] = field(default_factory=list)  # domains slowed down for their 4xx
     archived: int = 0
     archive_pending: int = 0
+    archive_fault: str = ""  # the archive relay's fault, if copies wait for it
     paused_reason: str = ""
+    relay_faults: int = 0  # messages not sent: no session with the relay could be opened
+    relay_fault: str = ""  # the last such fault
+    # "halted": a first Ctrl-C or SIGTERM, in-flight messages finished and were recorded;
+    # "stopped": a second Ctrl-C, messages on the wire were left in doubt (`in_doubt`).
+    interrupted: str = ""
 
 
 def doubtful(update: LogUpdate, outcome: Outcome, policy: str) -> LogUpdate:
@@ -115,13 +122,18 @@ class Engine:
         self._state = DeliveryState.SENDING
         self._state_read_at = 0.0
         self._halt: asyncio.Event | None = None
+        self._abort: asyncio.Event | None = None
+        self._taken: dict[int, bool] = {}  # log id → on the wire, for the messages taken
         self._faults_in_row = 0
 
     async def run(self, delivery_id: int, *, progress: Progress | None = None,
-                  halt: asyncio.Event | None = None, archive: bool = True) -> RunSummary:
+                  halt: asyncio.Event | None = None, abort: asyncio.Event | None = None,
+                  archive: bool = True) -> RunSummary:
         """Send a delivery in state `sending` until nothing is due soon, then return.
 
-        `halt` set (SIGTERM): in-flight messages finish and are recorded, the rest is released.
+        `halt` set (SIGTERM, a first Ctrl-C): in-flight messages finish and are recorded, the
+        rest is released. `abort` set (a second Ctrl-C): the run stops at once; messages on the
+        wire are counted in doubt (`doubtful` policy), the rest is released.
         `archive=False`: the caller runs the archive outbox worker itself.
         """
         delivery = self._store.get_delivery(delivery_id)
@@ -131,8 +143,9 @@ class Engine:
         if delivery.properties.email_bcc and self._archiver is None:
             raise ConfigError("the delivery asks for Email BCC but archive.enabled is off; "
                               "nothing was sent (the administrator must switch it back on)")
-        self._halt = halt
+        self._halt, self._abort = halt, abort
         self._faults_in_row = 0
+        self._taken = {}
         summary = RunSummary(delivery_id, delivery.state)
         finish = asyncio.Event()
         archiving = (asyncio.create_task(self._archiver.run(
@@ -142,12 +155,16 @@ class Engine:
         try:
             if self._clock() >= plan.valid_until:
                 self._expire(delivery_id)
-            else:
-                await self._send_all(plan, summary, progress)
+            elif await self._unless_aborted(self._send_all(plan, summary, progress)):
+                self._left_on_abort(summary)
         finally:
             finish.set()
             if archiving is not None:
-                await archiving
+                await self._unless_aborted(archiving)
+        if abort is not None and abort.is_set():
+            summary.interrupted = "stopped"
+        elif halt is not None and halt.is_set():
+            summary.interrupted = "halted"
         self._finish_if_done(delivery_id)
         current = self._store.get_delivery(delivery_id)
         summary.state = current.state
@@ -156,7 +173,37 @@ class Engine:
         if archiving is not None and self._archiver is not None:
             summary.archived = self._archiver.archived
             summary.archive_pending = self._archiver.pending(delivery_id)
+            summary.archive_fault = self._archiver.fault
         return summary
+
+    async def _unless_aborted(self, work: Awaitable[None]) -> bool:
+        """Run `work` to its end, or cancel it when `abort` is set first (True)."""
+        task = asyncio.ensure_future(work)
+        if self._abort is None:
+            await task
+            return False
+        stopper = asyncio.ensure_future(self._abort.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            return True
+        task.result()  # its exception, if it failed
+        return False
+
+    def _left_on_abort(self, summary: RunSummary) -> None:
+        """After an abort: messages on the wire are in doubt (the relay may have them), the
+        ones taken but not yet written are given back unsent."""
+        on_wire = [log_id for log_id, wire in self._taken.items() if wire]
+        self._store.release([log_id for log_id, wire in self._taken.items() if not wire])
+        self._store.abandon(on_wire, self._clock(), review=self._sending.in_doubt == "review")
+        summary.in_doubt += len(on_wire)
+        self._taken = {}
 
     def _finish_if_done(self, delivery_id: int) -> None:
         if self._store.next_due(delivery_id) is not None or \
@@ -268,9 +315,10 @@ class Engine:
                         conn, used = RoutedConnection(lane.route, self._connect), 0
                     while self._shaper.may_reuse(lane.domain, used):
                         limit = self._shaper.limits(lane.domain).messages_per_connection
-                        batch = lanes.take(lane, min(self._pipeline, limit - used))
+                        batch = lanes.take(lane, min(self._share, limit - used))
                         if not batch:
                             break
+                        self._taken.update((m.target.log_id, False) for m in batch)
                         batch = await self._paced(lanes, lane, batch, summary)
                         if not batch:
                             break
@@ -307,6 +355,8 @@ class Engine:
             until = self._clock() + timedelta(seconds=wait)
             self._store.postpone([m.target.log_id for m in later], until,
                                  detail=f"waiting for the hourly limit of {lane.domain}")
+            for message in later:
+                self._taken.pop(message.target.log_id, None)
             summary.postponed += len(later)
             await lanes.settled(len(later))
             return batch[:index]
@@ -317,19 +367,55 @@ class Engine:
                           summary: RunSummary, progress: Progress | None, faults: int) -> int:
         """Send, settle and record a batch; returns the connection's faults in a row."""
         try:
+            self._taken.update((m.target.log_id, True) for m in batch)
             outcomes = await conn.send_batch(
                 [(m.sender, m.recipient, m.data, m.smtputf8) for m in batch])
+            held: list[int] = []  # relay faults: not an attempt, the relay's fault
             for message, outcome in zip(batch, outcomes, strict=True):
-                self._settle(plan, message, outcome, summary, progress)
-                self._shaper.observe(lane.domain,
-                                     outcome.reply.code if outcome.reply else None)
+                if outcome.fault is not None and lane.route.source is RouteSource.RELAY:
+                    held.append(message.target.log_id)
+                    self._relay_fault(plan.delivery.id, outcome, summary)
+                else:
+                    self._settle(plan, message, outcome, summary, progress)
+                    # A relay fault says nothing of the recipients' domain: not observed.
+                    self._shaper.observe(lane.domain,
+                                         outcome.reply.code if outcome.reply else None)
+                self._taken.pop(message.target.log_id, None)
                 fault = outcome.verdict is Verdict.DEFERRED and outcome.reply is None
                 faults = faults + 1 if fault else 0
                 self._watch_transport(plan.delivery.id, fault, outcome.text)
+            self._hold(plan, held, summary)
             self._flush_if_due()
         finally:
             await lanes.settled(len(batch))
         return faults
+
+    def _relay_fault(self, delivery_id: int, outcome: Outcome, summary: RunSummary) -> None:
+        """No session with the relay: the message was not handed over, and no recipient is to
+        blame. Wrong credentials pause the delivery at once (retrying cannot help)."""
+        summary.relay_faults += 1
+        summary.relay_fault = f"{outcome.fault.label if outcome.fault else ''}: {outcome.text}"
+        if outcome.fault is not Fault.AUTH or self._state is not DeliveryState.SENDING:
+            return
+        reason = (f"paused: {summary.relay_fault}; fix smtp.username and smtp.password, then "
+                  f"`postroom deliveries resume {delivery_id}`")
+        with contextlib.suppress(StateError):
+            self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
+                                      error=reason)
+            self._state = DeliveryState.PAUSED
+        self._state_read_at = 0.0  # the feed notices at once
+
+    def _hold(self, plan: Plan, log_ids: list[int], summary: RunSummary) -> None:
+        """Give back messages the relay could not take, unsent and with no attempt counted:
+        due again after the retry period (`deliveries retry` or `resume` make them due now),
+        or at once when the delivery paused for it."""
+        if not log_ids:
+            return
+        if self._state is not DeliveryState.SENDING:
+            self._store.release(log_ids)
+            return
+        until = self._clock() + plan.retry.retry_period
+        self._store.postpone(log_ids, until, detail=RELAY_FAULT + summary.relay_fault)
 
     def _settle(self, plan: Plan, message: Message, outcome: Outcome, summary: RunSummary,
                 progress: Progress | None) -> None:
@@ -347,8 +433,16 @@ class Engine:
 
     @property
     def _lane_capacity(self) -> int:
-        """Messages queued for the connections at most: four per connection."""
-        return self._sending.connections * 4
+        """Messages queued for the connections at most: four per connection (one pipelined
+        batch at least)."""
+        return max(self._sending.connections * 4, self._pipeline)
+
+    @property
+    def _share(self) -> int:
+        """Messages one connection takes at a time: its share of the queue, so that every
+        connection has work when the queue is full (one taking a whole pipeline's worth left
+        three of four connections idle on a single-domain audience)."""
+        return min(self._pipeline, max(1, self._lane_capacity // self._sending.connections))
 
     def _sending_allowed(self, delivery_id: int, *, force: bool = False) -> bool:
         """Whether to go on: not halted, and the delivery still `sending` (re-read every 0.5 s)."""
@@ -384,6 +478,7 @@ class Engine:
         with contextlib.suppress(StateError):
             self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
                                       error=reason)
+            self._state = DeliveryState.PAUSED
         self._state_read_at = 0.0  # the feed notices at once
 
     def _flush_if_due(self) -> None:

@@ -32,16 +32,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def halting_on_signals(halt: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` with SIGTERM and SIGINT setting `halt` (a graceful stop) instead of killing.
+async def halting_on_signals(halt: asyncio.Event, work: Coroutine[Any, Any, T], *,
+                             abort: asyncio.Event | None = None,
+                             notify: Callable[[bool], None] | None = None) -> T:
+    """Run `work` with SIGTERM and SIGINT setting `halt` (a graceful stop) instead of killing;
+    a second signal sets `abort` (stop at once), if given. `notify(first)` is called at each
+    signal, at once, so that the user hears what happens.
 
     Outside the main thread signals cannot be caught; `work` then runs as is.
     """
     loop = asyncio.get_running_loop()
     caught: list[signal.Signals] = []
+
+    def on_signal() -> None:
+        first = not halt.is_set()
+        if first:
+            halt.set()
+        elif abort is not None:
+            abort.set()
+        if notify is not None:
+            notify(first)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, halt.set)
+            loop.add_signal_handler(sig, on_signal)
             caught.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):
             break

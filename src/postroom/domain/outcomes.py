@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 __all__ = [
+    "ARCHIVE_RELAY_FAULT",
+    "RELAY_FAULT",
     "FailureReason",
     "FailureType",
+    "Fault",
     "Outcome",
     "SmtpReply",
     "Verdict",
@@ -52,6 +55,29 @@ class FailureReason(IntEnum):
         return self.name.lower().replace("_", " ")
 
 
+class Fault(StrEnum):
+    """Why no SMTP session could be opened with a host: a fault of that host (or of our
+    settings for it), never of a recipient. Through the relay, a relay-level fault."""
+
+    CONNECT = "connect"  # refused, unreachable, timed out while connecting
+    SESSION = "session"  # the greeting, EHLO or STARTTLS command refused
+    TLS = "tls"  # STARTTLS not offered, or the handshake or certificate failed
+    AUTH = "auth"  # the credentials refused (535 ...), or no usable AUTH offered
+
+    @property
+    def label(self) -> str:
+        return {"connect": "the relay could not be reached",
+                "session": "the relay refused the session",
+                "tls": "TLS with the relay failed",
+                "auth": "the relay refused the credentials"}[self.value]
+
+
+# How a message (its log's detail) or an archive copy (its reply) held back by a relay-level
+# fault says so; storage finds them by it (`retry_now`, `relay_waiting`).
+RELAY_FAULT = "relay fault: "
+ARCHIVE_RELAY_FAULT = "archive relay fault: "
+
+
 class Verdict(StrEnum):
     SENT = "sent"
     DEFERRED = "deferred"  # temporary: try again later
@@ -83,6 +109,7 @@ class Outcome:
     # The connection failed after the whole message was handed over and before the reply to
     # DATA: the relay may have accepted it.
     in_doubt: bool = False
+    fault: Fault | None = None  # no session could be opened: nothing was handed over
 
     @property
     def text(self) -> str:
@@ -105,10 +132,12 @@ def reply_outcome(reply: SmtpReply) -> Outcome:
     return Outcome(Verdict.FAILED, reply, FailureType.HARD)
 
 
-def connection_fault(detail: str, *, in_doubt: bool = False) -> Outcome:
-    """A connection that could not be opened, dropped, or timed out: try again later."""
+def connection_fault(detail: str, *, in_doubt: bool = False,
+                     fault: Fault | None = None) -> Outcome:
+    """A connection that could not be opened (`fault` says why), dropped, or timed out: try
+    again later."""
     return Outcome(Verdict.DEFERRED, None, FailureType.SOFT, FailureReason.UNREACHABLE, detail,
-                   in_doubt=in_doubt)
+                   in_doubt=in_doubt, fault=fault)
 
 
 def no_smtputf8() -> Outcome:

@@ -586,8 +586,10 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
                     continue
                 values: dict[str, Any] = {"state": result.state, "claimed_until": None,
                                           "claimed_by": None}
+                if result.attempted or result.reply:  # "not attempted" says why
+                    values["reply"] = result.reply
                 if result.attempted:
-                    values.update(reply=result.reply, attempts=archive_outbox.c.attempts + 1)
+                    values["attempts"] = archive_outbox.c.attempts + 1
                 if result.in_doubt:
                     values["in_doubt"] = archive_outbox.c.in_doubt + 1
                 if result.state is ArchiveState.ARCHIVED:

@@ -27,7 +27,12 @@ from sqlalchemy import (
 )
 
 from postroom.domain.models import ArchiveState
-from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.outcomes import (
+    ARCHIVE_RELAY_FAULT,
+    RELAY_FAULT,
+    FailureReason,
+    FailureType,
+)
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.storage.schema import archive_outbox, deliveries, delivery_logs, workers
 
@@ -154,6 +159,67 @@ class WorkerStore:
         with self.engine.begin() as conn:
             conn.execute(update(delivery_logs).where(delivery_logs.c.id.in_(log_ids))
                          .values(attempting=True))
+
+    def abandon(self, log_ids: list[int], now: datetime, *, review: bool) -> None:
+        """Claimed logs whose messages were on the wire when the sender stopped at once: the
+        relay may have them. Counted in doubt now, as a takeover would count them, and given
+        back for a resend, or set aside for an operator (`review`)."""
+        if not log_ids:
+            return
+        logs = delivery_logs.c
+        values: dict[str, Any] = {"attempting": False, "claimed_until": None,
+                                  "claimed_by": None, "in_doubt": logs.in_doubt + 1,
+                                  "updated_at": now}
+        if review:
+            values.update(status=LogStatus.REVIEW, detail="in doubt: the send was stopped "
+                          "while the relay had it, before its answer; resend or count it failed")
+        with self.engine.begin() as conn:
+            conn.execute(update(delivery_logs)
+                         .where(logs.id.in_(log_ids), logs.status == LogStatus.PENDING)
+                         .values(**values))
+
+    def retry_now(self, delivery_id: int, now: datetime, *, relay_only: bool = False) -> int:
+        """Make due now the pending logs that wait for a later attempt because no connection
+        could be had: held for a relay fault, deferred for a connection fault, postponed for a
+        domain's hourly limit (`relay_only`: the first kind alone). Never a log that is sent,
+        failed, cancelled or in review, none a live sender holds, and none deferred by a
+        recipient's reply (its server asked for the wait)."""
+        logs = delivery_logs.c
+        kinds: ColumnElement[bool] = logs.detail.like(f"{RELAY_FAULT}%")
+        if not relay_only:
+            kinds = or_(kinds, logs.detail.like("waiting for the hourly limit%"),
+                        and_(logs.failure_reason == int(FailureReason.UNREACHABLE),
+                             logs.smtp_reply == ""))
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(delivery_logs)
+                .where(logs.delivery_id == delivery_id, logs.status == LogStatus.PENDING,
+                       logs.next_attempt_at > now,
+                       or_(logs.claimed_until.is_(None), logs.claimed_until <= now), kinds)
+                .values(next_attempt_at=now)).rowcount
+
+    def relay_waiting(self, delivery_id: int) -> tuple[int, str]:
+        """How many pending logs of a delivery wait for the relay, and the latest fault."""
+        logs = delivery_logs.c
+        waiting = and_(logs.delivery_id == delivery_id, logs.status == LogStatus.PENDING,
+                       logs.detail.like(f"{RELAY_FAULT}%"))
+        with self.engine.connect() as conn:
+            count = int(conn.scalar(select(func.count()).where(waiting)) or 0)
+            detail = conn.scalar(select(logs.detail).where(waiting)
+                                 .order_by(logs.updated_at.desc(), logs.id.desc()).limit(1))
+        return count, str(detail or "")
+
+    def archive_relay_waiting(self) -> tuple[int, str]:
+        """How many pending archive copies the archive relay's fault held back, and the
+        latest such reply."""
+        copies = archive_outbox.c
+        waiting = and_(copies.state == ArchiveState.PENDING,
+                       copies.reply.like(f"%{ARCHIVE_RELAY_FAULT}%"))
+        with self.engine.connect() as conn:
+            count = int(conn.scalar(select(func.count()).where(waiting)) or 0)
+            reply = conn.scalar(select(copies.reply).where(waiting)
+                                .order_by(copies.id.desc()).limit(1))
+        return count, str(reply or "")
 
     def postpone(self, log_ids: list[int], until: datetime, *, detail: str) -> None:
         """Give claimed logs back unsent, due at `until` (a domain's hourly limit): no attempt

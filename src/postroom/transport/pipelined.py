@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from aiosmtplib.email import quote_address
 
 from postroom.domain.outcomes import (
+    Fault,
     Outcome,
     SmtpReply,
     connection_fault,
@@ -85,7 +86,12 @@ class _ProtocolError(ConnectionError):
 
 
 class _Refused(Exception):
-    """The relay refused the session (greeting, EHLO, STARTTLS, AUTH); the text is the detail."""
+    """No session could be opened (refused, TLS, AUTH, or no connection); the text is the
+    detail, `fault` says which."""
+
+    def __init__(self, detail: str, fault: Fault = Fault.SESSION):
+        super().__init__(detail)
+        self.fault = fault
 
 
 class ReplyParser:
@@ -259,9 +265,16 @@ def _item(sender: str, recipient: str, data: bytes, smtputf8: bool) -> _Item:
     return _Item(mail, rcpt, mail + rcpt + b"DATA\r\n", data_payload(data), smtputf8)
 
 
+def _opening_fault(exc: OSError, stage: Fault) -> _Refused:
+    """An OS error while a session was being opened, as the fault of that stage (any TLS
+    error: of TLS)."""
+    fault = Fault.TLS if isinstance(exc, ssl.SSLError) else stage
+    return _Refused(f"{type(exc).__name__}: {exc}".strip(), fault)
+
+
 def _fault(exc: Exception, *, in_doubt: bool = False) -> Outcome:
     if isinstance(exc, _Refused):
-        return connection_fault(str(exc))
+        return connection_fault(str(exc), fault=exc.fault)
     where = " during DATA" if in_doubt else ""
     return connection_fault(f"{type(exc).__name__}{where}: {exc}".strip(), in_doubt=in_doubt)
 
@@ -445,9 +458,12 @@ class PipelinedConnection:
         try:
             _, proto = await asyncio.wait_for(opening, timeout)
         except TimeoutError:
-            raise TimeoutError(f"connecting to {relay.host} on port {relay.port} took over "
-                               f"{timeout:g} s") from None
+            raise _Refused(f"TimeoutError: connecting to {relay.host} on port {relay.port} "
+                           f"took over {timeout:g} s", Fault.CONNECT) from None
+        except OSError as exc:
+            raise _opening_fault(exc, Fault.CONNECT) from None
         self._protocol = proto
+        stage = Fault.CONNECT
         try:
             greeting = await proto.reply(timeout)
             if greeting.code != 220:
@@ -455,12 +471,17 @@ class PipelinedConnection:
             await self._ehlo(proto)
             if relay.tls is TlsMode.STARTTLS:
                 if "starttls" not in self._extensions:
-                    raise _Refused("the relay does not offer STARTTLS")
+                    raise _Refused("the relay does not offer STARTTLS", Fault.TLS)
                 await self._expect(proto, b"STARTTLS\r\n", 220)
+                stage = Fault.TLS
                 await proto.start_tls(await self._tls_context(), relay.host, timeout)
+                stage = Fault.CONNECT
                 await self._ehlo(proto)
             if relay.username:
                 await self._login(proto)
+        except OSError as exc:
+            self._drop()
+            raise _opening_fault(exc, stage) from None
         except BaseException:
             self._drop()
             raise
@@ -506,9 +527,10 @@ class PipelinedConnection:
                 reply = await proto.reply(timeout)
         else:
             offered = "AUTH without PLAIN or LOGIN" if "auth" in self._extensions else "no AUTH"
-            raise _Refused(f"the relay offers {offered}; with tls = none it may want TLS first")
+            raise _Refused(f"the relay offers {offered}; with tls = none it may want TLS first",
+                           Fault.AUTH)
         if reply.code != 235:
-            raise _Refused(f"authentication failed: {reply.code} {reply.text}")
+            raise _Refused(f"authentication failed: {reply.code} {reply.text}", Fault.AUTH)
 
     async def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:

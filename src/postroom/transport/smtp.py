@@ -7,10 +7,12 @@ fault. Nothing here raises for a refused recipient or a dropped connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import aiosmtplib
 
 from postroom.domain.outcomes import (
+    Fault,
     Outcome,
     SmtpReply,
     connection_fault,
@@ -69,7 +71,11 @@ class SmtpConnection:
         """
         try:
             if self._client is None or not self._client.is_connected:
-                self._client = await self._connect()
+                try:
+                    self._client = await self._connect()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    await self.close()
+                    return _opening_fault(exc)
             client = self._client
             options: list[str] = []
             if smtputf8:
@@ -100,12 +106,6 @@ class SmtpConnection:
                 else:
                     await self._reset()
                 return reply_outcome(SmtpReply(exc.code, exc.message))
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            await self.close()
-            return connection_fault(f"authentication failed: {exc.code} {exc.message}")
-        except aiosmtplib.SMTPResponseException as exc:  # refused at greeting, EHLO or STARTTLS
-            await self.close()
-            return connection_fault(f"relay refused the session: {exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             return connection_fault(f"{type(exc).__name__}: {exc}".strip())
@@ -131,3 +131,17 @@ class SmtpConnection:
                 await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
+
+
+def _opening_fault(exc: BaseException) -> Outcome:
+    """Why a session could not be opened, by what aiosmtplib raised."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return connection_fault(f"authentication failed: {exc.code} {exc.message}",
+                                fault=Fault.AUTH)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):  # greeting, EHLO or STARTTLS refused
+        return connection_fault(f"relay refused the session: {exc.code} {exc.message}",
+                                fault=Fault.SESSION)
+    tls = (isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError)
+           or (type(exc) is aiosmtplib.SMTPException and "STARTTLS" in str(exc)))
+    return connection_fault(f"{type(exc).__name__}: {exc}".strip(),
+                            fault=Fault.TLS if tls else Fault.CONNECT)
