@@ -47,7 +47,8 @@ __all__ = [
 
 CONFIG_ENV = "POSTROOM_CONFIG"
 DEFAULT_CONFIG_FILE = "postroom.toml"
-SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"))
+SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"),
+               ("archive", "ledger_key"), ("archive", "imap_password"))
 
 
 class TlsMode(StrEnum):
@@ -146,6 +147,16 @@ class ArchiveSettings(_Section):
         30.0, ge=0, description="How long a send run waits for pending copies at its end."
     )
     max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between attempts.")
+    ledger: bool = Field(True, description="Enter every archived copy in the hash ledger.")
+    ledger_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 private key signing ledger checkpoints (environment only): 64 hex "
+        "digits or PEM; empty: no checkpoints.",
+    )
+    checkpoint_every: int = Field(1000, ge=1, description="Entries between signed checkpoints.")
+    checkpoint_minutes: float = Field(
+        60.0, gt=0, description="Longest time between signed checkpoints while copies arrive."
+    )
 
     @field_validator("bcc_address", mode="before")
     @classmethod

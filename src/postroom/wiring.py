@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from postroom.archive.signing import Signer
 from postroom.bounces.quarantine import QuarantinePolicy
 from postroom.bounces.rules import default_rules
 from postroom.compose.dkim import DkimSigner
@@ -15,6 +16,7 @@ from postroom.errors import ConfigError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
+from postroom.storage.ledger import LedgerConfig
 from postroom.storage.sql import open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
@@ -74,6 +76,12 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         threshold=numbers.threshold, error_spacing=timedelta(hours=numbers.error_spacing_hours),
         counter_reset=timedelta(days=numbers.counter_reset_days),
         mailbox_full_release=timedelta(days=numbers.mailbox_full_release_days))
+    archive = settings.archive
+    key = archive.ledger_key.get_secret_value()
+    store.ledger = LedgerConfig(
+        enabled=archive.ledger, signer=Signer(key) if key else None,
+        checkpoint_every=archive.checkpoint_every,
+        checkpoint_interval=timedelta(minutes=archive.checkpoint_minutes))
     store.ensure_rules([rule_to_row(rule, (i + 1) * 10, builtin=True)
                         for i, rule in enumerate(default_rules())])
     planner = Planner(

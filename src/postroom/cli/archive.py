@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from postroom.cli.common import JsonOption, console, emit_json, state
+from postroom.archive.ledger import Checkpoint, format_time
+from postroom.archive.ledger_ops import export_ledger, verify_ledger
+from postroom.archive.signing import Signer, new_private_key_hex
+from postroom.cli.common import JsonOption, console, emit_json, err_console, state
 
 app = typer.Typer(help="Email BCC archive copies.", no_args_is_help=True)
 
@@ -59,3 +66,132 @@ def flush(
         console.print(f"{left} archive copies still pending")
     if left:
         raise typer.Exit(1)
+
+
+ledger_app = typer.Typer(help="The archive hash ledger: verify, export, checkpoints, keys.",
+                         no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+def _signer(ctx: typer.Context) -> Signer | None:
+    key = state(ctx).settings().archive.ledger_key.get_secret_value()
+    return Signer(key) if key else None
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    ctx: typer.Context,
+    public_key: str | None = typer.Option(
+        None, help="Checkpoints must verify with this public key (hex); default: the key of "
+        "archive.ledger_key."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check the whole chain, its head and every signed checkpoint; exit 1 on any fault."""
+    postroom = state(ctx).postroom()
+    signer = _signer(ctx)
+    key = public_key or (signer.public_key if signer else None)
+    report = verify_ledger(postroom.store, key)
+    result = {"ok": report.ok, "entries": report.count, "head": report.head,
+              "first_fault": None if report.fault is None else
+              {"seq": report.fault.seq, "problem": report.fault.problem},
+              "head_problem": report.head_problem,
+              "checkpoints_verified": report.checkpoints_verified,
+              "checkpoint_problems": report.checkpoint_problems,
+              "public_key": key}
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"{report.count} entries, head {report.head}")
+        if report.fault is not None:
+            console.print(f"[red]first broken entry: {report.fault}[/red]")
+        if report.head_problem:
+            console.print(f"[red]{report.head_problem}[/red]")
+        for problem in report.checkpoint_problems:
+            console.print(f"[red]{problem}[/red]")
+        console.print(f"{report.checkpoints_verified} signed checkpoints verified"
+                      + ("" if key else " (no public key given: each with the key it names)"))
+        console.print("ledger OK" if report.ok else "[red]ledger NOT OK[/red]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="JSON Lines file to write ('-': stdout)."),
+    delivery: int | None = typer.Option(None, help="Only this delivery's entries in full."),
+    since: datetime | None = typer.Option(
+        None, help="Only entries acknowledged at or after this UTC time in full."),
+) -> None:
+    """Write entries (others as stubs that keep the chain) and checkpoints for an auditor."""
+    postroom = state(ctx).postroom()
+    moment = None if since is None else (
+        since.replace(tzinfo=UTC) if since.tzinfo is None else since)
+    if str(out) == "-":
+        full, stubs, signed = export_ledger(postroom.store, sys.stdout, delivery_id=delivery,
+                                            since=moment)
+        return
+    with out.open("w", encoding="utf-8") as handle:
+        full, stubs, signed = export_ledger(postroom.store, handle, delivery_id=delivery,
+                                            since=moment)
+    err_console.print(f"{full} entries, {stubs} stubs, {signed} checkpoints written to {out}")
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """Sign the chain head now (archive.ledger_key must be set)."""
+    signer = _signer(ctx)
+    if signer is None:
+        err_console.print("archive.ledger_key is not set (POSTROOM_ARCHIVE__LEDGER_KEY): "
+                          "nothing can be signed")
+        raise typer.Exit(2)
+    postroom = state(ctx).postroom()
+    checkpoint = postroom.store.ledger_checkpoint(signer, postroom.clock())
+    if as_json:
+        emit_json(checkpoint.export())
+    else:
+        _print_checkpoints([checkpoint])
+
+
+@ledger_app.command("checkpoints")
+def ledger_checkpoints(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """Print the signed checkpoints (head, count, time, public key, signature)."""
+    checkpoints = state(ctx).postroom().store.ledger_checkpoints()
+    if as_json:
+        emit_json([cp.export() for cp in checkpoints])
+    else:
+        _print_checkpoints(checkpoints)
+
+
+def _print_checkpoints(checkpoints: list[Checkpoint]) -> None:
+    for cp in checkpoints:
+        console.print(f"count {cp.count}  time {format_time(cp.time)}\n  head      {cp.head}\n"
+                      f"  key       {cp.public_key}\n  signature {cp.signature}")
+
+
+@ledger_app.command("keygen")
+def ledger_keygen(
+    out: Path = typer.Option(..., "--out", "-o", help="File to write the private key to "
+                             "(created with mode 600; it is never printed)."),
+) -> None:
+    """Make a checkpoint signing key; prints only the public key."""
+    seed, public = new_private_key_hex()
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        err_console.print(f"{out} exists: not overwritten")
+        raise typer.Exit(2) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(seed + "\n")
+    console.print(f"private key written to {out}; set POSTROOM_ARCHIVE__LEDGER_KEY from it")
+    console.print(f"public key: {public}")
+
+
+@ledger_app.command("public-key")
+def ledger_public_key(ctx: typer.Context) -> None:
+    """Print the public key of archive.ledger_key (what an auditor needs)."""
+    signer = _signer(ctx)
+    if signer is None:
+        err_console.print("archive.ledger_key is not set (POSTROOM_ARCHIVE__LEDGER_KEY)")
+        raise typer.Exit(2)
+    console.print(signer.public_key)
