@@ -154,6 +154,11 @@ class ArchiveSettings(_Section):
         "digits or PEM; empty: no checkpoints.",
     )
     checkpoint_every: int = Field(1000, ge=1, description="Entries between signed checkpoints.")
+    imap_password: SecretStr = Field(
+        SecretStr(""),
+        description="Password of the IMAP account `archive verify --imap` reads (environment "
+        "only).",
+    )
     checkpoint_minutes: float = Field(
         60.0, gt=0, description="Longest time between signed checkpoints while copies arrive."
     )

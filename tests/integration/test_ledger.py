@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -196,3 +197,58 @@ def test_checkpoint_on_demand_and_no_key_no_checkpoint(
     checkpoint = postroom.store.ledger_checkpoint(Signer(SEED), postroom.clock())
     assert (checkpoint.count, checkpoint.head) == (5, postroom.store.ledger_head().head)
     assert verify_ledger(postroom.store, PUBLIC).ok
+
+
+def test_verify_a_directory_duplicates_proofs_other_deliveries_and_strangers(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    from datetime import timedelta
+
+    from postroom.archive.stores import tree_copies
+    from postroom.archive.verify import Scope, verify_archive
+
+    relay, archive = capture(reject_ratio=0.3), capture()
+    postroom = make_postroom(database_url, relay, archive=archive)
+    first = _delivery(postroom, tmp_path, 20)
+    postroom.send(first)
+    postroom.create_template("u", {"subject": "Other", "text": "Other",
+                                   "from_address": "news@postroom.example", "email_bcc": True})
+    second, _ = postroom.create_delivery("u")
+    assert postroom.analyze(second.id).ok
+    postroom.send(second.id)
+    store = tmp_path / "archive"
+    for i, message in enumerate(archive.messages):
+        day = store / "2026" / "01" / f"{i % 3 + 1:02d}"
+        day.mkdir(parents=True, exist_ok=True)
+        (day / f"{i}.eml").write_bytes(b"Received: from relay\r\n" + message.data)
+
+    def report(scope: Scope) -> Any:
+        return verify_archive(postroom.store, tree_copies(store, max_bytes=1 << 20), scope,
+                              now=postroom.clock())
+
+    sent_first = sum(1 for log in postroom.store.list_logs(first, limit=1000)
+                     if log.status is LogStatus.SENT)
+    whole = report(Scope())
+    assert whole.ok and whole.expected == whole.verified == len(archive.messages)
+    one = report(Scope(first))
+    assert one.ok and one.expected == one.verified == sent_first
+    assert one.out_of_scope == len(archive.messages) - sent_first
+    # a sent-time range that holds nothing: every copy is out of scope, none expected
+    later = report(Scope(since=postroom.clock() + timedelta(days=1)))
+    assert later.ok and later.expected == 0 and later.out_of_scope == len(archive.messages)
+
+    extra = store / "extra"
+    extra.mkdir()
+    first_copy = next(m.data for m in archive.messages  # a copy of the first delivery
+                      if re.search(rb"Message-ID: <\d+\." + str(first).encode() + rb"\.",
+                                   m.data))
+    (extra / "dup.eml").write_bytes(first_copy)  # the same copy twice
+    proof = re.sub(rb"Message-ID: <\d+\.", b"Message-ID: <proof.1.", first_copy, count=1)
+    (extra / "proof.eml").write_bytes(proof)
+    (extra / "stranger.eml").write_bytes(b"Message-ID: <x@elsewhere>\r\n\r\nhello\r\n")
+    (extra / ".tmp-partial.eml").write_bytes(b"half written")  # a sink's temporary name
+    result = report(Scope(first))
+    assert (result.duplicated, result.unexpected, result.missing, result.altered) == (1, 2, 0, 0)
+    reasons = sorted(item["reason"] for item in result.items["unexpected"])
+    assert reasons == ["a message Postroom never sent", "a proof"]

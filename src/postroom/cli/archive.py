@@ -14,7 +14,10 @@ from rich.table import Table
 from postroom.archive.ledger import Checkpoint, format_time
 from postroom.archive.ledger_ops import export_ledger, verify_ledger
 from postroom.archive.signing import Signer, new_private_key_hex
-from postroom.cli.common import JsonOption, console, emit_json, err_console, state
+from postroom.archive.stores import ArchiveReader, imap_copies, parse_imap_url, tree_copies
+from postroom.archive.verify import Scope, VerifyReport, verify_archive
+from postroom.cli.common import JsonOption, console, emit_json, err_console, progress_bar, state
+from postroom.errors import PostroomError
 
 app = typer.Typer(help="Email BCC archive copies.", no_args_is_help=True)
 
@@ -66,6 +69,73 @@ def flush(
         console.print(f"{left} archive copies still pending")
     if left:
         raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    delivery: int | None = typer.Option(None, help="Only this delivery's copies."),
+    since: datetime | None = typer.Option(None, help="Only messages sent at or after (UTC)."),
+    until: datetime | None = typer.Option(None, help="Only messages sent before (UTC)."),
+    maildir: Path | None = typer.Option(None, help="Read a Maildir folder (new/ and cur/)."),
+    directory: Path | None = typer.Option(None, help="Read a directory sink (*.eml)."),
+    imap: str | None = typer.Option(
+        None, help="Read an IMAP folder: imaps://user@host/folder; the password from "
+        "POSTROOM_ARCHIVE__IMAP_PASSWORD."),
+    max_mb: float = typer.Option(64.0, help="Copies larger than this are reported unread."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Reconcile what was sent with what the archive holds; exit 1 if any copy is missing,
+    altered or unexpected."""
+    sources = [s for s in (maildir, directory, imap) if s is not None]
+    if len(sources) != 1:
+        err_console.print("give exactly one of --maildir, --directory, --imap")
+        raise typer.Exit(2)
+    limit = int(max_mb * 1024 * 1024)
+    reader: ArchiveReader
+    try:
+        if imap is not None:
+            password = state(ctx).settings().archive.imap_password.get_secret_value()
+            reader = imap_copies(parse_imap_url(imap), password, max_bytes=limit)
+        else:
+            root = maildir if maildir is not None else directory
+            assert root is not None
+            reader = tree_copies(root, max_bytes=limit)
+        postroom = state(ctx).postroom()
+        scope = Scope(delivery, _utc(since), _utc(until))
+        with progress_bar("reading the archive", None, enabled=not as_json) as advance:
+            report = verify_archive(postroom.store, reader, scope, now=postroom.clock(),
+                                    progress=advance)
+    except PostroomError as exc:
+        err_console.print(f"archive verify: {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        _print_verify(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _print_verify(report: VerifyReport) -> None:
+    table = Table("expected", "verified", "missing", "duplicated", "altered", "unexpected",
+                  "other deliveries", "read", "not acknowledged", "archive lag")
+    lag = "none" if report.lag_seconds is None else f"{report.lag_seconds:.0f} s"
+    table.add_row(*(str(n) for n in (report.expected, report.verified, report.missing,
+                                     report.duplicated, report.altered, report.unexpected,
+                                     report.out_of_scope, report.read,
+                                     report.not_acknowledged)), lag)
+    console.print(table)
+    for category, items in report.items.items():
+        for item in items:
+            console.print(f"{category}: " + ", ".join(f"{k}={v}" for k, v in item.items()))
+    console.print("archive verified" if report.ok else "[red]archive NOT verified[/red]")
 
 
 ledger_app = typer.Typer(help="The archive hash ledger: verify, export, checkpoints, keys.",
@@ -125,8 +195,7 @@ def ledger_export(
 ) -> None:
     """Write entries (others as stubs that keep the chain) and checkpoints for an auditor."""
     postroom = state(ctx).postroom()
-    moment = None if since is None else (
-        since.replace(tzinfo=UTC) if since.tzinfo is None else since)
+    moment = _utc(since)
     if str(out) == "-":
         full, stubs, signed = export_ledger(postroom.store, sys.stdout, delivery_id=delivery,
                                             since=moment)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
@@ -27,7 +27,15 @@ from postroom.storage.schema import (
     delivery_logs,
 )
 
-__all__ = ["LedgerConfig", "LedgerHead", "LedgerStore", "append_entries"]
+__all__ = [
+    "ArchiveProofStore",
+    "ExpectedCopy",
+    "LedgerConfig",
+    "LedgerHead",
+    "LedgerStore",
+    "LogIdentity",
+    "append_entries",
+]
 
 _READ_BATCH = 2000
 
@@ -169,3 +177,76 @@ class LedgerStore:
         """Sign the current head now (whatever is due)."""
         with self.engine.begin() as conn:
             return _write_checkpoint(conn, signer, _lock_head(conn), now)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedCopy:
+    """A log that owes the archive a copy (its outbox row was made when it became sent)."""
+
+    log_id: int
+    delivery_id: int
+    message_id: str
+    sha256: str
+    sent_at: datetime | None
+    state: str  # the copy's outbox state: pending | archived | failed
+
+
+@dataclass(frozen=True, slots=True)
+class LogIdentity:
+    log_id: int
+    delivery_id: int
+    status: str
+    message_id: str
+    when: datetime  # sent_at, else the last update
+
+
+class ArchiveProofStore:
+    """Reads for `archive verify` (archive/verify.py). Mixed into `SqlStore`."""
+
+    engine: Engine
+
+    @staticmethod
+    def _scope(query: Any, delivery_id: int | None, since: datetime | None,
+               until: datetime | None) -> Any:
+        log = delivery_logs.c
+        if delivery_id is not None:
+            query = query.where(log.delivery_id == delivery_id)
+        if since is not None:
+            query = query.where(log.sent_at >= since)
+        if until is not None:
+            query = query.where(log.sent_at < until)
+        return query
+
+    def expected_copies(self, *, delivery_id: int | None, since: datetime | None,
+                        until: datetime | None, after: int,
+                        limit: int) -> list[ExpectedCopy]:
+        """The next `limit` logs owing a copy, by log id after `after` (keyset batches)."""
+        log, o = delivery_logs.c, archive_outbox.c
+        query = (select(log.id, log.delivery_id, log.message_id, o.sha256, log.sent_at, o.state)
+                 .join(archive_outbox, o.log_id == log.id).where(log.id > after))
+        query = self._scope(query, delivery_id, since, until).order_by(log.id).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [ExpectedCopy(r.id, r.delivery_id, r.message_id or "", r.sha256, r.sent_at,
+                             r.state) for r in rows]
+
+    def oldest_unarchived(self, *, delivery_id: int | None, since: datetime | None,
+                          until: datetime | None) -> datetime | None:
+        """Sent time of the oldest log whose copy the archive has not acknowledged."""
+        log, o = delivery_logs.c, archive_outbox.c
+        query = (select(func.min(log.sent_at)).join(archive_outbox, o.log_id == log.id)
+                 .where(o.state != ArchiveState.ARCHIVED))
+        with self.engine.connect() as conn:
+            oldest: datetime | None = conn.scalar(self._scope(query, delivery_id, since, until))
+        if oldest is not None and oldest.tzinfo is None:  # min() skips the column type
+            oldest = oldest.replace(tzinfo=UTC)
+        return oldest
+
+    def log_identities(self, log_ids: Sequence[int]) -> dict[int, LogIdentity]:
+        log = delivery_logs.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(log.id, log.delivery_id, log.status, log.message_id,
+                                       log.sent_at, log.updated_at)
+                                .where(log.id.in_(list(log_ids)))).all()
+        return {r.id: LogIdentity(r.id, r.delivery_id, r.status, r.message_id or "",
+                                  r.sent_at or r.updated_at) for r in rows}

@@ -53,7 +53,7 @@ from postroom.errors import InputError, NotFoundError, ReadOnlyError, StateError
 from postroom.storage import migrate
 from postroom.storage.audience import AudienceStore
 from postroom.storage.inbound import InboundStore
-from postroom.storage.ledger import LedgerStore, append_entries
+from postroom.storage.ledger import ArchiveProofStore, LedgerStore, append_entries
 from postroom.storage.schema import (
     address_status,
     archive_outbox,
@@ -156,7 +156,7 @@ def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
         yield batch
 
 
-class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore):
+class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchiveProofStore):
     """Postroom's storage on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine):
