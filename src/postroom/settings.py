@@ -147,6 +147,17 @@ class ArchiveSettings(_Section):
         30.0, ge=0, description="How long a send run waits for pending copies at its end."
     )
     max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between attempts.")
+    sink: Literal["smtp", "directory", "imap"] = Field(
+        "smtp", description="Where copies go: the archive relay (smtp), one .eml file per copy "
+        "(directory), or an IMAP folder (imap)."
+    )
+    directory: Path | None = Field(
+        None, description="Root of the directory sink: YYYY/MM/DD/<delivery>-<log>.eml."
+    )
+    imap_url: str | None = Field(
+        None, description="The IMAP sink's folder: imaps://user@host/folder (password: "
+        "archive.imap_password)."
+    )
     ledger: bool = Field(True, description="Enter every archived copy in the hash ledger.")
     ledger_key: SecretStr = Field(
         SecretStr(""),
@@ -192,6 +203,18 @@ class ArchiveSettings(_Section):
                 f"Email BCC is enabled, so archive.bcc_address needs exactly one address, "
                 f"got {len(self.bcc_address)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sink_target(self) -> ArchiveSettings:
+        if self.sink == "directory" and self.directory is None:
+            raise ValueError("archive.sink is 'directory', so archive.directory is needed")
+        if self.sink == "imap":
+            if not self.imap_url:
+                raise ValueError("archive.sink is 'imap', so archive.imap_url is needed "
+                                 "(imaps://user@host/folder)")
+            if not self.imap_url.startswith(("imap://", "imaps://")) or "@" not in self.imap_url:
+                raise ValueError("archive.imap_url: expected imaps://user@host/folder")
         return self
 
     @property

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from postroom.archive.signing import Signer
+from postroom.archive.sinks import DirectorySink, ImapSink
+from postroom.archive.stores import parse_imap_url
 from postroom.bounces.quarantine import QuarantinePolicy
 from postroom.bounces.rules import default_rules
 from postroom.compose.dkim import DkimSigner
 from postroom.delivery.archive import Transport
 from postroom.delivery.plan import Links, Planner
-from postroom.errors import ConfigError
+from postroom.errors import ConfigError, InputError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
@@ -33,6 +35,24 @@ def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[],
         return PipelinedConnection(relay, helo_name=helo, messages_per_connection=per_connection)
 
     return connect
+
+
+def _archive_connector(settings: Settings,
+                       clock: Callable[[], datetime]) -> Callable[[], Transport]:
+    """The archive sink of the settings, behind the archiver's Transport interface."""
+    archive = settings.archive
+    if archive.sink == "directory" and archive.directory is not None:
+        root = archive.directory
+        return lambda: DirectorySink(root, clock=clock)
+    if archive.sink == "imap" and archive.imap_url:
+        try:
+            location = parse_imap_url(archive.imap_url)
+        except InputError as exc:
+            raise ConfigError(f"archive.imap_url: {exc}") from None
+        password = archive.imap_password.get_secret_value()
+        return lambda: ImapSink(location, password)
+    return _connector(settings.archive_relay, settings.sending.helo_name,
+                      settings.sending.messages_per_connection)
 
 
 def _host_connector(settings: Settings) -> Callable[[HostPort], Transport]:
@@ -98,7 +118,6 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         planner=planner,
         connect=_host_connector(settings),
         router=Router(settings.routing, relay=HostPort(settings.smtp.host, settings.smtp.port)),
-        connect_archive=_connector(settings.archive_relay, sending.helo_name,
-                                   sending.messages_per_connection),
+        connect_archive=_archive_connector(settings, clock),
         clock=clock,
     )

@@ -39,10 +39,15 @@ def status(
                      "recent": [{"log": log, "state": st, "reply": reply} for log, st, reply
                                 in postroom.store.archive_replies(delivery_id, limit=5)]})
     settings = postroom.settings.archive
+    sink = {"smtp": "archive relay", "directory": str(settings.directory),
+            "imap": str(settings.imap_url)}[settings.sink]
     if as_json:
-        emit_json({"enabled": settings.enabled, "deliveries": rows})
+        emit_json({"enabled": settings.enabled, "sink": settings.sink, "target": sink,
+                   "ledger_entries": postroom.store.ledger_head().count, "deliveries": rows})
         return
-    console.print(f"Email BCC is {'on' if settings.enabled else 'off'} on this instance")
+    console.print(f"Email BCC is {'on' if settings.enabled else 'off'} on this instance; "
+                  f"sink: {settings.sink} ({sink}); ledger: "
+                  f"{postroom.store.ledger_head().count} entries")
     table = Table("delivery", "pending", "archived", "failed", "latest reply")
     for row in rows:
         recent = row["recent"]
