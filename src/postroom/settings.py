@@ -158,6 +158,10 @@ class ArchiveSettings(_Section):
         None, description="The IMAP sink's folder: imaps://user@host/folder (password: "
         "archive.imap_password)."
     )
+    format: Literal["copy", "journal"] = Field(
+        "copy", description="copy: the exact bytes sent; journal: a journal report holding "
+        "them as message/rfc822 (the ledger hashes the original in both)."
+    )
     ledger: bool = Field(True, description="Enter every archived copy in the hash ledger.")
     ledger_key: SecretStr = Field(
         SecretStr(""),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from postroom.archive.signing import Signer
-from postroom.archive.sinks import DirectorySink, ImapSink
+from postroom.archive.sinks import DirectorySink, ImapSink, JournalTransport
 from postroom.archive.stores import parse_imap_url
 from postroom.bounces.quarantine import QuarantinePolicy
 from postroom.bounces.rules import default_rules
@@ -39,7 +39,16 @@ def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[],
 
 def _archive_connector(settings: Settings,
                        clock: Callable[[], datetime]) -> Callable[[], Transport]:
-    """The archive sink of the settings, behind the archiver's Transport interface."""
+    """The archive sink of the settings, behind the archiver's Transport interface; in the
+    journal format, each copy is wrapped in a journal report on its way."""
+    sink = _archive_sink(settings, clock)
+    if settings.archive.format == "journal":
+        return lambda: JournalTransport(sink())
+    return sink
+
+
+def _archive_sink(settings: Settings,
+                  clock: Callable[[], datetime]) -> Callable[[], Transport]:
     archive = settings.archive
     if archive.sink == "directory" and archive.directory is not None:
         root = archive.directory

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -102,3 +103,36 @@ def test_imap_sink_appends_each_copy_once(
     reader = imap_copies(parse_imap_url(imap_box.url()), imap_box.password, max_bytes=1 << 20)
     report = verify_archive(postroom.store, reader, Scope(delivery_id), now=postroom.clock())
     assert report.ok and (report.read, report.verified) == (len(sent), len(sent))
+
+
+def test_journal_format_wraps_each_copy_and_the_ledger_hashes_the_original(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    from email import message_from_bytes
+    from email.policy import default
+
+    relay, archive = capture(), capture()
+    postroom = make_postroom(database_url, relay, archive=archive,
+                             archive_options={"format": "journal"})
+    delivery_id = _delivery(postroom, tmp_path, 6)
+    postroom.send(delivery_id)
+    originals = {m.data for m in relay.messages}
+    reports = [m.data for m in archive.messages]
+    assert len(reports) == 6 and not originals & set(reports)
+    for data in reports:
+        parsed = message_from_bytes(data, policy=default)
+        assert parsed.get_content_type() == "multipart/mixed"
+        [attached] = [p for p in parsed.iter_parts()
+                      if p.get_content_type() == "message/rfc822"]
+        assert attached.get_content().as_bytes() and b"X-Postroom-Journal: 1" in data
+    entries = list(postroom.store.ledger_entries())
+    assert sorted(e.sha256 for e in entries) == sorted(
+        hashlib.sha256(o).hexdigest() for o in originals)
+    store = tmp_path / "journal"
+    store.mkdir()
+    for i, data in enumerate(reports):
+        (store / f"{i}.eml").write_bytes(b"Received: by the archive\r\n" + data)
+    report = verify_archive(postroom.store, tree_copies(store, max_bytes=1 << 20),
+                            Scope(delivery_id), now=postroom.clock())
+    assert report.ok and report.verified == 6

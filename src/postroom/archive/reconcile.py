@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from postroom.archive.journal import unwrap
+
 __all__ = [
     "TRACE_FIELDS",
     "CopyId",
@@ -117,5 +119,8 @@ class Fingerprint:
 def fingerprint(data: bytes) -> Fingerprint:
     """The Message-ID and the SHA-256 and size of the copy as Postroom sent it."""
     original = strip_trace(data)
+    inner = unwrap(original)  # a journal report: the original it carries
+    if inner is not None:
+        original = inner
     return Fingerprint(_header_value(original, b"message-id"),
                        hashlib.sha256(original).hexdigest(), len(original))

@@ -26,11 +26,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from postroom.archive.journal import journal_report
 from postroom.archive.reconcile import Kind, fingerprint, parse_message_id
 from postroom.archive.stores import ImapLocation
 from postroom.domain.outcomes import Outcome, Verdict, connection_fault
+from postroom.transport.routed import Batch, Transport, send_all
 
-__all__ = ["DirectorySink", "ImapSink", "copy_name"]
+__all__ = ["DirectorySink", "ImapSink", "JournalTransport", "copy_name"]
 
 
 def copy_name(data: bytes) -> str:
@@ -125,3 +127,27 @@ class ImapSink:
         if client is not None:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 await asyncio.to_thread(client.logout)
+
+
+class JournalTransport:
+    """`archive.format = "journal"`: each copy goes out as a journal report around the original
+    (archive/journal.py), through any sink; pipelining kept where the sink has it."""
+
+    def __init__(self, inner: Transport):
+        self._inner = inner
+
+    @staticmethod
+    def _wrap(sender: str, recipient: str, data: bytes) -> bytes:
+        return journal_report(data, sender=sender, archive=recipient)
+
+    async def send(self, sender: str, recipient: str, data: bytes, *,
+                   smtputf8: bool = False) -> Outcome:
+        return await self._inner.send(sender, recipient, self._wrap(sender, recipient, data),
+                                      smtputf8=smtputf8)
+
+    async def send_batch(self, items: Batch) -> list[Outcome]:
+        return await send_all(self._inner, [(s, r, self._wrap(s, r, d), u)
+                                            for s, r, d, u in items])
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -46,3 +46,27 @@ def test_message_ids_say_what_they_claim() -> None:
     assert parse_message_id("<CAF=x@mail.gmail.com>").kind is Kind.OTHER
     assert parse_message_id(None).kind is Kind.OTHER
     assert fingerprint(b"Subject: none\r\n\r\nx").message_id is None
+
+
+def test_a_journal_report_carries_the_original_byte_for_byte() -> None:
+    from email import message_from_bytes
+    from email.policy import default
+
+    from postroom.archive.journal import journal_report, unwrap
+
+    report = journal_report(ORIGINAL, sender="archive-bounces@example.com",
+                            archive="vault@example.org")
+    assert unwrap(report) == ORIGINAL and unwrap(ORIGINAL) is None
+    assert journal_report(ORIGINAL, sender="archive-bounces@example.com",
+                          archive="vault@example.org") == report  # the same on a retry
+    parsed = message_from_bytes(report, policy=default)
+    facts, attached = parsed.iter_parts()
+    assert "SHA-256: " + hashlib.sha256(ORIGINAL).hexdigest() in facts.get_content()
+    assert "Message-ID: <12.3.a1b2c3@news.example>" in facts.get_content()
+    assert attached.get_content_type() == "message/rfc822"
+    # stored by Postfix (trace block, LF), it still verifies as the original
+    printed = fingerprint(_as_maildir(report))
+    assert printed.sha256 == hashlib.sha256(ORIGINAL).hexdigest()
+    assert printed.message_id == "<12.3.a1b2c3@news.example>"
+    tampered = _as_maildir(report).replace(b"Body line", b"Body lime")
+    assert fingerprint(tampered).sha256 != hashlib.sha256(ORIGINAL).hexdigest()
