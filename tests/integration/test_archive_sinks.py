@@ -136,3 +136,75 @@ def test_journal_format_wraps_each_copy_and_the_ledger_hashes_the_original(
     report = verify_archive(postroom.store, tree_copies(store, max_bytes=1 << 20),
                             Scope(delivery_id), now=postroom.clock())
     assert report.ok and report.verified == 6
+
+
+def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    """The kill test of test_crash_safety.py with the directory sink: `postroom worker`
+    processes SIGKILLed at random moments. Every sent log's copy is in the directory (verify:
+    nothing missing, altered or unexpected), duplicates only among copies in doubt, one ledger
+    entry per copy and a chain that verifies."""
+    import random
+    import signal
+    import time
+
+    from postroom.domain.states import DeliveryState
+    from tests.integration.workers_support import (
+        start_worker,
+        started_delivery,
+        stop_worker,
+        write_config,
+    )
+
+    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "4000"))
+    workers = 1 if database_url.startswith("sqlite") else 2
+    relay, unused = capture(), capture()
+    root = tmp_path / "vault"
+    postroom = make_postroom(database_url, relay,
+                             archive_options={"sink": "directory", "directory": root})
+    delivery_id = started_delivery(postroom, tmp_path, count)
+    config = write_config(tmp_path / "w.toml", database_url, relay, unused)
+    text = config.read_text().replace(
+        "[archive]\n", f'[archive]\nsink = "directory"\ndirectory = "{root}"\n')
+    config.write_text(text)
+
+    def done() -> bool:
+        if postroom.store.get_delivery(delivery_id).state is not DeliveryState.FINISHED:
+            return False
+        return postroom.store.archive_pending(delivery_id) == 0
+
+    rng = random.Random(count + workers)
+    procs = [start_worker(config, tmp_path / f"w{i}.log") for i in range(workers)]
+    kills = 0
+    try:
+        while kills < 3 * workers and not done():
+            time.sleep(rng.uniform(0.3, 2.0))
+            index = rng.randrange(workers)
+            procs[index].send_signal(signal.SIGKILL)
+            procs[index].wait(10)
+            kills += 1
+            procs[index] = start_worker(config, tmp_path / f"w{index}.log")
+        deadline = time.monotonic() + 600
+        while not done():
+            assert time.monotonic() < deadline, "the delivery did not finish"
+            time.sleep(0.5)
+    finally:
+        codes = [stop_worker(p) for p in procs]
+    assert codes == [0] * workers and kills >= 1
+    assert unused.messages == []  # every copy went to the directory, none to a relay
+
+    report = postroom.report(delivery_id)
+    sent = report.by_status.get(LogStatus.SENT, 0)
+    assert sent == count
+    check = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
+                           Scope(delivery_id), now=postroom.clock())
+    assert (check.missing, check.altered, check.unexpected) == (0, 0, 0), check.items
+    assert check.verified == count and check.duplicated <= report.doubt.archive
+    head = postroom.store.ledger_head()
+    assert head.count == count and verify_ledger(postroom.store, None).ok
+    leftovers = list(root.rglob(".*.tmp"))
+    print(f"\n{database_url.split(':')[0]}, {workers} worker(s), {count} recipients, {kills} "
+          f"kills: archive copies in doubt {report.doubt.archive}, duplicated files "
+          f"{check.duplicated}, temporary files left by kills {len(leftovers)}")
