@@ -57,7 +57,8 @@ __all__ = [
 
 CONFIG_ENV = "POSTROOM_CONFIG"
 DEFAULT_CONFIG_FILE = "postroom.toml"
-SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"))
+SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"),
+               ("archive", "ledger_key"), ("archive", "imap_password"))
 
 
 class TlsMode(StrEnum):
@@ -159,6 +160,36 @@ class ArchiveSettings(_Section):
     max_pending_age_minutes: float = Field(
         15.0, gt=0, description="`health` reports a problem when the oldest pending archive "
         "copy is older than this (the archive relay has not taken copies for that long).")
+    sink: Literal["smtp", "directory", "imap"] = Field(
+        "smtp", description="Where copies go: the archive relay (smtp), one .eml file per copy "
+        "(directory), or an IMAP folder (imap)."
+    )
+    directory: Path | None = Field(
+        None, description="Root of the directory sink: YYYY/MM/DD/<delivery>-<log>.eml."
+    )
+    imap_url: str | None = Field(
+        None, description="The IMAP sink's folder: imaps://user@host/folder (password: "
+        "archive.imap_password)."
+    )
+    format: Literal["copy", "journal"] = Field(
+        "copy", description="copy: the exact bytes sent; journal: a journal report holding "
+        "them as message/rfc822 (the ledger hashes the original in both)."
+    )
+    ledger: bool = Field(True, description="Enter every archived copy in the hash ledger.")
+    ledger_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 private key signing ledger checkpoints (environment only): 64 hex "
+        "digits or PEM; empty: no checkpoints.",
+    )
+    checkpoint_every: int = Field(1000, ge=1, description="Entries between signed checkpoints.")
+    imap_password: SecretStr = Field(
+        SecretStr(""),
+        description="Password of the IMAP account `archive verify --imap` reads (environment "
+        "only).",
+    )
+    checkpoint_minutes: float = Field(
+        60.0, gt=0, description="Longest time between signed checkpoints while copies arrive."
+    )
 
     @field_validator("bcc_address", mode="before")
     @classmethod
@@ -189,6 +220,18 @@ class ArchiveSettings(_Section):
                 f"Email BCC is enabled, so archive.bcc_address needs exactly one address, "
                 f"got {len(self.bcc_address)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sink_target(self) -> ArchiveSettings:
+        if self.sink == "directory" and self.directory is None:
+            raise ValueError("archive.sink is 'directory', so archive.directory is needed")
+        if self.sink == "imap":
+            if not self.imap_url:
+                raise ValueError("archive.sink is 'imap', so archive.imap_url is needed "
+                                 "(imaps://user@host/folder)")
+            if not self.imap_url.startswith(("imap://", "imaps://")) or "@" not in self.imap_url:
+                raise ValueError("archive.imap_url: expected imaps://user@host/folder")
         return self
 
     @property

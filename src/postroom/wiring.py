@@ -6,16 +6,20 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from postroom.archive.signing import Signer
+from postroom.archive.sinks import DirectorySink, ImapSink, JournalTransport
+from postroom.archive.stores import parse_imap_url
 from postroom.bounces.quarantine import QuarantinePolicy
 from postroom.bounces.rules import default_rules
 from postroom.compose.dkim import DkimSigner
 from postroom.delivery.archive import Transport
 from postroom.delivery.plan import Links, Planner
 from postroom.domain.addresses import allow_test_domains
-from postroom.errors import ConfigError
+from postroom.errors import ConfigError, InputError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
+from postroom.storage.ledger import LedgerConfig
 from postroom.storage.sql import open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
@@ -32,6 +36,33 @@ def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[],
         return PipelinedConnection(relay, helo_name=helo, messages_per_connection=per_connection)
 
     return connect
+
+
+def _archive_connector(settings: Settings,
+                       clock: Callable[[], datetime]) -> Callable[[], Transport]:
+    """The archive sink of the settings, behind the archiver's Transport interface; in the
+    journal format, each copy is wrapped in a journal report on its way."""
+    sink = _archive_sink(settings, clock)
+    if settings.archive.format == "journal":
+        return lambda: JournalTransport(sink())
+    return sink
+
+
+def _archive_sink(settings: Settings,
+                  clock: Callable[[], datetime]) -> Callable[[], Transport]:
+    archive = settings.archive
+    if archive.sink == "directory" and archive.directory is not None:
+        root = archive.directory
+        return lambda: DirectorySink(root, clock=clock)
+    if archive.sink == "imap" and archive.imap_url:
+        try:
+            location = parse_imap_url(archive.imap_url)
+        except InputError as exc:
+            raise ConfigError(f"archive.imap_url: {exc}") from None
+        password = archive.imap_password.get_secret_value()
+        return lambda: ImapSink(location, password)
+    return _connector(settings.archive_relay, settings.sending.helo_name,
+                      settings.sending.messages_per_connection)
 
 
 def _host_connector(settings: Settings) -> Callable[[HostPort], Transport]:
@@ -76,6 +107,12 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         threshold=numbers.threshold, error_spacing=timedelta(hours=numbers.error_spacing_hours),
         counter_reset=timedelta(days=numbers.counter_reset_days),
         mailbox_full_release=timedelta(days=numbers.mailbox_full_release_days))
+    archive = settings.archive
+    key = archive.ledger_key.get_secret_value()
+    store.ledger = LedgerConfig(
+        enabled=archive.ledger, signer=Signer(key) if key else None,
+        checkpoint_every=archive.checkpoint_every,
+        checkpoint_interval=timedelta(minutes=archive.checkpoint_minutes))
     store.ensure_rules([rule_to_row(rule, (i + 1) * 10, builtin=True)
                         for i, rule in enumerate(default_rules())])
     planner = Planner(
@@ -92,7 +129,6 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         planner=planner,
         connect=_host_connector(settings),
         router=Router(settings.routing, relay=HostPort(settings.smtp.host, settings.smtp.port)),
-        connect_archive=_connector(settings.archive_relay, sending.helo_name,
-                                   sending.messages_per_connection),
+        connect_archive=_archive_connector(settings, clock),
         clock=clock,
     )

@@ -30,6 +30,9 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "UtcDateTime",
     "address_status",
+    "archive_checkpoints",
+    "archive_ledger",
+    "archive_ledger_head",
     "archive_outbox",
     "audience_members",
     "bounce_results",
@@ -181,6 +184,47 @@ archive_outbox = Table(
     Column("archived_at", UtcDateTime()),
     UniqueConstraint("log_id", name="uq_archive_one_copy_per_log"),
     Index("ix_archive_due", "state", "next_attempt_at"),
+)
+
+# The hash ledger (archive/ledger.py): append-only, no foreign keys, so that nothing deleted
+# elsewhere takes an entry with it.
+archive_ledger = Table(
+    "archive_ledger",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),  # 1, 2, 3, ... no gaps
+    Column("copy_id", Integer, nullable=False, unique=True),  # one entry per outbox row
+    Column("delivery_id", Integer, nullable=False, index=True),
+    Column("log_id", Integer, nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("accepted_at", UtcDateTime(), nullable=False),
+    Column("acked_at", UtcDateTime(), nullable=False, index=True),
+    Column("ack", Text, nullable=False),
+    Column("prev", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row (id 1): the chain head. Appenders lock it, so concurrent workers make one chain.
+archive_ledger_head = Table(
+    "archive_ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("count", Integer, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("checkpoint_count", Integer, nullable=False),
+    Column("checkpoint_at", UtcDateTime()),
+)
+
+archive_checkpoints = Table(
+    "archive_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("time", UtcDateTime(), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
 )
 
 workers = Table(

@@ -53,6 +53,7 @@ from postroom.errors import InputError, NotFoundError, ReadOnlyError, StateError
 from postroom.storage import migrate
 from postroom.storage.audience import AudienceStore
 from postroom.storage.inbound import InboundStore
+from postroom.storage.ledger import ArchiveProofStore, LedgerStore, append_entries
 from postroom.storage.schema import (
     address_status,
     archive_outbox,
@@ -155,7 +156,7 @@ def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
         yield batch
 
 
-class SqlStore(InboundStore, WorkerStore, AudienceStore):
+class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchiveProofStore):
     """Postroom's storage on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine):
@@ -600,6 +601,9 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore):
                              .where(archive_outbox.c.id == result.copy_id,
                                     archive_outbox.c.state == ArchiveState.PENDING)
                              .values(**values))
+            # The hash ledger, in the same commit (storage/ledger.py).
+            append_entries(conn, [r.copy_id for r in results
+                                  if r.state is ArchiveState.ARCHIVED], now, self.ledger)
 
     def retry_failed_archive(self, now: datetime, delivery_id: int | None = None) -> int:
         """Put failed copies back in the queue (after the archive side was fixed)."""

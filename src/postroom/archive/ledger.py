@@ -1,0 +1,145 @@
+"""The archive hash ledger, pure: entries, their chain, checkpoints and the export format.
+
+Each archive copy the archive acknowledged becomes one entry. An entry's *body* is the canonical
+JSON of its facts (sorted keys, no spaces, UTF-8); its *digest* is the SHA-256 of the body; its
+*hash* is ``sha256("<seq>:<prev>:<digest>")`` where ``prev`` is the hash of the entry before it
+(64 zeros for the first). So an edited, deleted, reordered or inserted entry breaks the chain at
+that place, and a checkpoint (the head hash and the count, signed with Ed25519) fixes the whole
+chain up to it. The digest lets an export show an entry it leaves out (another delivery's) as a
+stub that still links the chain. docs/archive.md gives the auditor's procedure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "GENESIS",
+    "Checkpoint",
+    "Entry",
+    "Fault",
+    "canonical",
+    "chain_hash",
+    "check_chain",
+    "format_time",
+]
+
+GENESIS = "0" * 64
+
+
+def format_time(moment: datetime) -> str:
+    """UTC, microseconds, `Z`: the one text form of a time in the ledger."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def chain_hash(seq: int, prev: str, digest: str) -> str:
+    return hashlib.sha256(f"{seq}:{prev}:{digest}".encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One archive copy as the ledger keeps it (times are aware UTC datetimes)."""
+
+    seq: int
+    delivery: int
+    log: int
+    message_id: str
+    sha256: str
+    size: int
+    accepted_at: datetime  # when the recipient's server accepted the message
+    acked_at: datetime  # when the archive acknowledged the copy
+    ack: str  # how: the archive relay's reply, or the file or folder the copy went to
+    prev: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        return {"delivery": self.delivery, "log": self.log, "message_id": self.message_id,
+                "sha256": self.sha256, "size": self.size,
+                "accepted_at": format_time(self.accepted_at),
+                "acked_at": format_time(self.acked_at), "ack": self.ack}
+
+    def digest(self) -> str:
+        return hashlib.sha256(canonical(self.body())).hexdigest()
+
+    def expected_hash(self) -> str:
+        return chain_hash(self.seq, self.prev, self.digest())
+
+    def export(self) -> dict[str, Any]:
+        return {"seq": self.seq, **self.body(), "prev": self.prev, "hash": self.hash}
+
+    def stub(self) -> dict[str, Any]:
+        """The entry left out of an export, still linking the chain."""
+        return {"seq": self.seq, "digest": self.digest(), "prev": self.prev, "hash": self.hash}
+
+
+def new_entry(*, seq: int, prev: str, delivery: int, log: int, message_id: str, sha256: str,
+              size: int, accepted_at: datetime, acked_at: datetime, ack: str) -> Entry:
+    draft = Entry(seq, delivery, log, message_id, sha256, size, accepted_at, acked_at, ack,
+                  prev, "")
+    return Entry(seq, delivery, log, message_id, sha256, size, accepted_at, acked_at, ack,
+                 prev, draft.expected_hash())
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The chain head after `count` entries, at `time`, signed by `public_key` (hex)."""
+
+    count: int
+    head: str
+    time: datetime
+    public_key: str
+    signature: str  # hex Ed25519 signature of `payload()`
+
+    def payload(self) -> bytes:
+        return canonical({"count": self.count, "head": self.head,
+                          "time": format_time(self.time)})
+
+    def export(self) -> dict[str, Any]:
+        return {"checkpoint": {"count": self.count, "head": self.head,
+                               "time": format_time(self.time)},
+                "public_key": self.public_key, "signature": self.signature}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """The first place where the chain is not what it should be."""
+
+    seq: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"entry {self.seq}: {self.problem}"
+
+
+def check_chain(entries: Iterable[Entry]) -> Iterator[tuple[int, str, Fault | None]]:
+    """Walk the whole chain from its start in `seq` order.
+
+    Yields `(seq, hash, fault)` for every entry; the first fault names the first entry that an
+    edit, deletion, reordering or insertion broke. Streaming: one entry in memory at a time.
+    """
+    prev = GENESIS
+    expected_seq = 1
+    for entry in entries:
+        fault: Fault | None = None
+        if entry.seq != expected_seq:
+            fault = Fault(entry.seq, f"sequence number {entry.seq} where {expected_seq} was "
+                          "expected: an entry is missing, inserted or moved")
+        elif entry.prev != prev:
+            fault = Fault(entry.seq, "its link to the previous entry is broken: the entry "
+                          "before it was deleted, inserted, moved or edited")
+        elif entry.expected_hash() != entry.hash:
+            fault = Fault(entry.seq, "its content does not match its hash: the entry "
+                          "was edited")
+        yield entry.seq, entry.hash, fault
+        prev = entry.hash
+        expected_seq = entry.seq + 1

@@ -1,0 +1,252 @@
+"""Storage of the archive hash ledger (archive/ledger.py). Mixed into `SqlStore`.
+
+Entries are appended in the transaction that records copies `archived`, so a copy is archived
+and entered in the ledger together, or neither. Appenders first update the single head row
+(`archive_ledger_head`, id 1): on PostgreSQL that row lock, on SQLite the database write lock,
+makes concurrent workers append one after the other, so there is one chain, with no gap and no
+fork. A checkpoint is written in the same transaction when one is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+
+from postroom.archive.ledger import Checkpoint, Entry, new_entry
+from postroom.archive.signing import Signer
+from postroom.domain.models import ArchiveState
+from postroom.storage.schema import (
+    archive_checkpoints,
+    archive_ledger,
+    archive_ledger_head,
+    archive_outbox,
+    delivery_logs,
+)
+
+__all__ = [
+    "ArchiveProofStore",
+    "ExpectedCopy",
+    "LedgerConfig",
+    "LedgerHead",
+    "LedgerStore",
+    "LogIdentity",
+    "append_entries",
+]
+
+_READ_BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """Whether copies are entered, and when a checkpoint is due (with a signer only)."""
+
+    enabled: bool = True
+    signer: Signer | None = field(default=None, repr=False)
+    checkpoint_every: int = 1000  # entries
+    checkpoint_interval: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHead:
+    count: int
+    head: str
+    checkpoint_count: int
+    checkpoint_at: datetime | None
+
+
+def _lock_head(conn: Connection) -> LedgerHead:
+    """Take the chain head for this transaction (a no-op write: a row lock on PostgreSQL, the
+    write lock on SQLite) and read it."""
+    h = archive_ledger_head.c
+    conn.execute(update(archive_ledger_head).where(h.id == 1).values(count=h.count))
+    row = conn.execute(select(archive_ledger_head).where(h.id == 1)).one()
+    return LedgerHead(row._mapping["count"], row.head, row.checkpoint_count, row.checkpoint_at)
+
+
+def _write_checkpoint(conn: Connection, signer: Signer, head: LedgerHead,
+                      now: datetime) -> Checkpoint:
+    checkpoint = signer.checkpoint(head.count, head.head, now)
+    conn.execute(insert(archive_checkpoints).values(
+        count=checkpoint.count, head=checkpoint.head, time=now,
+        public_key=checkpoint.public_key, signature=checkpoint.signature))
+    conn.execute(update(archive_ledger_head).where(archive_ledger_head.c.id == 1)
+                 .values(checkpoint_count=head.count, checkpoint_at=now))
+    return checkpoint
+
+
+def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
+                   config: LedgerConfig) -> int:
+    """Enter the archived copies among `copy_ids` that have no entry yet; returns how many."""
+    if not config.enabled or not copy_ids:
+        return 0
+    head = _lock_head(conn)
+    o, log = archive_outbox.c, delivery_logs.c
+    rows = conn.execute(
+        select(o.id, o.delivery_id, o.log_id, o.sha256, o.reply, o.archived_at, o.created_at,
+               log.message_id, log.size, log.sent_at)
+        .join(delivery_logs, delivery_logs.c.id == o.log_id)
+        .where(o.id.in_(list(copy_ids)), o.state == ArchiveState.ARCHIVED,
+               ~select(archive_ledger.c.seq).where(archive_ledger.c.copy_id == o.id).exists())
+        .order_by(o.id)).all()
+    if not rows:
+        return 0
+    values: list[dict[str, Any]] = []
+    count, prev = head.count, head.head
+    for row in rows:
+        count += 1
+        entry = new_entry(seq=count, prev=prev, delivery=row.delivery_id, log=row.log_id,
+                          message_id=row.message_id or "", sha256=row.sha256,
+                          size=row.size or 0, accepted_at=row.sent_at or row.created_at,
+                          acked_at=row.archived_at or now, ack=row.reply)
+        prev = entry.hash
+        values.append({"seq": entry.seq, "copy_id": row.id, "delivery_id": entry.delivery,
+                       "log_id": entry.log, "message_id": entry.message_id,
+                       "sha256": entry.sha256, "size": entry.size,
+                       "accepted_at": entry.accepted_at, "acked_at": entry.acked_at,
+                       "ack": entry.ack, "prev": entry.prev, "hash": entry.hash})
+    conn.execute(insert(archive_ledger), values)
+    conn.execute(update(archive_ledger_head).where(archive_ledger_head.c.id == 1)
+                 .values(count=count, head=prev))
+    if config.signer is not None and (
+            count - head.checkpoint_count >= config.checkpoint_every
+            or head.checkpoint_at is None
+            or now - head.checkpoint_at >= config.checkpoint_interval):
+        _write_checkpoint(conn, config.signer,
+                          LedgerHead(count, prev, head.checkpoint_count, head.checkpoint_at), now)
+    return len(values)
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(row.seq, row.delivery_id, row.log_id, row.message_id, row.sha256, row.size,
+                 row.accepted_at, row.acked_at, row.ack, row.prev, row.hash)
+
+
+class LedgerStore:
+    engine: Engine
+    ledger: LedgerConfig = LedgerConfig()
+
+    def ledger_head(self) -> LedgerHead:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(archive_ledger_head)
+                               .where(archive_ledger_head.c.id == 1)).one()
+        return LedgerHead(row._mapping["count"], row.head, row.checkpoint_count, row.checkpoint_at)
+
+    def ledger_entries(self, *, start: int = 1, delivery_id: int | None = None,
+                       since: datetime | None = None) -> Iterator[Entry]:
+        """Entries in `seq` order from `start`, read in batches (streaming)."""
+        c = archive_ledger.c
+        after = start - 1
+        while True:
+            query = select(archive_ledger).where(c.seq > after)
+            if delivery_id is not None:
+                query = query.where(c.delivery_id == delivery_id)
+            if since is not None:
+                query = query.where(c.acked_at >= since)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.order_by(c.seq).limit(_READ_BATCH)).all()
+            for row in rows:
+                yield _entry(row)
+            if len(rows) < _READ_BATCH:
+                return
+            after = rows[-1].seq
+
+    def ledger_first_seq(self, *, delivery_id: int | None = None,
+                         since: datetime | None = None) -> int | None:
+        c = archive_ledger.c
+        where = [c.seq > 0]
+        if delivery_id is not None:
+            where.append(c.delivery_id == delivery_id)
+        if since is not None:
+            where.append(c.acked_at >= since)
+        with self.engine.connect() as conn:
+            first: int | None = conn.scalar(select(func.min(c.seq)).where(and_(*where)))
+        return first
+
+    def ledger_checkpoints(self) -> list[Checkpoint]:
+        c = archive_checkpoints.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(archive_checkpoints).order_by(c.count, c.id)).all()
+        return [Checkpoint(r._mapping["count"], r.head, r.time, r.public_key, r.signature)
+                for r in rows]
+
+    def ledger_checkpoint(self, signer: Signer, now: datetime) -> Checkpoint:
+        """Sign the current head now (whatever is due)."""
+        with self.engine.begin() as conn:
+            return _write_checkpoint(conn, signer, _lock_head(conn), now)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedCopy:
+    """A log that owes the archive a copy (its outbox row was made when it became sent)."""
+
+    log_id: int
+    delivery_id: int
+    message_id: str
+    sha256: str
+    sent_at: datetime | None
+    state: str  # the copy's outbox state: pending | archived | failed
+
+
+@dataclass(frozen=True, slots=True)
+class LogIdentity:
+    log_id: int
+    delivery_id: int
+    status: str
+    message_id: str
+    when: datetime  # sent_at, else the last update
+
+
+class ArchiveProofStore:
+    """Reads for `archive verify` (archive/verify.py). Mixed into `SqlStore`."""
+
+    engine: Engine
+
+    @staticmethod
+    def _scope(query: Any, delivery_id: int | None, since: datetime | None,
+               until: datetime | None) -> Any:
+        log = delivery_logs.c
+        if delivery_id is not None:
+            query = query.where(log.delivery_id == delivery_id)
+        if since is not None:
+            query = query.where(log.sent_at >= since)
+        if until is not None:
+            query = query.where(log.sent_at < until)
+        return query
+
+    def expected_copies(self, *, delivery_id: int | None, since: datetime | None,
+                        until: datetime | None, after: int,
+                        limit: int) -> list[ExpectedCopy]:
+        """The next `limit` logs owing a copy, by log id after `after` (keyset batches)."""
+        log, o = delivery_logs.c, archive_outbox.c
+        query = (select(log.id, log.delivery_id, log.message_id, o.sha256, log.sent_at, o.state)
+                 .join(archive_outbox, o.log_id == log.id).where(log.id > after))
+        query = self._scope(query, delivery_id, since, until).order_by(log.id).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [ExpectedCopy(r.id, r.delivery_id, r.message_id or "", r.sha256, r.sent_at,
+                             r.state) for r in rows]
+
+    def oldest_unarchived(self, *, delivery_id: int | None, since: datetime | None,
+                          until: datetime | None) -> datetime | None:
+        """Sent time of the oldest log whose copy the archive has not acknowledged."""
+        log, o = delivery_logs.c, archive_outbox.c
+        query = (select(func.min(log.sent_at)).join(archive_outbox, o.log_id == log.id)
+                 .where(o.state != ArchiveState.ARCHIVED))
+        with self.engine.connect() as conn:
+            oldest: datetime | None = conn.scalar(self._scope(query, delivery_id, since, until))
+        if oldest is not None and oldest.tzinfo is None:  # min() skips the column type
+            oldest = oldest.replace(tzinfo=UTC)
+        return oldest
+
+    def log_identities(self, log_ids: Sequence[int]) -> dict[int, LogIdentity]:
+        log = delivery_logs.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(log.id, log.delivery_id, log.status, log.message_id,
+                                       log.sent_at, log.updated_at)
+                                .where(log.id.in_(list(log_ids)))).all()
+        return {r.id: LogIdentity(r.id, r.delivery_id, r.status, r.message_id or "",
+                                  r.sent_at or r.updated_at) for r in rows}

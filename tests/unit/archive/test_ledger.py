@@ -1,0 +1,108 @@
+"""The hash ledger's pure core: chain faults named at the first broken entry, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from postroom.archive.audit import audit
+from postroom.archive.ledger import GENESIS, Entry, new_entry
+from postroom.archive.signing import Signer, new_private_key_hex, verify_checkpoint
+from postroom.errors import ConfigError
+
+T0 = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)  # a fixed time, no real clock in these tests
+
+
+def _chain(n: int) -> list[Entry]:
+    entries: list[Entry] = []
+    prev = GENESIS
+    for seq in range(1, n + 1):
+        entry = new_entry(seq=seq, prev=prev, delivery=1, log=seq, message_id=f"<{seq}.1.s@x>",
+                          sha256=f"{seq:064x}", size=1000 + seq,
+                          accepted_at=T0 + timedelta(seconds=seq),
+                          acked_at=T0 + timedelta(seconds=seq, microseconds=7), ack="250 ok")
+        entries.append(entry)
+        prev = entry.hash
+    return entries
+
+
+def _first_fault(entries: list[Entry]) -> int | None:
+    report = audit(entries, checkpoints=[], public_key=None)
+    return None if report.fault is None else report.fault.seq
+
+
+def test_an_intact_chain_has_no_fault() -> None:
+    assert _first_fault(_chain(10)) is None
+
+
+def test_an_edited_field_is_named() -> None:
+    entries = _chain(10)
+    entries[4] = dataclasses.replace(entries[4], sha256="f" * 64)
+    assert _first_fault(entries) == 5
+
+
+def test_an_edited_hash_is_named() -> None:
+    entries = _chain(10)
+    entries[4] = dataclasses.replace(entries[4], hash="e" * 64)
+    assert _first_fault(entries) == 5
+
+
+def test_a_deleted_entry_names_the_one_after_it() -> None:
+    entries = _chain(10)
+    del entries[6]
+    report = audit(entries, checkpoints=[], public_key=None)
+    assert report.fault is not None and report.fault.seq == 8
+    assert "missing" in report.fault.problem
+
+
+def test_a_swapped_pair_is_named_at_the_first() -> None:
+    entries = _chain(10)
+    a, b = entries[2], entries[3]
+    entries[2] = dataclasses.replace(b, seq=3)
+    entries[3] = dataclasses.replace(a, seq=4)
+    assert _first_fault(entries) == 3
+
+
+def test_an_inserted_entry_is_named_by_the_link_after_it() -> None:
+    entries = _chain(10)
+    forged = new_entry(seq=5, prev=entries[3].hash, delivery=1, log=99, message_id="<x>",
+                       sha256="a" * 64, size=1, accepted_at=T0, acked_at=T0, ack="250")
+    # A well-formed forgery, the entries after it renumbered: the next one no longer links.
+    entries = [*entries[:4], forged,
+               *(dataclasses.replace(e, seq=e.seq + 1) for e in entries[4:])]
+    report = audit(entries, checkpoints=[], public_key=None)
+    assert report.fault is not None and report.fault.seq == 6
+    assert "inserted" in report.fault.problem
+
+
+def test_a_deleted_tail_shows_against_the_stored_head() -> None:
+    entries = _chain(10)
+    report = audit(entries[:8], checkpoints=[], public_key=None,
+                   stored_head=(10, entries[-1].hash))
+    assert report.fault is None and report.head_problem is not None and not report.ok
+
+
+def test_checkpoints_verify_with_the_public_key_alone() -> None:
+    seed, public = new_private_key_hex()
+    signer = Signer(seed)
+    entries = _chain(10)
+    checkpoint = signer.checkpoint(10, entries[-1].hash, T0)
+    assert verify_checkpoint(checkpoint, public)
+    assert audit(entries, checkpoints=[checkpoint], public_key=public).ok
+    # another key, a changed count, a head that is not the chain's: all refused
+    _, other = new_private_key_hex()
+    assert not verify_checkpoint(checkpoint, other)
+    assert not verify_checkpoint(dataclasses.replace(checkpoint, count=9), public)
+    wrong_head = signer.checkpoint(9, entries[-1].hash, T0)
+    report = audit(entries, checkpoints=[wrong_head], public_key=public)
+    assert report.checkpoint_problems and not report.ok
+
+
+def test_the_signing_key_is_never_shown_and_bad_keys_are_clear() -> None:
+    seed, public = new_private_key_hex()
+    signer = Signer(seed)
+    assert seed not in repr(signer) and public in repr(signer)
+    with pytest.raises(ConfigError, match=r"archive\.ledger_key"):
+        Signer("not a key")
