@@ -122,7 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Refuse a date-shifted run (CI's second run) whose clock shift did not take effect."""
     import sys
 
-    if os.environ.get("POSTROOM_TEST_SHIFT_DAYS") and not hasattr(
+    if os.environ.get("TEST_CLOCK_SHIFT_DAYS") and not hasattr(
             sys.modules.get("sitecustomize"), "_travel"):
-        raise pytest.UsageError("POSTROOM_TEST_SHIFT_DAYS is set but tests/clock_shift is not on "
+        raise pytest.UsageError("TEST_CLOCK_SHIFT_DAYS is set but tests/clock_shift is not on "
                                 "PYTHONPATH: the clock is not shifted")
