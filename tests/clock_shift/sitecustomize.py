@@ -2,11 +2,11 @@
 
 CI puts this folder on PYTHONPATH and sets TEST_CLOCK_SHIFT_DAYS: Python then imports this
 module at start-up, in pytest and in every `python -m postroom` process the tests spawn (they
-inherit the environment), so all of them see the same shifted `time.time()` and
-`datetime.now()` (the variable has no POSTROOM_ prefix, which the tests strip from the
-environment of the workers they start), while monotonic time, sleeps and timeouts keep their meaning. A test that puts a
-fixed calendar date next to the real clock fails under it. (libfaketime was tried first: with
-monotonic time shifted, threading waits hang; without, time.sleep fails with EINVAL.)
+inherit the environment; the variable has no POSTROOM_ prefix, which the tests strip from their
+workers' environment), so all of them see the same shifted `time.time()` and `datetime.now()`,
+while monotonic time, sleeps and timeouts keep their meaning. A test that puts a fixed calendar
+date next to the real clock fails under it. (libfaketime was tried first: with monotonic time
+shifted, threading waits hang; without, time.sleep fails with EINVAL.)
 """
 
 import os
