@@ -27,6 +27,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from postroom.compose.template_limits import TemplateLimits
 from postroom.delivery.shaping import ShapingSettings
 from postroom.errors import ConfigError
 from postroom.transport.routing import RoutingSettings
@@ -300,6 +301,9 @@ class Settings(BaseSettings):
         default_factory=ShapingSettings, description="Per-domain connections, messages per "
         "connection and per hour, and the automatic slowdown on temporary failures.")
     dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
+    templates: TemplateLimits = Field(
+        default_factory=TemplateLimits, description="Bounds on compiling and rendering "
+        "templates: source and output size, CPU time per recipient.")
 
     @property
     def archive_relay(self) -> SmtpRelay:

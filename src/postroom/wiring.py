@@ -83,6 +83,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         resource_validity_days=web.resource_validity_days,
         signers=_signers(settings.dkim),
         rules=lambda: [rule_from_row(row) for row in store.list_rules()],
+        templates=settings.templates,
     )
     return Postroom(
         store,
