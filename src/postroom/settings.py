@@ -48,7 +48,8 @@ __all__ = [
 
 CONFIG_ENV = "POSTROOM_CONFIG"
 DEFAULT_CONFIG_FILE = "postroom.toml"
-SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"))
+SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"),
+               ("web", "health_token"))
 
 
 class TlsMode(StrEnum):
@@ -195,14 +196,27 @@ class WebSettings(_Section):
     port: int = Field(8025, ge=1, le=65535, description="Port `postroom serve` listens on.")
     secret_key: SecretStr = Field(
         SecretStr(""),
-        description="Signs mirror and unsubscribe links (environment only); empty: a random "
-        "secret generated once and kept in the database.",
+        description="Signs mirror and unsubscribe links (environment only); at least 32 "
+        "bytes; empty: a random secret generated once and kept in the database.",
     )
+    health_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token that shows `/health`'s details (problems, "
+        "counts) to a monitor (environment only); without it `/health` says only ok or not.")
     unsubscribe_mailto: str = Field(
         "", description="Address of mailto unsubscribes; empty: unsubscribe@<From domain>. "
         "An international domain goes out as its A-label; the local part must be ASCII."
     )
     resource_validity_days: float = Field(30.0, gt=0, description="Mirror pages' lifetime.")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        length = len(value.get_secret_value().encode())
+        if 0 < length < 32:
+            raise ValueError(f"is {length} bytes long; it must have at least 32 (for example "
+                             "`python -c 'import secrets; print(secrets.token_hex(32))'`), or "
+                             "be empty for a generated one")
+        return value
 
     @field_validator("base_url")
     @classmethod
