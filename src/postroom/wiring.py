@@ -6,6 +6,9 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
 from postroom.bounces.quarantine import QuarantinePolicy
 from postroom.bounces.rules import default_rules
 from postroom.compose.dkim import DkimSigner
@@ -14,8 +17,8 @@ from postroom.delivery.plan import Links, Planner
 from postroom.errors import ConfigError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
-from postroom.settings import DkimKey, Settings, SmtpRelay
-from postroom.storage.sql import open_store
+from postroom.settings import DkimKey, Settings, SmtpRelay, mask_url
+from postroom.storage.sql import SqlStore, open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
 
@@ -58,14 +61,39 @@ def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
         if b"PRIVATE KEY" not in pem:
             raise ConfigError(f"dkim[{index}].private_key_file: {key.private_key_file} is not "
                               "a PEM private key")
+        try:
+            parse_pem_private_key(pem)
+        except (UnparsableKeyError, ValueError) as exc:  # ValueError: binascii's, ...
+            raise ConfigError(f"dkim[{index}].private_key_file: {key.private_key_file} is not "
+                              f"an RSA private key that can be read ({exc})") from None
         signers[key.domain.lower()] = DkimSigner(key.domain.lower(), key.selector, pem)
     return signers
+
+
+def _open_store(url: str) -> SqlStore:
+    """The store at `url`; an unusable URL or an unreachable database is a ConfigError of
+    one line (the URL printed without its password)."""
+    where = f"database_url {mask_url(url)}"
+    try:
+        return open_store(url)
+    except NoSuchModuleError:  # (an ArgumentError)
+        raise ConfigError(f"{where}: unknown database or driver (sqlite, "
+                          "postgresql+psycopg)") from None
+    except ArgumentError:
+        raise ConfigError(f"{where}: not a database URL (for example sqlite:///postroom.db or "
+                          "postgresql+psycopg://user@host/db)") from None
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{where}: the driver {exc.name!r} is not installed (the "
+                          "PostgreSQL driver comes with the `postgres` extra)") from None
+    except DBAPIError as exc:
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        raise ConfigError(f"{where}: cannot open the database: {reason}") from None
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Postroom:
     """A ready Postroom: database opened and migrated, SMTP connectors configured."""
     sending = settings.sending
-    store = open_store(settings.database_url)
+    store = _open_store(settings.database_url)
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(
         "link-signing", lambda: secrets.token_hex(32))

@@ -264,3 +264,30 @@ def test_pause_resume_and_stop(cli: Cli, relay: CaptureServer) -> None:
     assert relay.messages == []
     sent = cli.json("deliveries", "send", str(first))
     assert sent["sent"] == 2
+
+
+@pytest.mark.parametrize(("env", "args", "expected"), [
+    ({"POSTROOM_DATABASE_URL": "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/x"},
+     ("templates", "list"), "database_url postgresql+psycopg://postgres:***@127.0.0.1:1/x: "
+     "cannot open the database: connection failed"),
+    ({"POSTROOM_DATABASE_URL": "not a url"}, ("templates", "list"),
+     "database_url (unparsable URL hidden): not a database URL"),
+    ({"POSTROOM_DATABASE_URL": "mysql+nodriver://x/y"}, ("templates", "list"),
+     "database_url mysql+nodriver://x/y: unknown database or driver"),
+    ({}, ("bounces", "fetch", "--imap", "imap://u:hunter2@host:xx/INBOX"),
+     "bad mailbox URL (Port could not be cast to integer value as 'xx')"),
+    ({}, ("bounces", "fetch", "--pop3", "pop3://u@[::1"), "bad mailbox URL (Invalid IPv6 URL)"),
+    ({"POSTROOM_DKIM": '[{"domain": "shop.example", "selector": "s1", '
+                       '"private_key_file": "bad.pem"}]'},
+     ("templates", "list"), "dkim[0].private_key_file: bad.pem is not an RSA private key"),
+])
+def test_user_errors_print_one_line_not_a_traceback(
+    cli: Cli, env: dict[str, str], args: tuple[str, ...], expected: str,
+) -> None:
+    """Issue 12: each of these printed a traceback."""
+    cli.write("bad.pem", "-----BEGIN PRIVATE KEY-----\nnotbase64\n-----END PRIVATE KEY-----\n")
+    result = cli.run(*args, ok=False, env={**env, "COLUMNS": "60"})
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and expected in line, line
+    assert "hunter2" not in result.stdout + result.stderr

@@ -61,5 +61,6 @@ def main() -> None:
     try:
         app()
     except PostroomError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)  # one line, whatever the terminal's width
         sys.exit(2 if isinstance(exc, ConfigError | InputError | NotFoundError) else 1)
