@@ -54,8 +54,9 @@ SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "
 
 class TlsMode(StrEnum):
     NONE = "none"
-    STARTTLS = "starttls"
+    STARTTLS = "starttls"  # required: a server without STARTTLS is refused
     IMPLICIT = "implicit"
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when the server offers it, else cleartext
 
 
 class _Section(BaseModel):
@@ -77,7 +78,8 @@ class SmtpRelay(_Section):
 
     host: str = Field("127.0.0.1", description="Relay host name or address.")
     port: int = Field(25, ge=1, le=65535, description="Relay TCP port.")
-    tls: TlsMode = Field(TlsMode.NONE, description="none, starttls or implicit (SMTPS).")
+    tls: TlsMode = Field(TlsMode.NONE, description="none, starttls (required), implicit "
+                         "(SMTPS) or opportunistic (STARTTLS when offered).")
     verify_tls: bool = Field(True, description="Verify the relay's TLS certificate.")
     ca_file: Path | None = Field(None, description="CA bundle to verify the relay with.")
     username: str = Field("", description="AUTH user name; empty means no AUTH.")

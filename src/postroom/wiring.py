@@ -17,7 +17,7 @@ from postroom.delivery.plan import Links, Planner
 from postroom.errors import ConfigError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
-from postroom.settings import DkimKey, Settings, SmtpRelay, mask_url
+from postroom.settings import DkimKey, Settings, SmtpRelay, TlsMode, mask_url
 from postroom.storage.sql import SqlStore, open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
@@ -36,14 +36,20 @@ def _connector(relay: SmtpRelay, helo: str, per_connection: int) -> Callable[[],
     return connect
 
 
+_ROUTE_TLS = {"opportunistic": TlsMode.OPPORTUNISTIC, "required": TlsMode.STARTTLS,
+              "none": TlsMode.NONE}
+
+
 def _host_connector(settings: Settings) -> Callable[[HostPort], Transport]:
     """Connections to a route's host: the relay with its TLS and AUTH settings; any other host
-    (an MX, a static route) in plain SMTP with the relay's timeout."""
+    (an MX, a static route) with its route's TLS policy (STARTTLS when offered, by default;
+    certificates not verified, as MX hosts' names rarely match) and the relay's timeout."""
     relay, sending = settings.smtp, settings.sending
 
     def connect(host: HostPort) -> Transport:
         target = relay if (host.host, host.port) == (relay.host, relay.port) else SmtpRelay(
-            host=host.host, port=host.port, timeout_seconds=relay.timeout_seconds)
+            host=host.host, port=host.port, timeout_seconds=relay.timeout_seconds,
+            tls=_ROUTE_TLS[host.tls], verify_tls=False)
         return PipelinedConnection(target, helo_name=sending.helo_name,
                                    messages_per_connection=sending.messages_per_connection)
 
