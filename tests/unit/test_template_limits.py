@@ -58,6 +58,10 @@ def test_compiling_folds_no_constant() -> None:
     "{{ recipient.big.join([recipient.big] * 100) }}",
     "{{ ([recipient.big] * 100)|join(recipient.big) }}",
     "{{ 9 ** (9 ** 9) }}",
+    "{{ recipient.big.translate({120: recipient.big}) }}",
+    "{{ [1]|slice(10**8) }}",
+    "{{ [1]|batch(10**8, 0) }}",
+    "{{ lipsum(n=10**4, max=10**4) }}",
     "{% set ns = namespace(n=10**1000) %}{% for i in range(40) %}"
     "{% set ns.n = ns.n * ns.n %}{% endfor %}",
     "{% set ns = namespace(s=recipient.big) %}{% for i in range(40) %}"
@@ -112,6 +116,24 @@ def test_sources_python_cannot_parse_are_template_errors(source: str) -> None:
     with pytest.raises(TemplateError, match="text: "):
         compile_content(subject="s", html="", text=source,
                         limits=TemplateLimits(max_source_chars=20_000))
+
+
+def test_the_number_of_template_tokens_is_bounded() -> None:
+    """2,000,000 characters of tags took 86 s and ~800 MB to compile; the lexer is stopped at
+    the limit instead."""
+    limits = TemplateLimits(max_template_tokens=1_000)
+    source = "{{ recipient.first_name }}" * 2_000
+    with pytest.raises(TemplateLimitError, match=r"html: .*more than 1,000 tokens.*"
+                       r"templates.max_template_tokens"):
+        compile_content(subject="s", html=source, text="", limits=limits)
+    compile_content(subject="s", html=source[:26 * 150], text="", limits=limits)
+
+
+def test_big_numbers_as_values_are_not_sizes() -> None:
+    assert render("{{ '%d'|format(12345678901) }} {{ recipient.nothing|default(20261204) }}"
+                  " {{ '{:,}'.format(12345678901) }} {{ 12345678901|filesizeformat }}"
+                  " {{ 'abc'|truncate(10**9) }}").text == \
+        "12345678901 20261204 12,345,678,901 12.3 GB abc"
 
 
 def test_ordinary_templates_are_unchanged() -> None:

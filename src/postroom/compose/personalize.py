@@ -289,14 +289,33 @@ def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str,
             f"{field}: the template is {len(source):,} characters long, more than "
             f"{limits.max_source_chars:,} (templates.max_source_chars)", field=field)
     try:
-        return (_Compiled(env.from_string(source)),
-                meta.find_undeclared_variables(env.parse(source)))
+        _count_tokens(env, source, field, limits)
+        tree = env.parse(source)
+        names = meta.find_undeclared_variables(tree)  # before compiling, which optimizes it
+        return _Compiled(env.from_string(tree)), names
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{field}, line {exc.lineno}: {exc.message}", field=field) from None
+    except TemplateLimitError:
+        raise
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
         # nesting too deep for the parser, a number literal too long for int(), ...
         raise TemplateError(f"{field}: cannot compile: {type(exc).__name__}: {exc}",
                             field=field) from None
+
+
+def _count_tokens(env: ImmutableSandboxedEnvironment, source: str, field: str,
+                  limits: TemplateLimits) -> None:
+    """Refuse a source with more template tokens than `limits.max_template_tokens`; the
+    lexer is lazy, so this stops reading at the limit."""
+    tokens = 0
+    for _line, kind, _value in env.lex(source):
+        if kind not in ("data", "whitespace"):
+            tokens += 1
+            if tokens > limits.max_template_tokens:
+                raise TemplateLimitError(
+                    f"{field}: the template has more than {limits.max_template_tokens:,} "
+                    "tokens inside {{ }} and {% %} (templates.max_template_tokens)",
+                    field=field)
 
 
 def compile_content(*, subject: str, html: str, text: str,

@@ -37,6 +37,7 @@ _CHECK_EVERY = 64  # budget ticks between two reads of the CPU clock
 _DIGITS = re.compile(r"\d+")
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?[hlL]?[a-zA-Z%]")
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+_SIZE_FILTERS = frozenset({"center", "batch", "slice", "wordwrap"})  # a number sizes the result
 
 
 class TemplateLimits(BaseModel):
@@ -47,6 +48,10 @@ class TemplateLimits(BaseModel):
     max_source_chars: int = Field(
         2_000_000, ge=1_000, description="Longest subject, HTML or text source a template may "
         "have; longer ones are refused when compiled.")
+    max_template_tokens: int = Field(
+        20_000, ge=100, description="Most tokens (names, operators, literals, ...) inside "
+        "{{ }}, {% %} and {# #} a subject, HTML or text source may have; compiling costs "
+        "about 25 µs and a few KB per token.")
     max_output_chars: int = Field(
         5_000_000, ge=1_000, description="Longest subject, HTML or text a template may render "
         "for one recipient, and largest value any step of it may build.")
@@ -140,6 +145,11 @@ class Budget:
     def call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before calling `func` from a template: refuse a str method that would be too big."""
         self.tick()
+        if getattr(func, "__name__", "") == "generate_lorem_ipsum":  # the `lipsum` global
+            given = dict(zip(("n", "html", "min", "max"), args, strict=False)) | kwargs
+            paragraphs, words = given.get("n", 5), given.get("max", 100)
+            if _is_int(paragraphs) and _is_int(words):
+                self.size(paragraphs * words * 12, "the result of lipsum()")
         owner = getattr(func, "__self__", getattr(getattr(func, "__wrapped__", None),
                                                    "__self__", None))
         if not isinstance(owner, (str, bytes)):
@@ -161,6 +171,9 @@ class Budget:
             self.size(len(owner) * max(len(items) - 1, 0) + sum(_length(i) for i in items), what)
         elif name == "replace" and len(args) >= 2:
             self.replace(owner, args[0], args[1], what)
+        elif name == "translate" and args and isinstance(args[0], Mapping):
+            longest = max([_length(v) for v in args[0].values() if v is not None] or [1])
+            self.size(len(owner) * longest, what)
 
     def replace(self, text: Any, old: Any, new: Any, what: str) -> None:
         if isinstance(text, (str, bytes)) and isinstance(old, type(text)) \
@@ -174,9 +187,10 @@ class Budget:
         if len(args) < 2 and not kwargs:
             return  # nothing but the value: no filter makes it much larger
         what = f"the result of the filter {name!r}"
-        options = [v for v in (*args[1:], *kwargs.values()) if _is_int(v)]
-        for number in options:
-            self.size(abs(number), what)
+        if name in _SIZE_FILTERS:
+            for number in (*args[1:], *kwargs.values()):
+                if _is_int(number):
+                    self.size(abs(number), what)
         value = args[0] if args else None
         if name == "format" and isinstance(value, str):
             self.printf(value, kwargs or args[1:], what)
