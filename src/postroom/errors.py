@@ -4,6 +4,7 @@
     ├── ConfigError(PostroomError, ValueError)        a settings key is missing or wrong
     ├── InputError(PostroomError, ValueError)         user input (file, option, template) is wrong
     │   └── TemplateError                             a template does not compile or render
+    │       └── TemplateLimitError                    ... within its CPU or size bounds
     ├── NotFoundError(PostroomError, LookupError)     a named object does not exist
     ├── StateError(PostroomError, RuntimeError)       an operation is illegal in the current state
     │   └── ReadOnlyError                             the built-in template cannot be changed
@@ -23,6 +24,7 @@ __all__ = [
     "ReadOnlyError",
     "StateError",
     "TemplateError",
+    "TemplateLimitError",
     "TransportError",
 ]
 
@@ -46,6 +48,10 @@ class TemplateError(InputError):
         super().__init__(message)
         self.field = field
         self.variable = variable
+
+
+class TemplateLimitError(TemplateError):
+    """Compiling or rendering a template would pass one of its bounds (`[templates]`)."""
 
 
 class NotFoundError(PostroomError, LookupError):

@@ -35,6 +35,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from postroom.compose.template_limits import TemplateLimits
 from postroom.delivery.shaping import ShapingSettings
 from postroom.errors import ConfigError
 from postroom.transport.routing import RoutingSettings
@@ -58,13 +59,14 @@ __all__ = [
 CONFIG_ENV = "POSTROOM_CONFIG"
 DEFAULT_CONFIG_FILE = "postroom.toml"
 SECRET_KEYS = (("smtp", "password"), ("archive", "relay", "password"), ("web", "secret_key"),
-               ("archive", "ledger_key"), ("archive", "imap_password"))
+               ("archive", "ledger_key"), ("archive", "imap_password"), ("web", "health_token"))
 
 
 class TlsMode(StrEnum):
     NONE = "none"
-    STARTTLS = "starttls"
+    STARTTLS = "starttls"  # required: a server without STARTTLS is refused
     IMPLICIT = "implicit"
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when the server offers it, else cleartext
 
 
 class _Section(BaseModel):
@@ -86,7 +88,8 @@ class SmtpRelay(_Section):
 
     host: str = Field("127.0.0.1", description="Relay host name or address.")
     port: int = Field(25, ge=1, le=65535, description="Relay TCP port.")
-    tls: TlsMode = Field(TlsMode.NONE, description="none, starttls or implicit (SMTPS).")
+    tls: TlsMode = Field(TlsMode.NONE, description="none, starttls (required), implicit "
+                         "(SMTPS) or opportunistic (STARTTLS when offered).")
     verify_tls: bool = Field(True, description="Verify the relay's TLS certificate.")
     ca_file: Path | None = Field(None, description="CA bundle to verify the relay with.")
     username: str = Field("", description="AUTH user name; empty means no AUTH.")
@@ -250,14 +253,27 @@ class WebSettings(_Section):
     port: int = Field(8025, ge=1, le=65535, description="Port `postroom serve` listens on.")
     secret_key: SecretStr = Field(
         SecretStr(""),
-        description="Signs mirror and unsubscribe links (environment only); empty: a random "
-        "secret generated once and kept in the database.",
+        description="Signs mirror and unsubscribe links (environment only); at least 32 "
+        "bytes; empty: a random secret generated once and kept in the database.",
     )
+    health_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token that shows `/health`'s details (problems, "
+        "counts) to a monitor (environment only); without it `/health` says only ok or not.")
     unsubscribe_mailto: str = Field(
         "", description="Address of mailto unsubscribes; empty: unsubscribe@<From domain>. "
         "An international domain goes out as its A-label; the local part must be ASCII."
     )
     resource_validity_days: float = Field(30.0, gt=0, description="Mirror pages' lifetime.")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        length = len(value.get_secret_value().encode())
+        if 0 < length < 32:
+            raise ValueError(f"is {length} bytes long; it must have at least 32 (for example "
+                             "`python -c 'import secrets; print(secrets.token_hex(32))'`), or "
+                             "be empty for a generated one")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -359,6 +375,9 @@ class Settings(BaseSettings):
         default_factory=ShapingSettings, description="Per-domain connections, messages per "
         "connection and per hour, and the automatic slowdown on temporary failures.")
     dkim: list[DkimKey] = Field(default_factory=list, description="Signing keys by domain.")
+    templates: TemplateLimits = Field(
+        default_factory=TemplateLimits, description="Bounds on compiling and rendering "
+        "templates: source and output size, CPU time per recipient.")
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,9 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
 from postroom.archive.signing import Signer
 from postroom.archive.sinks import DirectorySink, ImapSink, JournalTransport
 from postroom.archive.stores import parse_imap_url
@@ -18,9 +21,9 @@ from postroom.domain.addresses import allow_test_domains
 from postroom.errors import ConfigError, InputError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
-from postroom.settings import DkimKey, Settings, SmtpRelay
+from postroom.settings import DkimKey, Settings, SmtpRelay, TlsMode, mask_url
 from postroom.storage.ledger import LedgerConfig
-from postroom.storage.sql import open_store
+from postroom.storage.sql import SqlStore, open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
 
@@ -65,14 +68,20 @@ def _archive_sink(settings: Settings,
                       settings.sending.messages_per_connection)
 
 
+_ROUTE_TLS = {"opportunistic": TlsMode.OPPORTUNISTIC, "required": TlsMode.STARTTLS,
+              "none": TlsMode.NONE}
+
+
 def _host_connector(settings: Settings) -> Callable[[HostPort], Transport]:
     """Connections to a route's host: the relay with its TLS and AUTH settings; any other host
-    (an MX, a static route) in plain SMTP with the relay's timeout."""
+    (an MX, a static route) with its route's TLS policy (STARTTLS when offered, by default;
+    certificates not verified, as MX hosts' names rarely match) and the relay's timeout."""
     relay, sending = settings.smtp, settings.sending
 
     def connect(host: HostPort) -> Transport:
         target = relay if (host.host, host.port) == (relay.host, relay.port) else SmtpRelay(
-            host=host.host, port=host.port, timeout_seconds=relay.timeout_seconds)
+            host=host.host, port=host.port, timeout_seconds=relay.timeout_seconds,
+            tls=_ROUTE_TLS[host.tls], verify_tls=False)
         return PipelinedConnection(target, helo_name=sending.helo_name,
                                    messages_per_connection=sending.messages_per_connection)
 
@@ -90,15 +99,40 @@ def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
         if b"PRIVATE KEY" not in pem:
             raise ConfigError(f"dkim[{index}].private_key_file: {key.private_key_file} is not "
                               "a PEM private key")
+        try:
+            parse_pem_private_key(pem)
+        except (UnparsableKeyError, ValueError) as exc:  # ValueError: binascii's, ...
+            raise ConfigError(f"dkim[{index}].private_key_file: {key.private_key_file} is not "
+                              f"an RSA private key that can be read ({exc})") from None
         signers[key.domain.lower()] = DkimSigner(key.domain.lower(), key.selector, pem)
     return signers
+
+
+def _open_store(url: str) -> SqlStore:
+    """The store at `url`; an unusable URL or an unreachable database is a ConfigError of
+    one line (the URL printed without its password)."""
+    where = f"database_url {mask_url(url)}"
+    try:
+        return open_store(url)
+    except NoSuchModuleError:  # (an ArgumentError)
+        raise ConfigError(f"{where}: unknown database or driver (sqlite, "
+                          "postgresql+psycopg)") from None
+    except ArgumentError:
+        raise ConfigError(f"{where}: not a database URL (for example sqlite:///postroom.db or "
+                          "postgresql+psycopg://user@host/db)") from None
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{where}: the driver {exc.name!r} is not installed (the "
+                          "PostgreSQL driver comes with the `postgres` extra)") from None
+    except DBAPIError as exc:
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        raise ConfigError(f"{where}: cannot open the database: {reason}") from None
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Postroom:
     """A ready Postroom: database opened and migrated, SMTP connectors configured."""
     sending = settings.sending
     allow_test_domains(settings.allow_test_domains)
-    store = open_store(settings.database_url)
+    store = _open_store(settings.database_url)
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(
         "link-signing", lambda: secrets.token_hex(32))
@@ -122,6 +156,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Pos
         resource_validity_days=web.resource_validity_days,
         signers=_signers(settings.dkim),
         rules=lambda: [rule_from_row(row) for row in store.list_rules()],
+        templates=settings.templates,
     )
     return Postroom(
         store,

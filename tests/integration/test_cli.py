@@ -158,6 +158,31 @@ def test_template_errors_fail_analysis_before_anything_is_sent(
     assert row["state"] == "failed" and expected in row["last_error"]
 
 
+def test_templates_past_their_limits_fail_analysis_and_list_never_compiles(
+    cli: Cli, relay: CaptureServer,
+) -> None:
+    """Issue 12, finding 3: `{{ 'a' * 10**9 }}` cost 4 GB when compiled, nested loops hung
+    analysis, and one such template made `templates list` die with a MemoryError."""
+    cli.config.write_text(cli.config.read_text(encoding="utf-8")
+                          + "[templates]\nrender_cpu_seconds = 0.5\n", encoding="utf-8")
+    cli.run("recipients", "import", str(cli.write("p.csv", "email,first_name\na@example.com,A\n")))
+    cli.run("templates", "create", str(_template(cli, "huge", html="{{ 'a' * 10**8 }}")))
+    cli.run("templates", "create", str(_template(
+        cli, "loops", html="{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% endfor %}{% endfor %}")))
+    listed = cli.json("templates", "list")
+    assert [t["name"] for t in listed if not t["builtin"]] == ["huge", "loops"]
+    assert all("problems" not in t for t in listed)  # listing compiles nothing
+    for name, expected in (("huge", "templates.max_output_chars"),
+                           ("loops", "more than 0.5 s of CPU (templates.render_cpu_seconds)")):
+        delivery = cli.json("deliveries", "create", "-t", name)
+        analysis = cli.run("deliveries", "analyze", str(delivery["id"]), "--json", ok=False)
+        errors = json.loads(analysis.stdout)["errors"]
+        assert any(expected in e and "a@example.com" in e for e in errors), errors
+        assert "Traceback" not in analysis.stderr
+    assert relay.messages == []
+
+
 def test_bcc_requested_without_the_capability_fails_analysis(
     tmp_path: Path, relay: CaptureServer,
 ) -> None:
@@ -243,3 +268,30 @@ def test_pause_resume_and_stop(cli: Cli, relay: CaptureServer) -> None:
     assert relay.messages == []
     sent = cli.json("deliveries", "send", str(first))
     assert sent["sent"] == 2
+
+
+@pytest.mark.parametrize(("env", "args", "expected"), [
+    ({"POSTROOM_DATABASE_URL": "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/x"},
+     ("templates", "list"), "database_url postgresql+psycopg://postgres:***@127.0.0.1:1/x: "
+     "cannot open the database: connection failed"),
+    ({"POSTROOM_DATABASE_URL": "not a url"}, ("templates", "list"),
+     "database_url (unparsable URL hidden): not a database URL"),
+    ({"POSTROOM_DATABASE_URL": "mysql+nodriver://x/y"}, ("templates", "list"),
+     "database_url mysql+nodriver://x/y: unknown database or driver"),
+    ({}, ("bounces", "fetch", "--imap", "imap://u:hunter2@host:xx/INBOX"),
+     "bad mailbox URL (Port could not be cast to integer value as 'xx')"),
+    ({}, ("bounces", "fetch", "--pop3", "pop3://u@[::1"), "bad mailbox URL (Invalid IPv6 URL)"),
+    ({"POSTROOM_DKIM": '[{"domain": "shop.example", "selector": "s1", '
+                       '"private_key_file": "bad.pem"}]'},
+     ("templates", "list"), "dkim[0].private_key_file: bad.pem is not an RSA private key"),
+])
+def test_user_errors_print_one_line_not_a_traceback(
+    cli: Cli, env: dict[str, str], args: tuple[str, ...], expected: str,
+) -> None:
+    """Issue 12: each of these printed a traceback."""
+    cli.write("bad.pem", "-----BEGIN PRIVATE KEY-----\nnotbase64\n-----END PRIVATE KEY-----\n")
+    result = cli.run(*args, ok=False, env={**env, "COLUMNS": "60"})
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and expected in line, line
+    assert "hunter2" not in result.stdout + result.stderr

@@ -12,9 +12,12 @@ import trustme
 from pydantic import SecretStr
 
 from postroom.domain.outcomes import Verdict
+from postroom.service import Postroom
 from postroom.settings import SmtpRelay, TlsMode
 from postroom.testing.smtp_server import CaptureServer
+from postroom.transport.routing import RoutingSettings
 from postroom.transport.smtp import SmtpConnection
+from tests.conftest import write_csv
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\n\r\nbody\r\n"
 
@@ -75,3 +78,55 @@ def test_plain_session_is_refused_when_the_server_requires_starttls(
     relay = _relay(secure_server, None, "correct horse", tls=TlsMode.NONE, username="")
     assert _send(relay) is not Verdict.SENT
     assert secure_server.messages == []
+
+
+# --- TLS to MX hosts and static routes (issue 12) -------------------------------------------
+
+
+def _tls_server(ca: trustme.CA, capture: Callable[..., CaptureServer],
+                *, require: bool) -> CaptureServer:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mx.offers.example").configure_cert(context)  # a name that does not match
+    return capture(tls_context=context, require_tls=require)
+
+
+def test_routes_use_starttls_when_offered_and_required_tls_refuses_cleartext(
+    ca: trustme.CA, capture: Callable[..., CaptureServer],
+    make_postroom: Callable[..., Postroom], sqlite_url: str, tmp_path: Path,
+) -> None:
+    """Opportunistic by default: STARTTLS with a server that offers it (and with one that
+    requires it: that failed before), cleartext with one that lacks it; `tls = "required"`
+    sends nothing to a server without STARTTLS."""
+    offers, requires = _tls_server(ca, capture, require=False), _tls_server(ca, capture,
+                                                                            require=True)
+    lacks, lacks_too = capture(), capture()
+    postroom = make_postroom(sqlite_url, capture(), bcc=False, sending={"quick_retries": 0},
+                             routing={"routes": {
+        "offers.example": f"127.0.0.1:{offers.port}",
+        "requires.example": {"host": f"127.0.0.1:{requires.port}"},
+        "lacks.example": {"host": f"127.0.0.1:{lacks.port}", "tls": "opportunistic"},
+        "strict.example": {"host": f"127.0.0.1:{lacks_too.port}", "tls": "required"},
+        "strict-ok.example": {"host": f"127.0.0.1:{offers.port}", "tls": "required"},
+    }})
+    domains = ("offers", "requires", "lacks", "strict", "strict-ok")
+    postroom.import_recipients(write_csv(tmp_path / "r.csv", [
+        {"email": f"u@{name}.example"} for name in domains]))
+    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n"})
+    delivery, _ = postroom.create_delivery("t")
+    summary = postroom.send(delivery.id)
+    assert summary.sent == 4
+    assert [(m.rcpt_tos, m.tls) for m in requires.messages] == [(("u@requires.example",), True)]
+    assert sorted((m.rcpt_tos, m.tls) for m in offers.messages) == [
+        (("u@offers.example",), True), (("u@strict-ok.example",), True)]
+    assert [(m.rcpt_tos, m.tls) for m in lacks.messages] == [(("u@lacks.example",), False)]
+    assert lacks_too.messages == [] and lacks_too.rcpt_attempts == []
+    [strict] = [log for log in postroom.logs(delivery.id) if log.email == "u@strict.example"]
+    assert strict.status.value == "pending" and "does not offer STARTTLS" in strict.detail
+
+
+def test_a_route_table_is_checked() -> None:
+    with pytest.raises(ValueError, match="tls"):
+        RoutingSettings.model_validate({"routes": {"a.example": {"host": "h:25",
+                                                                 "tls": "maybe"}}})
+    with pytest.raises(ValueError, match="host:port"):
+        RoutingSettings.model_validate({"routes": {"a.example": {"host": "h"}}})

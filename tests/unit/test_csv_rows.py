@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from postroom.domain.addresses import normalize_address
 from postroom.domain.models import EmailFormat, RecipientRow
 from postroom.errors import InputError
-from postroom.recipients.csv_rows import RowError, parse_csv
+from postroom.recipients.csv_rows import MAX_COLUMNS, RowError, parse_csv
 
 
 def parse(data: bytes) -> list[RecipientRow | RowError]:
@@ -215,6 +215,23 @@ def test_missing_email_column_names_the_columns() -> None:
 def test_duplicate_header_columns() -> None:
     with pytest.raises(InputError, match="duplicate columns in the header: email, tier"):
         parse(b"email,tier,Email,Tier\na,b,c,d\n")
+
+
+def test_a_header_past_the_column_limit_is_refused() -> None:
+    """Issue 12, finding 5: the duplicate check was quadratic (10^5 columns: 94 s)."""
+    header = b"email," + b",".join(b"c%d" % i for i in range(MAX_COLUMNS * 20))
+    with pytest.raises(InputError, match=rf"the header has {MAX_COLUMNS * 20 + 1:,} columns, "
+                       rf"more than {MAX_COLUMNS:,}"):
+        parse(header + b"\n")
+
+
+def test_duplicates_are_found_among_many_columns() -> None:
+    names = [b"email"] + [b"c%d" % i for i in range(MAX_COLUMNS - 3)] + [b"C7", b"c9"]
+    with pytest.raises(InputError, match=r"duplicate columns in the header: c7, c9$"):
+        parse(b",".join(names) + b"\n")
+    unique = [b"email"] + [b"c%d" % i for i in range(MAX_COLUMNS - 1)]
+    allowed = b",".join(unique) + b"\na@example.com" + b"," * (MAX_COLUMNS - 1)
+    assert only_row(allowed + b"\n").email == "a@example.com"  # at the limit: read
 
 
 def test_empty_file() -> None:

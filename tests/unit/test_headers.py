@@ -237,6 +237,18 @@ def test_no_data_can_break_a_header_line(value: str) -> None:
         assert len(msg.keys()) == 1
 
 
+@pytest.mark.parametrize("control", ["\x80", "\x85", "\x9b", "\x9f", "\u202a", "\u202b", "\u202c",
+                                     "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
+                                     "\u2069", "\u202e\x9b\u2066"])
+def test_c1_controls_and_bidi_overrides_become_one_space(control: str) -> None:
+    """Issue 12: the docs promise control characters become spaces; C1 controls (but NEL)
+    and bidi overrides (which can show `gpj.exe` as `exe.jpg`) went through."""
+    value = f"Invoice{control}gpj.exe"
+    assert header_text(value) == "Invoice gpj.exe"
+    msg = parse_headers(unstructured_header("Subject", value, charset_for("utf-8")))
+    assert str(msg["Subject"]) == "Invoice gpj.exe"
+
+
 @pytest.mark.parametrize("value", ["Ann\r\nBcc: x@evil.example", "Ann\nBcc: x@evil.example",
                                    "Ann\rBcc: x@evil.example", "Ann\u2028Bcc: x@evil.example"])
 def test_header_text_turns_any_line_break_into_one_space(value: str) -> None:

@@ -283,3 +283,15 @@ def test_unsubscribe_mailto_that_cannot_be_ascii_is_refused(tmp_path: Path, valu
     config = write(tmp_path / "p.toml", f'[web]\nunsubscribe_mailto = "{value}"\n')
     with pytest.raises(ConfigError, match=rf"web\.unsubscribe_mailto: .*{reason}"):
         load_settings(config)
+
+
+def test_short_web_secret_key_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: a link-signing key shorter than 32 bytes was accepted."""
+    monkeypatch.setenv("POSTROOM_WEB__SECRET_KEY", "s" * 31)
+    with pytest.raises(ConfigError, match=r"web.secret_key.*31 bytes long.*at least 32") as bad:
+        load_settings()
+    assert "s" * 31 not in str(bad.value)  # a secret is never printed
+    monkeypatch.setenv("POSTROOM_WEB__SECRET_KEY", "s" * 32)
+    assert load_settings().web.secret_key.get_secret_value() == "s" * 32
+    monkeypatch.setenv("POSTROOM_WEB__SECRET_KEY", "")
+    assert load_settings().web.secret_key.get_secret_value() == ""  # generated and stored

@@ -81,7 +81,8 @@ def main() -> None:
             err_console.print_json(json.dumps({"error": str(exc), "kind": _kind(exc),
                                                "exit_code": code}, ensure_ascii=False))
         else:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)  # one line, whatever the terminal's width
         sys.exit(code)
 
 

@@ -15,7 +15,9 @@ from postroom.compose.charsets import Charset
 
 __all__ = ["address_header", "encoded_words", "header_text", "unstructured_header"]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+# C0 and C1 controls, DEL, Unicode line and paragraph separators, and the bidi embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069), which can reorder what a reader sees.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 _WORD_LENGTH = 66  # an encoded word, so that "Subject: " + word stays under 78 columns
 _FOLD_AT = 78
 _LONG_PHRASE = 200  # longer display names go out as encoded words, which fold

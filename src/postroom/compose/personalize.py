@@ -3,25 +3,37 @@
 Templates see `recipient` (email, first_name, last_name, email_format and every custom field as
 an attribute) and `delivery` (id, name). Compiling happens once per delivery; rendering is a
 pure function of the compiled templates and the recipient.
+
+Both are bounded (`template_limits`, ADR 0020): the sandbox folds no constant at compile time,
+and each recipient's rendering runs against a budget of CPU time and output size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import missing
+from jinja2.utils import missing, pass_context
 
+from postroom.compose.template_limits import (
+    Budget,
+    TemplateLimits,
+    bounded,
+    current_budget,
+    rendering,
+)
 from postroom.domain.models import Recipient
-from postroom.errors import TemplateError
+from postroom.errors import TemplateError, TemplateLimitError
 
 __all__ = [
     "CompiledContent",
     "RenderedContent",
+    "TemplateLimits",
     "compile_content",
     "recipient_context",
     "static_text",
@@ -74,8 +86,43 @@ class _Undefined(StrictUndefined):
         raise self._undefined_exception(self._undefined_message)
 
 
+_BOUNDED = "_postroom_bounded"  # the filter every for loop's iterable goes through
+
+
+def _guarded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` checked against the current budget before and after it runs.
+
+    A context filter, so that Jinja never runs it at compile time (constant folding).
+    """
+    needs = getattr(getattr(func, "jinja_pass_arg", None), "name", None)
+    what = f"the result of the filter {name!r}"
+
+    @pass_context
+    def guarded(context: Context, *args: Any, **kwargs: Any) -> Any:
+        budget = current_budget()
+        if budget is not None:
+            budget.filter(name, args, kwargs)
+        if needs is None:
+            result = func(*args, **kwargs)
+        else:
+            first = (context if needs == "context" else context.eval_ctx
+                     if needs == "eval_context" else context.environment)
+            result = func(first, *args, **kwargs)
+        return result if budget is None else budget.result(result, what)
+
+    return guarded
+
+
+@pass_context
+def _bounded_filter(context: Context, iterable: Any) -> Iterator[Any]:
+    return bounded(iterable)
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, with a short way to read `recipient.x` and `delivery.x`.
+    """Jinja2's immutable sandbox, with a short way to read `recipient.x` and `delivery.x`,
+    and bounded (ADR 0020): every operator is intercepted and every filter is a context
+    filter, so nothing is computed at compile time; at render time, operators, calls,
+    attribute reads, filters and each step of a for loop are checked against the budget.
 
     For a `_Named` and a name without a leading `_`, the sandbox's generic checks always pass
     (no such name is an attribute of the class or of `object`, so it reads a value; the name is
@@ -83,6 +130,42 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     through `wrap_str_format` as the sandbox does, or undefined. Everything else goes the
     sandbox's own way.
     """
+
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
+    intercepted_unops = frozenset({"+", "-"})
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.filters = {name: _guarded_filter(name, func) for name, func in self.filters.items()}
+        self.filters[_BOUNDED] = _bounded_filter
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _BOUNDED, [], [], None, None,
+                                     lineno=loop.iter.lineno)
+        return tree
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        budget = current_budget() or Budget(TemplateLimits())  # never folded at compile time
+        budget.binop(operator, left, right)
+        return budget.result(self.binop_table[operator](left, right),
+                             f"the result of {operator!r}")
+
+    def call_unop(self, context: Context, operator: str, arg: Any) -> Any:
+        budget = current_budget()
+        if budget is not None:
+            budget.tick()
+        return self.unop_table[operator](arg)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any,
+             **kwargs: Any) -> Any:
+        budget = current_budget()
+        if budget is not None:
+            budget.call(__obj, args, kwargs)
+        result = super().call(__context, __obj, *args, **kwargs)
+        return budget.result(result, "the result of a call") if budget is not None \
+            else result
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is _Named and not attribute.startswith("_"):
@@ -125,14 +208,20 @@ class CompiledContent:
     has_html: bool
     has_text: bool
     variables: frozenset[str]  # the top-level names the content uses (mirror_url, ...)
+    limits: TemplateLimits = field(default_factory=TemplateLimits)
 
     def render(self, context: dict[str, Any], *, who: str = "") -> RenderedContent:
-        """Render for one recipient; TemplateError names the field, the variable and `who`."""
-        return RenderedContent(
-            subject=_render(self._subject, context, "subject", who),
-            html=_render(self._html, context, "html", who) if self.has_html else "",
-            text=_render(self._text, context, "text", who) if self.has_text else "",
-        )
+        """Render for one recipient, within one budget of `limits` for the three fields;
+        TemplateError (TemplateLimitError past a bound) names the field, the variable and
+        `who`."""
+        with rendering(Budget(self.limits)) as budget:
+            return RenderedContent(
+                subject=_render(self._subject, context, "subject", who, budget),
+                html=_render(self._html, context, "html", who, budget) if self.has_html
+                else "",
+                text=_render(self._text, context, "text", who, budget) if self.has_text
+                else "",
+            )
 
 
 class _Compiled:
@@ -150,18 +239,35 @@ class _Compiled:
         self._name = template.name
         self._globals = dict(template.globals)
 
-    def render(self, variables: dict[str, Any]) -> str:
+    def render(self, variables: dict[str, Any], budget: Budget | None = None) -> str:
+        if budget is None:
+            with rendering(Budget(TemplateLimits())) as fresh:
+                return self.render(variables, fresh)
         environment = self._environment
         context = environment.context_class(
             environment, {**self._globals, **variables}, self._name, self._blocks,
             globals=self._globals)
-        result: str = environment.concat(self._root(context))
+        chunks: list[str] = []
+        size = 0
+        limit = budget.limits.max_output_chars
+        for chunk in self._root(context):  # the checks inlined: this loop is the hot path
+            size += len(chunk)
+            if size > limit:
+                budget.size(size, "the output")
+            chunks.append(chunk)
+            if len(chunks) % 64 == 0:
+                budget.tick()
+        result: str = environment.concat(chunks)
         return result
 
 
-def _render(template: _Compiled, context: dict[str, Any], field: str, who: str) -> str:
+def _render(template: _Compiled, context: dict[str, Any], field: str, who: str,
+            budget: Budget) -> str:
     try:
-        result = template.render(context)
+        result = template.render(context, budget)
+    except TemplateLimitError as exc:
+        where = f" for {who}" if who else ""
+        raise TemplateLimitError(f"{field}: {exc}{where}", field=field) from None
     except UndefinedError as exc:
         variable = str(exc).removeprefix("undefined variable ").strip("'")
         raise TemplateError(
@@ -175,26 +281,57 @@ def _render(template: _Compiled, context: dict[str, Any], field: str, who: str) 
     return result
 
 
-def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str) -> _Compiled:
+def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str,
+             limits: TemplateLimits) -> tuple[_Compiled, set[str]]:
+    """The compiled template and the top-level names it uses."""
+    if len(source) > limits.max_source_chars:
+        raise TemplateLimitError(
+            f"{field}: the template is {len(source):,} characters long, more than "
+            f"{limits.max_source_chars:,} (templates.max_source_chars)", field=field)
     try:
-        return _Compiled(env.from_string(source))
+        _count_tokens(env, source, field, limits)
+        tree = env.parse(source)
+        names = meta.find_undeclared_variables(tree)  # before compiling, which optimizes it
+        return _Compiled(env.from_string(tree)), names
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{field}, line {exc.lineno}: {exc.message}", field=field) from None
+    except TemplateLimitError:
+        raise
+    except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
+        # nesting too deep for the parser, a number literal too long for int(), ...
+        raise TemplateError(f"{field}: cannot compile: {type(exc).__name__}: {exc}",
+                            field=field) from None
 
 
-def compile_content(*, subject: str, html: str, text: str) -> CompiledContent:
-    """Compile a delivery's content; a syntax error raises TemplateError naming field and line."""
-    compiled = CompiledContent(
-        _subject=_compile(_TEXT_ENV, subject, "subject"),
-        _html=_compile(_HTML_ENV, html, "html"),
-        _text=_compile(_TEXT_ENV, text, "text"),
-        has_html=bool(html.strip()),
-        has_text=bool(text.strip()),
-        variables=frozenset().union(*(
-            meta.find_undeclared_variables(_TEXT_ENV.parse(source))
-            for source in (subject, html, text))),
+def _count_tokens(env: ImmutableSandboxedEnvironment, source: str, field: str,
+                  limits: TemplateLimits) -> None:
+    """Refuse a source with more template tokens than `limits.max_template_tokens`; the
+    lexer is lazy, so this stops reading at the limit."""
+    tokens = 0
+    for _line, kind, _value in env.lex(source):
+        if kind not in ("data", "whitespace"):
+            tokens += 1
+            if tokens > limits.max_template_tokens:
+                raise TemplateLimitError(
+                    f"{field}: the template has more than {limits.max_template_tokens:,} "
+                    "tokens inside {{ }} and {% %} (templates.max_template_tokens)",
+                    field=field)
+
+
+def compile_content(*, subject: str, html: str, text: str,
+                    limits: TemplateLimits | None = None) -> CompiledContent:
+    """Compile a delivery's content; a syntax error raises TemplateError naming field and line,
+    a source past `limits.max_source_chars` TemplateLimitError."""
+    limits = limits or TemplateLimits()
+    compiled_subject, names_subject = _compile(_TEXT_ENV, subject, "subject", limits)
+    compiled_html, names_html = _compile(_HTML_ENV, html, "html", limits)
+    compiled_text, names_text = _compile(_TEXT_ENV, text, "text", limits)
+    return CompiledContent(
+        _subject=compiled_subject, _html=compiled_html, _text=compiled_text,
+        has_html=bool(html.strip()), has_text=bool(text.strip()),
+        variables=frozenset(names_subject | names_html | names_text),
+        limits=limits,
     )
-    return compiled
 
 
 def template_literals(source: str) -> Iterator[tuple[int, str]]:

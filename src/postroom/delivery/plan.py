@@ -27,6 +27,7 @@ from postroom.compose.mime import (
 from postroom.compose.personalize import (
     CompiledContent,
     RenderedContent,
+    TemplateLimits,
     compile_content,
     recipient_context,
 )
@@ -303,13 +304,15 @@ class Plan:
 def make_plan(delivery: Delivery, *, defaults: DefaultsSettings, sending: SendingSettings,
               archive_available: bool, links: Links, resource_validity_days: float = 30.0,
               signers: dict[str, DkimSigner] | None = None,
-              rules: Sequence[Rule] | None = None) -> Plan:
+              rules: Sequence[Rule] | None = None,
+              templates: TemplateLimits | None = None) -> Plan:
     """Resolve a delivery's properties against the platform defaults and compile its content.
 
     Raises InputError (or TemplateError) when a property cannot be used.
     """
     props = delivery.properties
-    content = compile_content(subject=props.subject, html=props.html, text=props.text)
+    content = compile_content(subject=props.subject, html=props.html, text=props.text,
+                              limits=templates)
     retry = RetryPolicy(
         max_retries=props.max_retries if props.max_retries is not None else defaults.max_retries,
         retry_period=timedelta(minutes=props.retry_period_minutes
@@ -367,9 +370,11 @@ class Planner:
     resource_validity_days: float = 30.0
     signers: dict[str, DkimSigner] | None = None
     rules: Callable[[], Sequence[Rule]] | None = None  # the rules table, read per plan
+    templates: TemplateLimits | None = None  # None: the defaults
 
     def __call__(self, delivery: Delivery) -> Plan:
         return make_plan(delivery, defaults=self.defaults, sending=self.sending,
                          archive_available=self.archive_available, links=self.links,
                          resource_validity_days=self.resource_validity_days,
-                         signers=self.signers, rules=self.rules() if self.rules else None)
+                         signers=self.signers, rules=self.rules() if self.rules else None,
+                         templates=self.templates)

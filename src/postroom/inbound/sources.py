@@ -74,15 +74,23 @@ def from_mbox(path: Path) -> Iterator[InboundMessage]:
 
 def mask_url(url: str) -> str:
     """A mailbox URL fit to print: no password."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a bad port or IPv6 address: nothing of it is printed
+        return "(unparsable mailbox URL)"
     host = parts.hostname or ""
     user = f"{parts.username}@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 def _credentials(url: str) -> tuple[str, str, str, int | None, str]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise InputError(f"bad mailbox URL ({exc}): expected "
+                         "SCHEME://USER@HOST[:PORT][/FOLDER]") from None
     if not parts.hostname or not parts.username:
         raise InputError(f"{mask_url(url)}: expected SCHEME://USER@HOST[:PORT][/FOLDER]")
     password = unquote(parts.password or "") or os.environ.get(PASSWORD_ENV, "")

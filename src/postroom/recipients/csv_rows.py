@@ -8,6 +8,7 @@ rest goes on. The columns `email` (required), `first_name`, `last_name`, `email_
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from postroom.domain.addresses import normalize_address
 from postroom.domain.models import EmailFormat, RecipientRow
 from postroom.errors import InputError
 
-__all__ = ["RowError", "parse_csv"]
+__all__ = ["MAX_COLUMNS", "RowError", "parse_csv"]
 
 KNOWN = ("email", "first_name", "last_name", "email_format", "opted_out")
 _UPDATABLE = frozenset(KNOWN[1:])
@@ -24,6 +25,7 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 _MAX_NAME = 200
 MAX_RECORD_LINES = 100  # a quoted field may span this many lines
+MAX_COLUMNS = 1000  # columns a header may have (5 known ones, the rest custom fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +143,13 @@ def parse_csv(lines: Iterable[bytes], *, encoding: str = "utf-8") -> Iterator[
         raise InputError(f"line 1 (header): malformed CSV: {exc}") from None
     if any(error for _, _, error in source.record):
         raise InputError(f"line 1 (header): {source.record[0][2]}")
+    if len(header) > MAX_COLUMNS:
+        raise InputError(f"line 1 (header): the header has {len(header):,} columns, more than "
+                         f"{MAX_COLUMNS:,}")
     columns = [name.strip().lower() for name in header]
     if "email" not in columns:
         raise InputError(f"no 'email' column in the header (columns: {', '.join(columns)})")
-    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    duplicates = sorted(c for c, n in Counter(columns).items() if n > 1)
     if duplicates:
         raise InputError(f"duplicate columns in the header: {', '.join(duplicates)}")
     while True:

@@ -65,6 +65,7 @@ class Received:
     data: bytes
     peer: str
     received_at: float
+    tls: bool = False  # the transaction went over a STARTTLS-protected session
 
 
 def is_rejected(address: str, ratio: float) -> bool:
@@ -196,7 +197,8 @@ class _Handler:
             peer: Any = session.peer  # (host, port) at runtime, despite aiosmtpd's hint
             peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
             rcpts, data = tuple(envelope.rcpt_tos), envelope.original_content
-            self._owner._record(Received(envelope.mail_from, rcpts, data, peer, time.time()))
+            self._owner._record(Received(envelope.mail_from, rcpts, data, peer, time.time(),
+                                         tls=session.ssl is not None))
         if accepted_silently:
             await _perform(server, action)
         return reply
@@ -266,6 +268,7 @@ class CaptureServer:
         data_size_limit: int = 32 * 1024 * 1024,
         ready_timeout: float = 5.0,
         tls_context: ssl.SSLContext | None = None,
+        require_tls: bool = True,
         credentials: tuple[str, str] | None = None,
         smtputf8: bool = True,
     ) -> None:
@@ -277,6 +280,7 @@ class CaptureServer:
         self.script = script if script is not None else Script()
         self.data_size_limit, self.ready_timeout = data_size_limit, ready_timeout
         self.tls_context, self.credentials = tls_context, credentials
+        self.require_tls = require_tls
         self.smtputf8 = smtputf8
         self._lock = threading.Lock()
         self._messages: list[Received] = []
@@ -317,10 +321,11 @@ class CaptureServer:
         self._controller = controller
 
     def _security(self) -> dict[str, Any]:
-        """STARTTLS (required when a TLS context is given) and AUTH (when credentials are)."""
+        """STARTTLS (offered when a TLS context is given, required unless `require_tls` is
+        off) and AUTH (when credentials are)."""
         options: dict[str, Any] = {}
         if self.tls_context is not None:
-            options.update(tls_context=self.tls_context, require_starttls=True)
+            options.update(tls_context=self.tls_context, require_starttls=self.require_tls)
         if self.credentials is not None:
             user, password = self.credentials
 

@@ -469,9 +469,11 @@ class PipelinedConnection:
             if greeting.code != 220:
                 raise _Refused(f"relay refused the session: {greeting.code} {greeting.text}")
             await self._ehlo(proto)
-            if relay.tls is TlsMode.STARTTLS:
+            if relay.tls is TlsMode.STARTTLS or (relay.tls is TlsMode.OPPORTUNISTIC
+                                                 and "starttls" in self._extensions):
                 if "starttls" not in self._extensions:
-                    raise _Refused("the relay does not offer STARTTLS", Fault.TLS)
+                    raise _Refused(f"{relay.host} does not offer STARTTLS, and TLS is required: "
+                                   "nothing was sent in cleartext", Fault.TLS)
                 await self._expect(proto, b"STARTTLS\r\n", 220)
                 stage = Fault.TLS
                 await proto.start_tls(await self._tls_context(), relay.host, timeout)

@@ -13,6 +13,11 @@ Two modes (`RoutingSettings.mode`):
 A static route (`routes`, domain or `*.domain` → `host:port`) overrides both modes; tests use
 it to send domains to local capture servers.
 
+TLS to MX hosts and static routes (`HostPort.tls`): `opportunistic` by default (STARTTLS when
+the host offers it, cleartext otherwise; the certificate is not verified, RFC 7435), or, per
+static route, `required` (a host without STARTTLS is refused: nothing goes in cleartext) or
+`none`. The relay has its own `smtp.tls`.
+
 The core is pure: `parse_host_port`, `static_route`, `order_mx`, `route_from_lookup` and
 `TtlCache` (in `_ttl_cache.py`) take their inputs and `now`. DNS sits behind one small
 callable, `Resolve` (domain → `Lookup`), so tests pass a plain async function; `DnsResolver`
@@ -51,9 +56,11 @@ __all__ = [
     "Resolve",
     "Route",
     "RouteSource",
+    "RouteTls",
     "Router",
     "RoutingMode",
     "RoutingSettings",
+    "StaticRoute",
     "TtlCache",
     "order_mx",
     "parse_host_port",
@@ -67,14 +74,17 @@ SMTP_PORT = 25
 NULL_MX = "."
 
 RoutingMode = Literal["relay", "mx"]
+RouteTls = Literal["opportunistic", "required", "none"]
 
 
 @dataclass(frozen=True, slots=True)
 class HostPort:
-    """An SMTP server to connect to: a host name or IP address, and a port."""
+    """An SMTP server to connect to: a host name or IP address, a port, and how to use TLS
+    with it (not for the relay, which has its settings)."""
 
     host: str
     port: int = SMTP_PORT
+    tls: RouteTls = "opportunistic"
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -95,6 +105,26 @@ def parse_host_port(text: str) -> HostPort:
     return HostPort(normalize_domain(host), int(port_text))
 
 
+class StaticRoute(BaseModel):
+    """A static route written as a table: `{ host = "host:port", tls = "required" }`."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    host: str = Field(..., description="host:port, 1.2.3.4:port or [ipv6]:port.")
+    tls: RouteTls = Field(
+        "opportunistic", description="opportunistic: STARTTLS when offered; required: refuse "
+        "a host without STARTTLS (nothing in cleartext); none: never STARTTLS.")
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        return str(parse_host_port(value))
+
+    def target(self) -> HostPort:
+        parsed = parse_host_port(self.host)
+        return HostPort(parsed.host, parsed.port, self.tls)
+
+
 class RoutingSettings(BaseModel):
     """How recipients' domains are routed (a section of the instance settings)."""
 
@@ -103,10 +133,11 @@ class RoutingSettings(BaseModel):
     mode: RoutingMode = Field(
         "relay",
         description="relay: everything to the sending relay; mx: to each domain's MX hosts.")
-    routes: dict[str, str] = Field(
+    routes: dict[str, str | StaticRoute] = Field(
         default_factory=dict,
-        description="Static routes, domain or *.domain → host:port; they override relay and "
-                    "DNS. *.example.com matches names below example.com, not example.com.")
+        description="Static routes, domain or *.domain → host:port, or → { host = "
+                    "\"host:port\", tls = \"required\" }; they override relay and DNS. "
+                    "*.example.com matches names below example.com, not example.com.")
     dns_timeout_seconds: float = Field(5.0, gt=0, description="Time allowed for one lookup.")
     mx_cache_size: int = Field(10_000, ge=1, description="Domains whose DNS answer is kept.")
     mx_cache_max_seconds: float = Field(
@@ -117,13 +148,15 @@ class RoutingSettings(BaseModel):
 
     @field_validator("routes")
     @classmethod
-    def _valid_routes(cls, value: dict[str, str]) -> dict[str, str]:
-        routes: dict[str, str] = {}
+    def _valid_routes(cls, value: dict[str, str | StaticRoute]
+                      ) -> dict[str, str | StaticRoute]:
+        routes: dict[str, str | StaticRoute] = {}
         for key, target in value.items():
             normalized = domain_key(key)
             if normalized in routes:
                 raise ValueError(f"{key!r} is listed twice (as {normalized!r})")
-            routes[normalized] = str(parse_host_port(target))
+            routes[normalized] = target if isinstance(target, StaticRoute) \
+                else str(parse_host_port(target))
         return routes
 
 
@@ -237,7 +270,8 @@ class Router:
                  rng: random.Random | None = None) -> None:
         self._settings = settings
         self._relay = relay
-        self._routes = {key: parse_host_port(value) for key, value in settings.routes.items()}
+        self._routes = {key: value.target() if isinstance(value, StaticRoute)
+                        else parse_host_port(value) for key, value in settings.routes.items()}
         self._resolve = resolve  # None: dnspython's, made on first use (relay mode never does)
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()

@@ -41,7 +41,8 @@ class SmtpConnection:
             local_hostname=self._helo,
             timeout=relay.timeout_seconds,
             use_tls=relay.tls is TlsMode.IMPLICIT,
-            start_tls=relay.tls is TlsMode.STARTTLS,
+            start_tls=(True if relay.tls is TlsMode.STARTTLS  # None: when offered
+                       else None if relay.tls is TlsMode.OPPORTUNISTIC else False),
             validate_certs=relay.verify_tls,
             cert_bundle=str(relay.ca_file) if relay.ca_file else None,
         )

@@ -2,10 +2,18 @@
 
 Built explicitly from a list of routes around one Postroom instance; no global state. Handlers
 are plain functions (Starlette runs them in its thread pool, since the store is synchronous).
+
+Hardened against hostile clients (issue 12): every response carries a Content-Security-Policy
+(no script; the mirror page is a sandbox, an opaque origin, so a `javascript:` link a recipient's
+data put in it is dead), `nosniff`, `no-referrer` (a link's token must not leak) and no framing;
+an unsubscribe POST has its token checked before its body is read, and a body over
+`MAX_BODY_BYTES` gets 413 unread; `/health` says ok / not ok, and its details only to a caller
+with `web.health_token`.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -15,11 +23,31 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from postroom.service import Postroom
 from postroom.web.metrics import metrics_registry, render_metrics
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 4096  # a one-click POST is a few dozen bytes (a few hundred as multipart)
+
+_COMMON = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+           "X-Frame-Options": "DENY"}
+# Postroom's own pages: an inline style, a form posting to the same page, nothing else.
+_PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                "base-uri 'none'; frame-ancestors 'none'")
+# A mirror page is the message's HTML: images, styles and fonts from anywhere, links that open
+# (in a new context when they ask), no script, no form, and an opaque origin (sandbox).
+_MIRROR_POLICY = ("default-src 'none'; img-src * data: cid:; style-src * 'unsafe-inline'; "
+                  "font-src * data:; media-src * data:; form-action 'none'; base-uri 'none'; "
+                  "frame-ancestors 'none'; sandbox allow-popups "
+                  "allow-popups-to-escape-sandbox allow-top-navigation-by-user-activation")
+
+
+def _secured(response: Response, policy: str = _PAGE_POLICY) -> Response:
+    response.headers.update({**_COMMON, "Content-Security-Policy": policy})
+    return response
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -28,28 +56,57 @@ _PAGE = """<!doctype html>
 """
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+def _page(title: str, body: str, status: int = 200) -> Response:
+    return _secured(HTMLResponse(_PAGE.format(title=html.escape(title), body=body),
+                                 status_code=status))
+
+
+def _text(text: str, status: int) -> Response:
+    return _secured(PlainTextResponse(text, status_code=status))
+
+
+def _closing(response: Response) -> Response:
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _not_found() -> Response:
-    return PlainTextResponse("Not found", status_code=404)
+    return _text("Not found", 404)
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The request's body, or None when it is over MAX_BODY_BYTES: refused unread when its
+    Content-Length says so, else as soon as more than that has arrived."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
+def _authorized(request: Request, token: str) -> bool:
+    offered = request.headers.get("authorization", "")
+    return bool(token) and offered.startswith("Bearer ") and hmac.compare_digest(
+        offered.removeprefix("Bearer ").encode(), token.encode())
 
 
 def create_app(postroom: Postroom) -> Starlette:
     def mirror(request: Request) -> Response:
         token = request.path_params["token"]
         if token == "proof":
-            return PlainTextResponse("Mirror pages are not available for proofs.",
-                                     status_code=404)
+            return _text("Mirror pages are not available for proofs.", 404)
         page = postroom.open_mirror(token)
         if page is None:
             return _not_found()
         if page.expired:
-            return PlainTextResponse("This page has expired.", status_code=410)
-        return Response(page.html, media_type=f"text/html; charset={page.charset}",
-                        headers={"Cache-Control": "private, max-age=3600",
-                                 "X-Robots-Tag": "noindex"})
+            return _text("This page has expired.", 410)
+        return _secured(Response(page.html, media_type=f"text/html; charset={page.charset}",
+                                 headers={"Cache-Control": "private, max-age=3600",
+                                          "X-Robots-Tag": "noindex"}), _MIRROR_POLICY)
 
     def confirm(request: Request) -> Response:
         token = request.path_params["token"]
@@ -67,19 +124,35 @@ def create_app(postroom: Postroom) -> Starlette:
     async def unsubscribe(request: Request) -> Response:
         # RFC 8058: the POST with body List-Unsubscribe=One-Click is the consent; no page,
         # no cookie, no redirect is needed. The confirmation form posts the same field.
-        form = await request.form()
+        # The token first, then a bounded body: an attacker's POST costs no reading.
+        # A refusal closes the connection, so the server takes none of the rest.
+        token = request.path_params["token"]
+        if await run_in_threadpool(postroom.check_unsubscribe, token) is None:
+            return _closing(_not_found())
+        body = await _bounded_body(request)
+        if body is None:
+            return _closing(_text(f"Request body over {MAX_BODY_BYTES} bytes", 413))
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=0, max_fields=8)
         if form.get("List-Unsubscribe") != "One-Click":
-            return PlainTextResponse("Expected List-Unsubscribe=One-Click", status_code=400)
-        recipient = await run_in_threadpool(postroom.unsubscribe,
-                                            request.path_params["token"])
+            return _text("Expected List-Unsubscribe=One-Click", 400)
+        recipient = await run_in_threadpool(postroom.unsubscribe, token)
         if recipient is None:
             return _not_found()
         return _page("Unsubscribed", f"<h1>Unsubscribed</h1><p>{html.escape(recipient.email)} "
                      "will receive no more messages from these deliveries.</p>")
 
+    health_token = postroom.settings.web.health_token.get_secret_value()
+
     def health(request: Request) -> Response:
+        """ok / not ok for anyone; the details (problems, counts) only with the token."""
         result = postroom.health()
-        return JSONResponse(result.to_json(), status_code=200 if result.ok else 503)
+        shown = result.to_json() if _authorized(request, health_token) else {
+            "status": "ok" if result.ok else "problem"}
+        return _secured(JSONResponse(shown, status_code=200 if result.ok else 503))
 
     registry = metrics_registry(postroom)
 
