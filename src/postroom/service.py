@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from postroom.compose.charsets import charset_for
 from postroom.compose.personalize import compile_content
+from postroom.compose.template_limits import TemplateLimits
 from postroom.compose.tokens import MIRROR, UNSUBSCRIBE, read_token
 from postroom.delivery.analysis import AnalysisReport, analyze, static_checks
 from postroom.delivery.archive import Archiver, ArchiveTarget, Transport
@@ -85,8 +86,8 @@ def parse_reason(text: str) -> FailureReason:
                      + ", ".join(f"{r.value} ({r.label})" for r in FailureReason))
 
 
-def _refuse_problems(name: str, props: Properties) -> None:
-    problems = Postroom.content_problems(props)
+def _refuse_problems(name: str, props: Properties, limits: TemplateLimits) -> None:
+    problems = Postroom.content_problems(props, limits)
     if problems:
         raise TemplateError(f"template {name!r} does not compile:\n  " + "\n  ".join(problems))
 
@@ -246,13 +247,13 @@ class Postroom:
     def create_template(self, name: str, data: dict[str, Any]) -> Template:
         """A new template; content that does not compile is refused, every problem named."""
         props = parse_properties(data, source=f"template {name!r}")
-        _refuse_problems(name, props)
+        _refuse_problems(name, props, self.settings.templates)
         return self.store.create_template(name, props, self.clock())
 
     def update_template(self, name: str, data: dict[str, Any]) -> Template:
         current = self.store.get_template(name)
         props = current.properties.override(data)
-        _refuse_problems(name, props)
+        _refuse_problems(name, props, self.settings.templates)
         return self.store.update_template(name, props, self.clock())
 
     def duplicate_template(self, name: str, new_name: str) -> Template:
@@ -260,15 +261,17 @@ class Postroom:
         return self.store.create_template(new_name, source.properties, self.clock())
 
     @staticmethod
-    def content_problems(props: Properties) -> list[str]:
+    def content_problems(props: Properties,
+                         limits: TemplateLimits | None = None) -> list[str]:
         """Syntax errors of a template's content, the first of each field with its line
-        (templates saved before they were refused may have some)."""
+        (templates saved before they were refused may have some), and sources past `limits`."""
         problems: list[str] = []
         for field_name in ("subject", "html", "text"):
             sources = {"subject": "", "html": "", "text": ""}
             sources[field_name] = getattr(props, field_name)
             try:
-                compile_content(**sources)
+                compile_content(subject=sources["subject"], html=sources["html"],
+                                text=sources["text"], limits=limits)
             except TemplateError as exc:
                 problems.append(str(exc))
         return problems
