@@ -13,12 +13,16 @@ from pathlib import Path
 import httpx
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from postroom.service import Postroom
+from postroom.settings import WebSettings
 from postroom.testing.smtp_server import CaptureServer, Script
 from postroom.web.app import create_app
 from postroom.wiring import utc_now
 from tests.conftest import write_csv
+
+TOKEN = "t" * 32  # web.health_token: /health's details
 
 
 @contextmanager
@@ -70,7 +74,8 @@ def test_metrics_come_from_the_store_and_health_watches_the_archive_backlog(
     delivery, _ = sender.create_delivery("t")
     assert sender.send(delivery.id).sent == 3
 
-    other = make_postroom(database_url, relay, archive=archive_down, clock=clock)
+    other = make_postroom(database_url, relay, archive=archive_down, clock=clock,
+                          web=WebSettings(health_token=SecretStr(TOKEN)))
     with serving(other) as client:
         metrics = _scrape(client)
         assert metrics[("postroom_messages", (("status", "sent"),))] == 3
@@ -89,7 +94,8 @@ def test_metrics_come_from_the_store_and_health_watches_the_archive_backlog(
         metrics = _scrape(client)
         assert metrics[("postroom_archive_oldest_pending_age_seconds", ())] >= 16 * 60
         assert metrics[("postroom_send_rate_per_second", ())] == 0
-        health = client.get("/health")
+        assert client.get("/health").json() == {"status": "problem"}  # public: no details
+        health = client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"})
         assert health.status_code == 503
         [problem] = health.json()["problems"]
         assert "oldest pending archive copy" in problem
