@@ -1,0 +1,170 @@
+"""Bounce processing against an attacker and a careless sender (issue 12, findings 1 and 2).
+
+Run on SQLite and PostgreSQL: forged reports built from a recipient's own message must change no
+one else's address, and a poison message must fail alone without stopping the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from postroom.compose.tokens import verp_address
+from postroom.domain.outcomes import FailureReason
+from postroom.domain.states import LogStatus
+from postroom.service import Postroom
+from postroom.testing.smtp_server import CaptureServer
+from tests.conftest import write_csv
+
+DOMAIN = "postroom.example"
+ERRORS_TO = f"bounces@{DOMAIN}"
+RECIPIENTS = [f"r{i}@example.org" for i in range(1, 8)]  # r1 is the attacker
+
+
+def dsn(*, recipient: str | None, message_id: str, returned_to: str = "",
+        status: str = "5.1.1") -> bytes:
+    """A standard delivery-status report with no VERP token (sent to the bare errors-to)."""
+    fields = (f"Final-Recipient: rfc822; {recipient}\nAction: failed\nStatus: {status}\n"
+              f"Diagnostic-Code: smtp; 550 {status} User unknown\n" if recipient else
+              f"Action: failed\nStatus: {status}\n")
+    to = f"To: {returned_to}\n" if returned_to else ""
+    return (f"From: MAILER-DAEMON@mx.example.org\nTo: {ERRORS_TO}\n"
+            f"Subject: Undelivered Mail Returned to Sender\nMIME-Version: 1.0\n"
+            f"Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n"
+            f"--B\nContent-Type: text/plain\n\nYour message could not be delivered.\n\n"
+            f"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n"
+            f"\n{fields}\n"
+            f"--B\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\n"
+            f"From: news@{DOMAIN}\n{to}Subject: Hello\n\n--B--\n").encode()
+
+
+def arf(*, message_id: str, rcpt_to: str | None = None) -> bytes:
+    """A spam complaint; without Original-Rcpt-To and a returned To it names nobody."""
+    named = f"Original-Rcpt-To: {rcpt_to}\n" if rcpt_to else ""
+    return (f"From: abuse@isp.example\nTo: {ERRORS_TO}\nSubject: complaint\nMIME-Version: 1.0\n"
+            f"Content-Type: multipart/report; report-type=feedback-report; boundary=\"B\"\n\n"
+            f"--B\nContent-Type: text/plain\n\nA complaint.\n\n"
+            f"--B\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\n"
+            f"User-Agent: isp/1.0\nVersion: 1\n{named}\n"
+            f"--B\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\n"
+            f"From: news@{DOMAIN}\nSubject: Hello\n\n--B--\n").encode()
+
+
+def _send(postroom: Postroom, relay: CaptureServer, tmp_path: Path,
+          emails: list[str]) -> dict[str, int]:
+    """Send one delivery; returns each address's log id."""
+    name = f"t{time.monotonic_ns()}"
+    postroom.create_template(name, {"subject": "Hello", "text": "Hi\n",
+                                    "from_address": f"news@{DOMAIN}", "errors_to": ERRORS_TO})
+    targets = write_csv(tmp_path / f"{name}.csv", [{"email": e} for e in emails])
+    delivery, _ = postroom.create_delivery(name, list_file=targets)
+    assert postroom.send(delivery.id).sent == len(emails)
+    return {log.email: log.id for log in postroom.logs(delivery.id)}
+
+
+def _received_message_id(relay: CaptureServer, address: str) -> str:
+    """The Message-ID a recipient reads in the message they got."""
+    data = next(m.data for m in relay.messages if address in m.rcpt_tos)
+    match = re.search(rb"^Message-ID: (<[^>]+>)", data, re.M | re.I)
+    assert match is not None
+    return match[1].decode()
+
+
+def _forge(message_id: str, log_id: int) -> str:
+    """The attacker's guess at another message's id: the log number changed."""
+    return re.sub(r"^<\d+\.", f"<{log_id}.", message_id)
+
+
+@pytest.fixture
+def relay(capture: Callable[..., CaptureServer]) -> CaptureServer:
+    return capture()
+
+
+@pytest.fixture
+def postroom(make_postroom: Callable[..., Postroom], relay: CaptureServer,
+             database_url: str) -> Postroom:
+    return make_postroom(database_url, relay, bcc=False)
+
+
+def test_a_recipient_cannot_forge_reports_about_other_recipients(
+    postroom: Postroom, relay: CaptureServer, tmp_path: Path,
+) -> None:
+    logs = _send(postroom, relay, tmp_path, RECIPIENTS)
+    own = _received_message_id(relay, "r1@example.org")
+    forged = [
+        # DSNs naming the victim, with the victim's derived Message-ID.
+        dsn(recipient="r5@example.org", message_id=_forge(own, logs["r5@example.org"])),
+        dsn(recipient="r6@example.org", message_id=_forge(own, logs["r6@example.org"]),
+            status="5.2.2"),
+        # A complaint naming nobody, on the victim's derived Message-ID.
+        arf(message_id=_forge(own, logs["r7@example.org"])),
+        # The attacker's own Message-ID with a report about someone else, or about nobody
+        # (a DSN naming no recipient reads the returned To).
+        dsn(recipient="r4@example.org", message_id=own),
+        dsn(recipient=None, message_id=own, returned_to="r3@example.org"),
+        arf(message_id=own),
+    ]
+    for data in forged:  # through the SMTP receiver's store callback, no VERP envelope
+        postroom.bounces.receive(data, ERRORS_TO)
+    summary = postroom.bounces.process()
+    assert summary.processed == len(forged) and summary.failures_applied == 0
+    for email, log_id in logs.items():
+        assert postroom.store.get_log(log_id).status is LogStatus.SENT, email
+        assert postroom.store.get_address(email) is None, email
+    # A report about the message's own recipient, on its genuine Message-ID, still applies.
+    postroom.bounces.receive(dsn(recipient="r2@example.org",
+                                 message_id=_received_message_id(relay, "r2@example.org")),
+                             ERRORS_TO)
+    assert postroom.bounces.process().failures_applied == 1
+    r2 = postroom.store.get_log(logs["r2@example.org"])
+    assert r2.status is LogStatus.FAILED and r2.failure_reason is FailureReason.USER_UNKNOWN
+
+
+def test_a_poison_message_id_fails_alone_and_the_rest_go_on(
+    postroom: Postroom, relay: CaptureServer, tmp_path: Path,
+) -> None:
+    logs = _send(postroom, relay, tmp_path, ["ann@example.org"])
+    secret = postroom.planner.links.secret
+    huge = "12345678901234567890"  # 20 digits: past any database integer
+    poison = [dsn(recipient="ann@example.org", message_id=f"<{huge}.1.0123456789abcdef@x>"),
+              dsn(recipient="ann@example.org", message_id=f"<{'9' * 5000}.{huge}.x@x>"),
+              arf(message_id=f"<{huge}.{huge}.AAAAAAAAAAAAAAAAAAAAAA@{DOMAIN}>")]
+    for data in poison:
+        postroom.bounces.receive(data, f"bounces+{huge}.AAAA@{DOMAIN}")
+    good = dsn(recipient="ann@example.org", message_id="<unrelated@x>")
+    postroom.bounces.receive(good, verp_address(secret, ERRORS_TO, logs["ann@example.org"]))
+    summary = postroom.bounces.process()
+    assert summary.processed == 4 and summary.failures_applied == 1
+    assert postroom.store.bounce_counts().get("new", 0) == 0
+    assert postroom.store.get_log(logs["ann@example.org"]).status is LogStatus.FAILED
+
+
+def test_a_bounce_whose_processing_raises_is_marked_failed_and_the_rest_go_on(
+    postroom: Postroom, relay: CaptureServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug met on one message (injected here) shunts that message, with its reason."""
+    import postroom.inbound.service as service
+
+    logs = _send(postroom, relay, tmp_path, ["bea@example.org"])
+    secret = postroom.planner.links.secret
+    real = service.parse_bounce
+
+    def buggy(data: bytes) -> object:
+        if b"POISON" in data:
+            raise ValueError("a parser bug met on this message")
+        return real(data)
+
+    monkeypatch.setattr(service, "parse_bounce", buggy)
+    postroom.bounces.receive(b"Subject: POISON\n\nx\n", ERRORS_TO)
+    postroom.bounces.receive(dsn(recipient="bea@example.org", message_id="<x@y>"),
+                             verp_address(secret, ERRORS_TO, logs["bea@example.org"]))
+    summary = postroom.bounces.process()
+    assert (summary.processed, summary.failed, summary.failures_applied) == (1, 1, 1)
+    [failed] = postroom.store.list_bounces(state="failed")
+    assert "ValueError: a parser bug met on this message" in failed.detail
+    assert postroom.bounces.process().processed == 0  # not retried first, forever
+    assert postroom.store.get_log(logs["bea@example.org"]).status is LogStatus.FAILED
