@@ -17,7 +17,7 @@ from postroom.compose.tokens import verp_address
 from postroom.domain.outcomes import FailureReason
 from postroom.domain.states import LogStatus
 from postroom.service import Postroom
-from postroom.testing.smtp_server import CaptureServer
+from postroom.testing.smtp_server import CaptureServer, Script
 from tests.conftest import write_csv
 
 DOMAIN = "postroom.example"
@@ -168,3 +168,78 @@ def test_a_bounce_whose_processing_raises_is_marked_failed_and_the_rest_go_on(
     assert "ValueError: a parser bug met on this message" in failed.detail
     assert postroom.bounces.process().processed == 0  # not retried first, forever
     assert postroom.store.get_log(logs["bea@example.org"]).status is LogStatus.FAILED
+
+
+def test_remote_text_is_printed_as_text_never_as_markup(
+    capture: Callable[..., CaptureServer], tmp_path: Path,
+) -> None:
+    """SMTP replies and bounce diagnostics come from other parties: `[/]` in them once made
+    `deliveries logs`, `quarantine list` and `rules unqualified` die with a MarkupError."""
+    from tests.integration.test_cli import Cli
+
+    replies = {"a@example.com": "550 5.1.1 [/] no such user [bold]here[/bold]",
+               "b@example.com": "554 [/] frobnicated by [red]gremlin[/red] [link=x]"}
+    script = Script()
+    for address, reply in replies.items():
+        script = script.on_rcpt(address, reply)
+    cli = Cli(tmp_path, capture(script=script).port, bcc=None)
+    cli.run("recipients", "import", str(cli.write("p.csv", "email\na@example.com\n"
+                                                               "b@example.com\n")))
+    cli.write("t.txt", "Hi\n")
+    cli.run("templates", "create", str(cli.write("t.toml", 'name = "t"\nsubject = "S"\n'
+                                                           'text_file = "t.txt"\n')))
+    delivery = cli.json("deliveries", "create", "-t", "t")
+    cli.run("deliveries", "send", str(delivery["id"]), ok=None)
+    for command, shown in ((("deliveries", "logs", str(delivery["id"])), "[/] no such user"),
+                           (("quarantine", "list"), "[bold]here[/bold]"),
+                           (("rules", "unqualified"), "[red]gremlin[/red]")):
+        result = cli.run(*command)
+        assert "Traceback" not in result.stderr, command
+        assert shown in " ".join(result.stdout.split()), (command, result.stdout)
+
+
+def test_bounces_serve_goes_on_after_a_poison_message(
+    capture: Callable[..., CaptureServer], tmp_path: Path,
+) -> None:
+    """The receiver processes what it stored; a poison message once made it exit."""
+    import signal
+    import smtplib
+    import socket
+    import subprocess
+    import sys
+
+    from tests.integration.test_cli import Cli
+
+    cli = Cli(tmp_path, capture().port, bcc=None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "postroom", "bounces", "serve", "--port", str(port),
+         "--every", "0.2"], env=cli.env, cwd=cli.dir, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert "receiving bounces" in server.stdout.readline()
+        poison = dsn(recipient="ann@example.org",
+                     message_id="<12345678901234567890.1.0123456789abcdef@x>")
+        good = dsn(recipient="bob@example.org", message_id="<unrelated@x>")
+        for data in (poison, good):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.sendmail("", [ERRORS_TO], data)
+            time.sleep(0.5)  # one processing round in between: the poison one goes first
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [b["state"] for b in cli.json("bounces", "list")]
+            if len(states) == 2 and "new" not in states:
+                break
+            time.sleep(0.3)
+        assert sorted(states) == ["unattributed", "unattributed"]
+        assert server.poll() is None, server.communicate()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()

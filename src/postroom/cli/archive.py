@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from postroom.cli.common import JsonOption, console, emit_json, state
+from postroom.cli.common import JsonOption, Table, console, emit_json, state
 
 app = typer.Typer(help="Email BCC archive copies.", no_args_is_help=True)
 

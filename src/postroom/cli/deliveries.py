@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from postroom.cli.common import JsonOption, console, emit_json, progress_bar, state
+from postroom.cli.common import JsonOption, Table, console, emit_json, progress_bar, state
 from postroom.delivery.analysis import AnalysisReport
 from postroom.delivery.engine import RunSummary
 from postroom.domain.models import Delivery
@@ -239,7 +239,7 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
     table = Table("status", "count")
     for status, count in sorted(data["by_status"].items()):
         table.add_row(status, str(count))
-    table.add_row("[bold]total[/]", str(data["total"]))
+    table.add_row(Text("total", style="bold"), str(data["total"]))
     console.print(table)
     if data["by_reason"]:
         reasons = Table("reason", "count")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -34,10 +34,13 @@ class FetchSummary:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
+    refused: int = 0  # not taken in (too large, unreadable): left at the source
+    errors: list[str] = field(default_factory=list)  # why, per refused message
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, object]:
         return {"received": self.received, "stored": self.stored,
-                "duplicates": self.duplicates}
+                "duplicates": self.duplicates, "refused": self.refused,
+                "errors": self.errors}
 
 
 def rule_from_row(row: RuleRow) -> Rule:
@@ -75,6 +78,10 @@ class BounceService:
         summary = FetchSummary()
         for message in messages:
             summary.received += 1
+            if message.refused:
+                summary.refused += 1
+                summary.errors.append(message.refused)
+                continue
             _, new = self.store.store_bounce(message.data, source=message.source,
                                              envelope_to=message.envelope_to, now=self._clock())
             summary.stored += new
