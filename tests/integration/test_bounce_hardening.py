@@ -243,3 +243,48 @@ def test_bounces_serve_goes_on_after_a_poison_message(
         except subprocess.TimeoutExpired:
             server.kill()
             server.communicate()
+
+
+def test_file_maildir_and_mbox_intake_refuse_an_oversized_message_alone(
+    make_postroom: Callable[..., Postroom], capture: Callable[..., CaptureServer],
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    import mailbox
+
+    from postroom.inbound.sources import (
+        MAX_MESSAGE_BYTES,
+        from_files,
+        from_maildir,
+        from_mbox,
+    )
+
+    postroom = make_postroom(sqlite_url, capture(), bcc=False)
+    small = [dsn(recipient=f"s{i}@example.org", message_id="<x@y>") for i in range(4)]
+    big = b"Subject: big\n\n" + b"x" * MAX_MESSAGE_BYTES  # one byte over, headers included
+    edge = b"Subject: edge\n\n" + b"y" * (MAX_MESSAGE_BYTES - 15)  # exactly the limit
+    assert len(edge) == MAX_MESSAGE_BYTES
+
+    files = [tmp_path / "a.eml", tmp_path / "big.eml", tmp_path / "edge.eml"]
+    for path, data in zip(files, (small[0], big, edge), strict=True):
+        path.write_bytes(data)
+    summary = postroom.bounces.take(from_files([*files, tmp_path / "missing.eml"]))
+    assert (summary.received, summary.stored, summary.refused) == (4, 2, 2)
+    assert "big.eml" in summary.errors[0] and "over the 10,485,760-byte limit" in summary.errors[0]
+    assert "missing.eml: cannot read the file" in summary.errors[1]
+
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    for data in (small[1], big):
+        box.add(data)
+    summary = postroom.bounces.take(from_maildir(tmp_path / "Maildir"))
+    assert (summary.stored, summary.refused) == (1, 1)
+    assert [box.get_bytes(key) for key in box.iterkeys()] == [big]  # left where it was
+
+    mbox = mailbox.mbox(tmp_path / "in.mbox", create=True)
+    for data in (small[2], big, small[3]):
+        mbox.add(data)
+    mbox.close()
+    summary = postroom.bounces.take(from_mbox(tmp_path / "in.mbox"))
+    assert (summary.received, summary.stored, summary.refused) == (3, 2, 1)
+    assert "message 2" in summary.errors[0]
+    stored = sorted(len(b.data) for b in postroom.store.list_bounces(limit=10))
+    assert max(stored) == MAX_MESSAGE_BYTES and len(stored) == 5

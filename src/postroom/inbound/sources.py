@@ -111,14 +111,17 @@ def from_mbox(path: Path) -> Iterator[InboundMessage]:
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
     box = mailbox.mbox(path, create=False)
-    for number, key in enumerate(box.iterkeys(), 1):
-        with contextlib.closing(box.get_file(key)) as stream:
-            data = _read_capped(stream)
-        if data is None:
-            yield InboundMessage(b"", f"mbox:{path}", refused=f"{path} message {number}: "
-                                 + _too_large(MAX_MESSAGE_BYTES + 1))
-            continue
-        yield InboundMessage(data, f"mbox:{path}")
+    try:
+        for number, key in enumerate(box.iterkeys(), 1):
+            with contextlib.closing(box.get_file(key)) as stream:
+                data = _read_capped(stream)
+            if data is None:
+                yield InboundMessage(b"", f"mbox:{path}", refused=f"{path} message {number}: "
+                                     + _too_large(MAX_MESSAGE_BYTES + 1))
+                continue
+            yield InboundMessage(data, f"mbox:{path}")
+    finally:
+        box.close()
 
 
 def mask_url(url: str) -> str:
