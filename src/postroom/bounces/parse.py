@@ -258,7 +258,7 @@ def _ses_notification(ctx: _Context) -> ParsedBounce | None:
         data = json.loads(body[start:end + 1], strict=False)
         if isinstance(data, dict) and isinstance(data.get("Message"), str):
             data = json.loads(data["Message"], strict=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, a number past int's digits, deep nesting
         return None
     if not isinstance(data, dict):
         return None
