@@ -124,6 +124,29 @@ def test_a_recipient_cannot_forge_reports_about_other_recipients(
     assert r2.status is LogStatus.FAILED and r2.failure_reason is FailureReason.USER_UNKNOWN
 
 
+def test_an_old_form_message_id_is_kept_against_its_log_but_never_applied(
+    postroom: Postroom, relay: CaptureServer, tmp_path: Path,
+) -> None:
+    """Messages sent before issue 12 carry `<log.delivery.salt@domain>`, which any recipient
+    of the delivery can derive: a report on it is attributed (for a person) but changes
+    nothing."""
+    logs = _send(postroom, relay, tmp_path, ["old@example.org"])
+    log_id = logs["old@example.org"]
+    found = postroom.store.log_delivery_salt(log_id)
+    assert found is not None
+    delivery_id, salt = found
+    postroom.bounces.receive(dsn(recipient="old@example.org",
+                                 message_id=f"<{log_id}.{delivery_id}.{salt}@{DOMAIN}>"),
+                             ERRORS_TO)
+    summary = postroom.bounces.process()
+    assert (summary.attributed, summary.failures_applied) == (1, 0)
+    [bounce] = postroom.store.list_bounces()
+    [result] = postroom.store.bounce_results_of(bounce.id)
+    assert (result["log_id"], result["attributed_by"], result["applied"]) == (
+        log_id, "message-id-old", False)
+    assert postroom.store.get_log(log_id).status is LogStatus.SENT
+    assert postroom.store.get_address("old@example.org") is None
+
 def test_a_poison_message_id_fails_alone_and_the_rest_go_on(
     postroom: Postroom, relay: CaptureServer, tmp_path: Path,
 ) -> None:

@@ -40,14 +40,14 @@ _LEGACY_MESSAGE_ID = re.compile(r"(?<![\w.])(\d{1,18})\.(\d{1,18})\.([0-9a-f]{16
 MAX_LOG_ID = 2**31 - 1  # ids are SQL INTEGERs: a larger number names no log
 VERP = "verp"
 MESSAGE_ID = "message-id"
-LEGACY_MESSAGE_ID = "message-id-legacy"
+LEGACY_MESSAGE_ID = "message-id-old"
 _FAILURE_KINDS = (BounceKind.DSN, BounceKind.HEURISTIC)
 
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
     log_id: int
-    by: str  # verp | message-id | message-id-legacy
+    by: str  # verp | message-id | message-id-old
 
 
 @dataclass(frozen=True, slots=True)
