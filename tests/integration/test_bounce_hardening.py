@@ -191,6 +191,10 @@ def test_a_bounce_whose_processing_raises_is_marked_failed_and_the_rest_go_on(
     assert "ValueError: a parser bug met on this message" in failed.detail
     assert postroom.bounces.process().processed == 0  # not retried first, forever
     assert postroom.store.get_log(logs["bea@example.org"]).status is LogStatus.FAILED
+    monkeypatch.setattr(service, "parse_bounce", real)  # the bug fixed: try it again
+    again = postroom.bounces.process(retry_failed=True)
+    assert (again.processed, again.failed, again.unrecognized) == (1, 0, 1)
+    assert postroom.store.list_bounces(state="failed") == []
 
 
 def test_remote_text_is_printed_as_text_never_as_markup(

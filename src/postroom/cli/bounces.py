@@ -136,9 +136,12 @@ def _print_failed(summary: ProcessSummary) -> None:
 
 
 @bounces_app.command("process")
-def process_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+def process_(ctx: typer.Context,
+             retry_failed: bool = typer.Option(False, help="Try bounces set aside as failed "
+                                               "again (after a fix)."),
+             as_json: bool = JsonOption) -> None:
     """Process stored bounces that are still new (exit 1 if one of them failed)."""
-    summary = state(ctx).postroom().bounces.process()
+    summary = state(ctx).postroom().bounces.process(retry_failed=retry_failed)
     if as_json:
         emit_json(summary.to_json())
     else:

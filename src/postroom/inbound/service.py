@@ -119,13 +119,16 @@ class BounceService:
                               attribution.by if attribution and log else "",
                               received_at=received_at or self._clock(), window=self._window)
 
-    def process(self, *, limit: int = 500) -> ProcessSummary:
+    def process(self, *, limit: int = 500, retry_failed: bool = False) -> ProcessSummary:
         """Process stored bounces that are still new, each in its own transaction.
 
         One raw message is held at a time. A bounce whose processing raises (a bug met on
         hostile input) is set aside as `failed` with its reason, and the rest go on; only a
-        fault of the database itself stops the run.
+        fault of the database itself stops the run. `retry_failed` first puts the bounces set
+        aside earlier back to `new`.
         """
+        if retry_failed:
+            self.store.requeue_failed_bounces()
         summary = ProcessSummary()
         after = 0
         while True:

@@ -202,6 +202,13 @@ class InboundStore:
                 select(bounces.c.id).where(bounces.c.state == "new", bounces.c.id > after)
                 .order_by(bounces.c.id).limit(limit))]
 
+    def requeue_failed_bounces(self) -> int:
+        """Put bounces set aside as `failed` back to `new` (after a fix); returns how many."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(update(bounces).where(bounces.c.state == "failed")
+                                    .values(state="new", detail="",
+                                            processed_at=None)).rowcount)
+
     def fail_bounce(self, bounce_id: int, reason: str, now: datetime) -> bool:
         """Set a `new` bounce aside as `failed` with the reason its processing stopped, so it
         is not tried first again and again; False when another processor took it."""
