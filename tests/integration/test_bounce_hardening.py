@@ -315,3 +315,73 @@ def test_file_maildir_and_mbox_intake_refuse_an_oversized_message_alone(
     assert "message 2" in summary.errors[0]
     stored = sorted(len(b.data) for b in postroom.store.list_bounces(limit=10))
     assert max(stored) == MAX_MESSAGE_BYTES and len(stored) == 5
+
+
+class _Pop3:
+    """A minimal POP3 server on loopback (USER, PASS, LIST, RETR, DELE, QUIT) over a fixed
+    mailbox; it reports the true size of each message in LIST."""
+
+    def __init__(self, messages: list[bytes]):
+        import socketserver
+
+        self.messages = messages
+        self.deleted: set[int] = set()
+        self.retrieved: list[int] = []
+        owner = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.wfile.write(b"+OK ready\r\n")
+                pending: set[int] = set()
+                for raw in self.rfile:
+                    command, _, argument = raw.decode().strip().partition(" ")
+                    command = command.upper()
+                    if command == "LIST":
+                        self.wfile.write(b"+OK\r\n" + b"".join(
+                            b"%d %d\r\n" % (i, len(m)) for i, m in enumerate(owner.messages, 1))
+                            + b".\r\n")
+                    elif command == "RETR":
+                        owner.retrieved.append(int(argument))
+                        body = owner.messages[int(argument) - 1].replace(b"\n", b"\r\n")
+                        self.wfile.write(b"+OK\r\n" + body + b".\r\n")
+                    elif command == "DELE":
+                        pending.add(int(argument))
+                        self.wfile.write(b"+OK\r\n")
+                    elif command == "QUIT":
+                        owner.deleted |= pending
+                        self.wfile.write(b"+OK bye\r\n")
+                        return
+                    else:  # USER, PASS
+                        self.wfile.write(b"+OK\r\n")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+
+    def __enter__(self) -> _Pop3:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_pop3_intake_refuses_an_oversized_message_without_retrieving_it(
+    make_postroom: Callable[..., Postroom], capture: Callable[..., CaptureServer],
+    sqlite_url: str,
+) -> None:
+    from postroom.inbound.sources import MAX_MESSAGE_BYTES, from_pop3
+
+    postroom = make_postroom(sqlite_url, capture(), bcc=False)
+    small = dsn(recipient="p@example.org", message_id="<x@y>")
+    big = b"Subject: big\n\n" + b"x" * MAX_MESSAGE_BYTES
+    with _Pop3([small, big, small.replace(b"p@", b"q@")]) as server:
+        summary = postroom.bounces.take(from_pop3(f"pop3://u:pw@127.0.0.1:{server.port}"))
+    assert (summary.received, summary.stored, summary.refused) == (3, 2, 1)
+    assert "message 2" in summary.errors[0] and "over the 10,485,760-byte limit" in (
+        summary.errors[0])
+    assert "pw" not in summary.errors[0]  # the URL is printed without its password
+    assert server.retrieved == [1, 3] and server.deleted == {1, 3}  # the big one stays

@@ -12,6 +12,7 @@ import imaplib
 import mailbox
 import os
 import poplib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +26,7 @@ __all__ = ["MAX_MESSAGE_BYTES", "InboundMessage", "from_files", "from_imap", "fr
            "from_mbox", "from_pop3", "mask_url", "read_capped"]
 
 PASSWORD_ENV = "POSTROOM_MAILBOX_PASSWORD"
+_POP3_LIST = re.compile(rb"(\d{1,9}) (\d{1,18})\s*")  # a LIST line: number, size in octets
 
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # the largest bounce taken in, from any source
@@ -186,11 +188,21 @@ def from_pop3(url: str, *, remove: bool = True, timeout: float = 30) -> Iterator
                                                                      timeout=timeout))
         client.user(user)
         client.pass_(password)
-        count = len(client.list()[1])
+        listing = client.list()[1]
     except (OSError, poplib.error_proto) as exc:
         raise TransportError(f"{mask_url(url)}: {exc}") from None
     try:
-        for number in range(1, count + 1):
+        for entry in listing:
+            listed = _POP3_LIST.fullmatch(entry)
+            if listed is None:
+                yield InboundMessage(b"", mask_url(url), refused=f"{mask_url(url)}: unreadable "
+                                     f"LIST line {entry[:80]!r}")
+                continue
+            number, size = int(listed[1]), int(listed[2])
+            if size > MAX_MESSAGE_BYTES:  # the size the server gives: never retrieved
+                yield InboundMessage(b"", mask_url(url), refused=f"{mask_url(url)} message "
+                                     f"{number}: {_too_large(size)}")
+                continue
             lines = client.retr(number)[1]
             data = b"\r\n".join(lines) + b"\r\n"
             yield InboundMessage(data, mask_url(url),
