@@ -30,7 +30,7 @@ import pytest
 
 from postroom.compose.charsets import Charset, charset_for, first_unrepresentable
 from postroom.compose.html import html_to_text
-from postroom.compose.mime import EncodingError
+from postroom.compose.mime import EncodingError, make_message_id
 from postroom.delivery.plan import Plan, make_plan
 from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
 from postroom.domain.properties import MessageFormat, Properties
@@ -235,7 +235,8 @@ def test_matrix(format_name: str, charset_name: str, content_name: str) -> None:
                                                ADDRESS)
     (sender,) = msg["From"].addresses
     assert (sender.display_name, sender.addr_spec) == (content.from_name, "news@example.com")
-    assert msg["Message-ID"] == f"<{LOG_ID}.3.s4lt@example.com>"
+    assert msg["Message-ID"] == make_message_id(log_id=LOG_ID, delivery_id=3,
+                                                secret=LINKS.secret, domain="example.com")
     assert len(msg.get_all("To") or []) == len(msg.get_all("Subject") or []) == 1
 
 

@@ -23,6 +23,7 @@ from postroom.compose.mime import (
     parts_for,
 )
 from postroom.compose.personalize import RenderedContent
+from postroom.compose.tokens import message_id_log
 from postroom.domain.models import EmailFormat
 from postroom.domain.properties import MessageFormat
 from postroom.errors import InputError
@@ -260,10 +261,34 @@ def test_boundary_derives_from_message_id() -> None:
     assert first == parse(build(Parts.MULTIPART, to_name="Someone Else")).get_boundary()
 
 
-def test_make_message_id() -> None:
-    assert make_message_id(log_id=12, delivery_id=3, salt="s4lt", domain="example.com") == (
-        "<12.3.s4lt@example.com>"
-    )
+def test_make_message_id_carries_a_mac_over_its_ids() -> None:
+    secret = b"k" * 32
+    value = make_message_id(log_id=12, delivery_id=3, secret=secret, domain="example.com")
+    assert value == make_message_id(log_id=12, delivery_id=3, secret=secret,
+                                    domain="example.com")  # deterministic: same bytes again
+    assert re.fullmatch(r"<12\.3\.[A-Za-z0-9_-]{22}@example\.com>", value)
+    assert message_id_log(secret, value) == 12
+    assert message_id_log(secret, f"In-Reply-To: {value} (x)") == 12
+    assert message_id_log(b"other" * 8, value) is None
+
+
+def test_another_message_id_cannot_be_derived_from_ones_own() -> None:
+    secret = b"k" * 32
+    own = make_message_id(log_id=12, delivery_id=3, secret=secret, domain="example.com")
+    mac = own.split(".")[2].split("@")[0]
+    for forged in (own.replace("<12.", "<13."), own.replace(".3.", ".4."),
+                   f"<13.3.{mac}@example.com>", own.replace(mac, mac[:-1] + "A"),
+                   own.replace(mac, mac.lower())):
+        if forged != own:
+            assert message_id_log(secret, forged) is None, forged
+
+
+@pytest.mark.parametrize("value", [
+    "<12345678901234567890.1.AAAAAAAAAAAAAAAAAAAAAA@x>", "<" + "9" * 5000 + ".1.x@y>",
+    "<1." + "9" * 5000 + ".AAAAAAAAAAAAAAAAAAAAAA@y>", "", "<>", "<1.2.3@x>", "1" * 100_000,
+])
+def test_hostile_message_ids_name_no_log_and_raise_nothing(value: str) -> None:
+    assert message_id_log(b"k" * 32, value) is None
 
 
 # --- parts_for -------------------------------------------------------------------------------

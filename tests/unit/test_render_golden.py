@@ -32,6 +32,7 @@ import pytest
 
 from postroom.compose.charsets import charset_for, first_unrepresentable
 from postroom.compose.dkim import DkimSigner
+from postroom.compose.mime import make_message_id
 from postroom.delivery.plan import Links, Plan, make_plan
 from postroom.domain.models import Audience, Delivery, EmailFormat, Recipient, Target
 from postroom.domain.properties import Properties
@@ -433,7 +434,9 @@ def test_the_golden_set_is_complete_and_varied() -> None:
                    b"X-Note:", b"text/plain", b"text/html", b"multipart/alternative",
                    b"+0200", b"xn--bcher-kva.example", "jörg".encode(),
                    b"\r\nReply-To: Help Desk <help@xn--bcher-kva.example>\r\n",
-                   b"\r\nMessage-ID: <42.3.s4lt@xn--bcher-kva.example>\r\n",
+                   b"\r\nMessage-ID: %s\r\n" % make_message_id(
+                       log_id=42, delivery_id=3, secret=LINKS.secret,
+                       domain="xn--bcher-kva.example").encode(),
                    f"t={int(NOW.timestamp())};".encode()):  # DKIM signs at the render time
         assert needle in messages, needle
 

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from postroom.archive.ledger import Checkpoint, format_time
 from postroom.archive.ledger_ops import export_ledger, verify_ledger
 from postroom.archive.signing import Signer, new_private_key_hex
 from postroom.archive.stores import ArchiveReader, imap_copies, parse_imap_url, tree_copies
 from postroom.archive.verify import Scope, VerifyReport, verify_archive
-from postroom.cli.common import JsonOption, console, emit_json, err_console, progress_bar, state
+from postroom.cli.common import JsonOption, Table, console, emit_json, err_console, progress_bar, state
 from postroom.errors import PostroomError
 
 app = typer.Typer(help="Email BCC archive copies.", no_args_is_help=True)

@@ -10,13 +10,13 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from postroom.cli.common import JsonOption, console, emit_json, state
+from postroom.cli.common import JsonOption, Table, console, emit_json, err_console, state
 from postroom.domain.addresses import normalize_address
 from postroom.domain.outcomes import FailureReason
 from postroom.errors import InputError
 from postroom.inbound import sources
+from postroom.inbound.processor import ProcessSummary
 
 bounces_app = typer.Typer(help="Bounce mail: fetch, receive, parse, process.",
                           no_args_is_help=True)
@@ -35,6 +35,8 @@ def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
         "log": o.log.id if o.log is not None and o.attributed else None,
         "attributed_by": o.attributed_by or None,
         "late": o.late,  # the log's, but past the attribution window: not applied
+        "applied": o.applies,
+        "withheld": o.withheld or None,  # why the log's report is not applied
     } for o in outcomes]
 
 
@@ -43,25 +45,33 @@ def parse(ctx: typer.Context, files: list[Path], as_json: bool = JsonOption) -> 
     """Parse bounce files and show what they say (changes nothing)."""
     service = state(ctx).postroom().bounces
     results: list[dict[str, Any]] = []
-    for path in files:
+    for path in files:  # one bad file is reported alone; the others are still read
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the file: {exc.strerror}") from None
-        parsed, outcomes = service.examine(data)
+            data = sources.read_capped(path)
+            parsed, outcomes = service.examine(data)
+        except InputError as exc:
+            results.append({"file": str(path), "error": str(exc)})
+            continue
+        except Exception as exc:  # a bug met on this file: say so, go on
+            results.append({"file": str(path), "error": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
         results.append({"file": str(path), "kind": parsed.kind,
                         "recipients": _outcomes_json(outcomes)})
     if as_json:
         emit_json(results)
-        return
-    table = Table("file", "kind", "recipient", "status", "type", "reason", "rule", "log")
-    for result in results:
-        for r in result["recipients"] or [{}]:
-            table.add_row(result["file"], result["kind"], r.get("recipient") or "",
-                          r.get("status") or "", str(r.get("failure_type") or ""),
-                          r.get("reason_label", ""), r.get("rule") or "",
-                          str(r.get("log") or ""))
-    console.print(table)
+    else:
+        table = Table("file", "kind", "recipient", "status", "type", "reason", "rule", "log")
+        for result in results:
+            if "error" in result:
+                table.add_row(result["file"], "error", result["error"])
+            for r in result.get("recipients") or []:
+                table.add_row(result["file"], result["kind"], r.get("recipient") or "",
+                              r.get("status") or "", str(r.get("failure_type") or ""),
+                              r.get("reason_label", ""), r.get("rule") or "",
+                              str(r.get("log") or ""))
+        console.print(table)
+    if any("error" in result for result in results):
+        raise typer.Exit(1)
 
 
 @bounces_app.command("fetch")
@@ -95,26 +105,50 @@ def fetch(
         messages.append(sources.from_pop3(pop3, remove=not keep))
     if not messages:
         raise InputError("nothing to fetch: give files, --maildir, --mbox, --imap or --pop3")
-    fetched = [postroom.bounces.take(source).to_json() for source in messages]
-    total = {key: sum(f[key] for f in fetched) for key in ("received", "stored", "duplicates")}
-    processed = postroom.bounces.process().to_json() if process else None
+    fetched = [postroom.bounces.take(source) for source in messages]
+    total = {key: sum(getattr(f, key) for f in fetched)
+             for key in ("received", "stored", "duplicates", "refused")}
+    refused = [error for f in fetched for error in f.errors]
+    summary = postroom.bounces.process() if process else None
+    processed = summary.to_json() if summary is not None else None
     if as_json:
-        emit_json({"fetched": total, "processed": processed})
-        return
-    console.print(f"received {total['received']}, stored {total['stored']}, "
-                  f"already known {total['duplicates']}")
-    if processed is not None:
-        console.print(f"processed {processed['processed']}: attributed "
-                      f"{processed['attributed']}, unattributed {processed['unattributed']}, "
-                      f"unrecognized {processed['unrecognized']}, "
-                      f"logs failed {processed['failures_applied']}")
+        emit_json({"fetched": {**total, "errors": refused}, "processed": processed})
+    else:
+        console.print(f"received {total['received']}, stored {total['stored']}, "
+                      f"already known {total['duplicates']}, refused {total['refused']}",
+                      highlight=False)
+        for error in refused:
+            err_console.print(f"refused: {error}", markup=False, highlight=False)
+        if summary is not None:
+            console.print(f"processed {summary.processed}: attributed {summary.attributed}, "
+                          f"unattributed {summary.unattributed}, unrecognized "
+                          f"{summary.unrecognized}, logs failed {summary.failures_applied}, "
+                          f"bounces failed {summary.failed}", highlight=False)
+            _print_failed(summary)
+    if refused or (summary is not None and summary.failed):
+        raise typer.Exit(1)
+
+
+def _print_failed(summary: ProcessSummary) -> None:
+    for bounce_id, reason in summary.errors:
+        err_console.print(f"bounce {bounce_id} failed (kept, state failed): {reason}",
+                          markup=False, highlight=False)
 
 
 @bounces_app.command("process")
-def process_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
-    """Process stored bounces that are still new."""
-    summary = state(ctx).postroom().bounces.process().to_json()
-    emit_json(summary) if as_json else console.print(summary)
+def process_(ctx: typer.Context,
+             retry_failed: bool = typer.Option(False, help="Try bounces set aside as failed "
+                                               "again (after a fix)."),
+             as_json: bool = JsonOption) -> None:
+    """Process stored bounces that are still new (exit 1 if one of them failed)."""
+    summary = state(ctx).postroom().bounces.process(retry_failed=retry_failed)
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        console.print(summary.to_json(), markup=False)
+        _print_failed(summary)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @bounces_app.command("serve")
@@ -136,7 +170,11 @@ def serve(
     try:
         while True:
             time.sleep(every)
-            postroom.bounces.process()
+            try:
+                _print_failed(postroom.bounces.process())
+            except Exception as exc:  # the database, say: receiving goes on; try again later
+                err_console.print(f"error: processing bounces: {type(exc).__name__}: {exc}"
+                                  [:1000], markup=False, highlight=False)
     except KeyboardInterrupt:
         pass
     finally:
@@ -146,12 +184,13 @@ def serve(
 @bounces_app.command("list")
 def list_(ctx: typer.Context, state_: str | None = typer.Option(None, "--state"),
           limit: int = typer.Option(50, min=1), as_json: bool = JsonOption) -> None:
-    """Stored bounces, newest first (state: new, processed, unattributed, unrecognized)."""
+    """Stored bounces, newest first (state: new, processed, unattributed, unrecognized,
+    failed)."""
     postroom = state(ctx).postroom()
     rows: list[dict[str, Any]] = [{"id": b.id, "state": b.state, "kind": b.kind,
                                    "source": b.source,
              "received_at": b.received_at.isoformat(), "size": len(b.data),
-             "results": postroom.store.bounce_results_of(b.id)}
+             "detail": b.detail, "results": postroom.store.bounce_results_of(b.id)}
             for b in postroom.store.list_bounces(state=state_, limit=limit)]
     if as_json:
         emit_json(rows)
@@ -175,7 +214,7 @@ def rules_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         return
     table = Table("pos", "id", "status", "pattern", "type", "reason")
     for r in rows:
-        table.add_row(str(r.position), escape(r.id), r.status, escape(r.pattern[:50]),
+        table.add_row(str(r.position), r.id, r.status, r.pattern[:50],
                       r.failure_type,
                       FailureReason(r.reason).label)
     console.print(table)

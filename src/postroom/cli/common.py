@@ -1,4 +1,9 @@
-"""What every command group shares: the lazily built Postroom, output as JSON or Rich."""
+"""What every command group shares: the lazily built Postroom, output as JSON or Rich.
+
+Text in tables is printed as text: SMTP replies, bounce diagnostics, addresses and file names
+come from other parties, and Rich markup in them (`550 5.7.1 [/] ...`) must neither be
+interpreted nor crash the command. Styled cells are passed as `rich.text.Text`.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.style import StyleType
+from rich.table import Table as RichTable
+from rich.text import Text
 
 from postroom.errors import ConfigError
 from postroom.service import Postroom
 from postroom.settings import Settings, config_sources, load_settings, sqlite_file
 
-__all__ = ["JsonOption", "State", "console", "emit_json", "progress_bar", "state"]
+__all__ = ["JsonOption", "State", "Table", "console", "emit_json", "progress_bar", "state"]
 
 _PIPED_WIDTH = 10_000
 
@@ -35,6 +43,15 @@ console = _console(stderr=False)
 err_console = _console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+class Table(RichTable):
+    """A Rich table whose string cells are plain text, never markup."""
+
+    def add_row(self, *renderables: RenderableType | None, style: StyleType | None = None,
+                end_section: bool = False) -> None:
+        super().add_row(*(Text(cell) if isinstance(cell, str) else cell
+                          for cell in renderables), style=style, end_section=end_section)
 
 
 @dataclass

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from postroom.cli.common import (
     JsonOption,
+    Table,
     console,
     emit_json,
     err_console,
@@ -333,7 +334,7 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
     table = Table("status", "count")
     for status, count in sorted(data["by_status"].items()):
         table.add_row(status, str(count))
-    table.add_row("[bold]total[/]", str(data["total"]))
+    table.add_row(Text("total", style="bold"), str(data["total"]))
     console.print(table)
     if data["by_reason"]:
         reasons = Table("reason", "count")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from postroom.cli.common import JsonOption, console, emit_json, state
+from postroom.cli.common import JsonOption, Table, console, emit_json, state
 from postroom.domain.models import Template
 from postroom.errors import InputError
 from postroom.service import Postroom, load_template_file

@@ -6,9 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 
 import typer
-from rich.table import Table
 
-from postroom.cli.common import JsonOption, console, emit_json, err_console, state
+from postroom.cli.common import JsonOption, Table, console, emit_json, err_console, state
 from postroom.delivery.engine import RunSummary
 
 

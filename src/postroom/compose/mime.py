@@ -22,6 +22,7 @@ from postroom.compose.charsets import Charset, Unrepresentable
 from postroom.compose.headers import address_header, header_text, unstructured_header
 from postroom.compose.html import html_to_text
 from postroom.compose.personalize import RenderedContent
+from postroom.compose.tokens import message_id_proof
 from postroom.domain.models import EmailFormat
 from postroom.domain.properties import MessageFormat
 from postroom.errors import InputError
@@ -68,9 +69,10 @@ class HeaderValues:
     reply_to_name: str = ""
 
 
-def make_message_id(*, log_id: int, delivery_id: int, salt: str, domain: str) -> str:
-    """The Message-ID carries the delivery-log identity (and an unguessable salt)."""
-    return f"<{log_id}.{delivery_id}.{salt}@{domain}>"
+def make_message_id(*, log_id: int, delivery_id: int, secret: bytes, domain: str) -> str:
+    """The Message-ID carries the delivery-log identity and a MAC over it (the instance
+    secret), so a bounce that returns it can be attributed and no other can be made up."""
+    return f"<{log_id}.{delivery_id}.{message_id_proof(secret, log_id, delivery_id)}@{domain}>"
 
 
 def parts_for(

@@ -221,7 +221,7 @@ class Plan:
 
     def message_id(self, log_id: int) -> str:
         return make_message_id(log_id=log_id, delivery_id=self.delivery.id,
-                               salt=self.delivery.salt, domain=self._from_domain)
+                               secret=self.links.secret, domain=self._from_domain)
 
     # What every message of the delivery shares, made on first use (the plan is immutable).
 

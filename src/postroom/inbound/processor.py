@@ -2,12 +2,21 @@
 
 Attribution (Mailman's order): the signed VERP token in the bounce's envelope recipient (or the
 Delivered-To / X-Original-To / To headers that carry it), then the returned Message-ID, which
-carries the log id and the delivery's unguessable salt. A token that does not verify is never
-applied, and a report about an address the log was not sent to changes nothing. Nor does one
-that arrives more than the attribution window (7 days, DESIGN.md §8) after the message was
-sent: the address may have changed hands since. Unattributed bounces, and mail that is no
-report Postroom recognizes, are kept (states `unattributed`, `unrecognized`) for a person to
-look at; nothing is dropped.
+carries the log id and a MAC over it. What each kind of evidence may do:
+
+- a VERP token names the message and was the message's own return path: a report about the
+  log's address, or one that names nobody, is applied;
+- a Message-ID with a valid MAC names the message, but any recipient can quote it: only a report
+  that names the log's own address is applied, never one that names nobody;
+- a Message-ID of the form before issue 12 (a salt shared by the whole delivery) can be derived
+  by any recipient of the delivery: it attributes the report (kept against the log) but is
+  never applied.
+
+A token that does not verify is never applied, and a report about an address the log was not
+sent to changes nothing. Nor does one that arrives more than the attribution window (7 days,
+DESIGN.md §8) after the message was sent: the address may have changed hands since.
+Unattributed bounces, and mail that is no report Postroom recognizes, are kept (states
+`unattributed`, `unrecognized`) for a person to look at; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -19,21 +28,26 @@ from datetime import datetime, timedelta
 
 from postroom.bounces.model import BouncedRecipient, BounceKind, ParsedBounce
 from postroom.bounces.rules import Qualification, Rule, qualify_recipient
-from postroom.compose.tokens import verp_log_id
+from postroom.compose.tokens import message_id_log, verp_log_id
 from postroom.domain.models import DeliveryLog
 from postroom.domain.outcomes import FailureType
 
 __all__ = ["Attribution", "BounceOutcome", "ProcessSummary", "attribute", "bounce_state",
            "decide"]
 
-_MESSAGE_ID = re.compile(r"<?(\d+)\.(\d+)\.([0-9a-f]{16})@[^>]*>?")
+# Message-IDs written before issue 12: `<log.delivery.salt@domain>`, one salt per delivery.
+_LEGACY_MESSAGE_ID = re.compile(r"(?<![\w.])(\d{1,18})\.(\d{1,18})\.([0-9a-f]{16})@")
+MAX_LOG_ID = 2**31 - 1  # ids are SQL INTEGERs: a larger number names no log
+VERP = "verp"
+MESSAGE_ID = "message-id"
+LEGACY_MESSAGE_ID = "message-id-old"
 _FAILURE_KINDS = (BounceKind.DSN, BounceKind.HEURISTIC)
 
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
     log_id: int
-    by: str  # verp | message-id
+    by: str  # verp | message-id | message-id-old
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +61,12 @@ class BounceOutcome:
     applies: bool  # attributed, about the address the log was sent to, in the window
     fails_log: bool  # a failure report: the `sent` log becomes `failed`
     late: bool = False  # about the log's address, but after the attribution window
+    withheld: str = ""  # why an attributed recipient is not applied (late, names nobody, ...)
 
     @property
     def attributed(self) -> bool:
-        """Whose it is is known (applied, or too late to apply)."""
-        return self.applies or self.late
+        """Whose it is is known (applied, or kept against the log without applying it)."""
+        return self.applies or bool(self.withheld)
 
 
 def bounce_state(kind: str, outcomes: Sequence[BounceOutcome]) -> str:
@@ -72,12 +87,15 @@ class ProcessSummary:
     failures_applied: int = 0
     ignored: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    failed: int = 0  # bounces whose processing raised: set aside as `failed`, with the reason
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (bounce id, reason)
 
     def to_json(self) -> dict[str, object]:
         return {"processed": self.processed, "attributed": self.attributed,
                 "unattributed": self.unattributed, "unrecognized": self.unrecognized,
                 "late": self.late, "failures_applied": self.failures_applied,
-                "ignored": self.ignored, "kinds": self.kinds}
+                "ignored": self.ignored, "kinds": self.kinds, "failed": self.failed,
+                "errors": [{"bounce": i, "reason": r} for i, r in self.errors]}
 
 
 def _verp_candidates(envelope_to: str, parsed: ParsedBounce, headers: dict[str, str]) -> list[
@@ -101,16 +119,18 @@ def attribute(*, envelope_to: str, parsed: ParsedBounce, headers: dict[str, str]
         for address in re.findall(r"[^\s<>,;\"]+@[^\s<>,;\"]+", candidate):
             log_id = verp_log_id(secret, address)
             if log_id is not None:
-                return Attribution(log_id, "verp")
+                return Attribution(log_id, VERP)
     returned = [parsed.original_message_id or ""]
     returned += [value for name, value in parsed.original_headers if name.lower() == "message-id"]
     for value in returned:
-        match = _MESSAGE_ID.search(value or "")
-        if match is None:
-            continue
-        log_id, delivery_id, salt = int(match[1]), int(match[2]), match[3]
-        if salt_of(log_id) == (delivery_id, salt):
-            return Attribution(log_id, "message-id")
+        log_id = message_id_log(secret, value[:1000])
+        if log_id is not None:
+            return Attribution(log_id, MESSAGE_ID)
+    for value in returned:
+        for match in _LEGACY_MESSAGE_ID.finditer(value[:1000]):
+            log_id, delivery_id, salt = int(match[1]), int(match[2]), match[3]
+            if log_id <= MAX_LOG_ID and salt_of(log_id) == (delivery_id, salt):
+                return Attribution(log_id, LEGACY_MESSAGE_ID)
     return None
 
 
@@ -122,6 +142,15 @@ def _same_address(reported: str | None, sent_to: str) -> bool:
     if a_domain.lower() != b_domain.lower():
         return False
     return a_local == b_local or a_local.lower() == b_local.lower()
+
+
+def _withheld(attributed_by: str, reported: str | None) -> str:
+    """Why a report about the log's address may not be applied on this evidence, or ""."""
+    if attributed_by == LEGACY_MESSAGE_ID:
+        return "old message-id: any recipient of the delivery can derive it"
+    if attributed_by != VERP and reported is None:
+        return "names nobody: a message-id alone does not say whose address it is about"
+    return ""
 
 
 def _in_window(log: DeliveryLog, received_at: datetime, window: timedelta) -> bool:
@@ -141,12 +170,16 @@ def decide(parsed: ParsedBounce, rules: Sequence[Rule], log: DeliveryLog | None,
     for recipient in recipients:
         verdict = qualify_recipient(rules, parsed, recipient)
         about_log = log is not None and _same_address(recipient.recipient, log.email)
-        applies = about_log and in_window
+        withheld = ""
+        if about_log:
+            withheld = "late" if not in_window else _withheld(attributed_by,
+                                                               recipient.recipient)
+        applies = about_log and not withheld
         action = (recipient.action or "failed").strip().lower()
         fails = (applies and parsed.kind in _FAILURE_KINDS and action == "failed"
                  and verdict.failure_type in (FailureType.HARD, FailureType.SOFT))
         outcomes.append(BounceOutcome(recipient, verdict, log, attributed_by, applies, fails,
-                                      late=about_log and not in_window))
+                                      late=withheld == "late", withheld=withheld))
     return outcomes
 
 

@@ -14,6 +14,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
+from postroom.inbound.sources import MAX_MESSAGE_BYTES
+
 __all__ = ["BounceReceiver"]
 
 Store = Callable[[bytes, str], None]  # (message, envelope recipients) → stored, or raises
@@ -49,7 +51,7 @@ class BounceReceiver:
     def __init__(self, store: Store, *, host: str, port: int, domains: frozenset[str]):
         self._controller = Controller(
             _Handler(store, domains), hostname=host, port=port, server_hostname="localhost",
-            decode_data=False, enable_SMTPUTF8=True, data_size_limit=10 * 1024 * 1024)
+            decode_data=False, enable_SMTPUTF8=True, data_size_limit=MAX_MESSAGE_BYTES)
 
     def start(self) -> None:
         self._controller.start()

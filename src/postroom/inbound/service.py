@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -23,7 +23,7 @@ from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.errors import InputError, NotFoundError
 from postroom.inbound.processor import ProcessSummary, attribute, bounce_state, decide
 from postroom.inbound.sources import InboundMessage
-from postroom.storage.inbound import RuleRow
+from postroom.storage.inbound import RuleRow, StoredBounce
 from postroom.storage.sql import SqlStore
 
 __all__ = ["BounceService", "FetchSummary"]
@@ -34,10 +34,13 @@ class FetchSummary:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
+    refused: int = 0  # not taken in (too large, unreadable): left at the source
+    errors: list[str] = field(default_factory=list)  # why, per refused message
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, object]:
         return {"received": self.received, "stored": self.stored,
-                "duplicates": self.duplicates}
+                "duplicates": self.duplicates, "refused": self.refused,
+                "errors": self.errors}
 
 
 def rule_from_row(row: RuleRow) -> Rule:
@@ -75,6 +78,10 @@ class BounceService:
         summary = FetchSummary()
         for message in messages:
             summary.received += 1
+            if message.refused:
+                summary.refused += 1
+                summary.errors.append(message.refused)
+                continue
             _, new = self.store.store_bounce(message.data, source=message.source,
                                              envelope_to=message.envelope_to, now=self._clock())
             summary.stored += new
@@ -112,37 +119,57 @@ class BounceService:
                               attribution.by if attribution and log else "",
                               received_at=received_at or self._clock(), window=self._window)
 
-    def process(self, *, limit: int = 500) -> ProcessSummary:
-        """Process stored bounces that are still new, each in its own transaction."""
+    def process(self, *, limit: int = 500, retry_failed: bool = False) -> ProcessSummary:
+        """Process stored bounces that are still new, each in its own transaction.
+
+        One raw message is held at a time. A bounce whose processing raises (a bug met on
+        hostile input) is set aside as `failed` with its reason, and the rest go on; only a
+        fault of the database itself stops the run. `retry_failed` first puts the bounces set
+        aside earlier back to `new`.
+        """
+        if retry_failed:
+            self.store.requeue_failed_bounces()
         summary = ProcessSummary()
+        after = 0
         while True:
-            batch = self.store.new_bounces(limit)
-            if not batch:
+            ids = self.store.new_bounce_ids(after=after, limit=limit)
+            for bounce_id in ids:
+                stored = self.store.get_bounce(bounce_id)
+                if stored is None or stored.state != "new":
+                    continue  # another processor took it meanwhile
+                try:
+                    self._process_one(stored, summary)
+                except Exception as exc:  # this message only: mark it, go on
+                    reason = f"{type(exc).__name__}: {exc}"[:500]
+                    if self.store.fail_bounce(stored.id, reason, self._clock()):
+                        summary.failed += 1
+                        summary.errors.append((stored.id, reason))
+            if len(ids) < limit:
                 return summary
-            for stored in batch:
-                parsed, outcomes = self.examine(stored.data, stored.envelope_to,
-                                                received_at=stored.received_at)
-                unqualified = [(normalize_text(o.recipient.diagnostic), o.recipient.diagnostic)
-                               for o in outcomes
-                               if o.qualification.rule_id is None and o.recipient.diagnostic]
-                resting = bounce_state(parsed.kind, outcomes)
-                applied = self.store.apply_bounce(stored.id, parsed.kind, outcomes, unqualified,
-                                                  self._clock(), state=resting)
-                if applied is None:
-                    continue  # another processor took it first: counted there
-                summary.processed += 1
-                summary.kinds[parsed.kind] = summary.kinds.get(parsed.kind, 0) + 1
-                if resting == "processed":
-                    summary.attributed += 1
-                elif resting == "unattributed":
-                    summary.unattributed += 1
-                else:
-                    summary.unrecognized += 1
-                summary.late += sum(1 for o in outcomes if o.late)
-                summary.failures_applied += applied
-                summary.ignored += sum(1 for o in outcomes if not o.fails_log)
-            if len(batch) < limit:
-                return summary
+            after = ids[-1]
+
+    def _process_one(self, stored: StoredBounce, summary: ProcessSummary) -> None:
+        parsed, outcomes = self.examine(stored.data, stored.envelope_to,
+                                        received_at=stored.received_at)
+        unqualified = [(normalize_text(o.recipient.diagnostic), o.recipient.diagnostic)
+                       for o in outcomes
+                       if o.qualification.rule_id is None and o.recipient.diagnostic]
+        resting = bounce_state(parsed.kind, outcomes)
+        applied = self.store.apply_bounce(stored.id, parsed.kind, outcomes, unqualified,
+                                          self._clock(), state=resting)
+        if applied is None:
+            return  # another processor took it first: counted there
+        summary.processed += 1
+        summary.kinds[parsed.kind] = summary.kinds.get(parsed.kind, 0) + 1
+        if resting == "processed":
+            summary.attributed += 1
+        elif resting == "unattributed":
+            summary.unattributed += 1
+        else:
+            summary.unrecognized += 1
+        summary.late += sum(1 for o in outcomes if o.late)
+        summary.failures_applied += applied
+        summary.ignored += sum(1 for o in outcomes if not o.fails_log)
 
     # -- rules --------------------------------------------------------------------------------
 

@@ -12,26 +12,63 @@ import imaplib
 import mailbox
 import os
 import poplib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from postroom.errors import InputError, TransportError
 
-__all__ = ["InboundMessage", "from_files", "from_imap", "from_maildir", "from_mbox", "from_pop3",
-           "mask_url"]
+__all__ = ["MAX_MESSAGE_BYTES", "InboundMessage", "from_files", "from_imap", "from_maildir",
+           "from_mbox", "from_pop3", "mask_url", "read_capped"]
 
 PASSWORD_ENV = "POSTROOM_MAILBOX_PASSWORD"
+_POP3_LIST = re.compile(rb"(\d{1,9}) (\d{1,18})\s*")  # a LIST line: number, size in octets
+
+
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # the largest bounce taken in, from any source
 
 
 @dataclass(frozen=True)
 class InboundMessage:
+    """A message read from a source, or (`refused` set, no data) one that was not taken in
+    and stays at its source."""
+
     data: bytes
     source: str
     envelope_to: str = ""
     done: Callable[[], object] = field(default=lambda: None, compare=False)  # remove at source
+    refused: str = ""  # why it was not read: too large, unreadable
+
+
+def _too_large(size: int) -> str:
+    return (f"{size:,} bytes or more, over the {MAX_MESSAGE_BYTES:,}-byte limit of a bounce; "
+            "not taken in, left at the source")
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _read_capped(stream: _Readable) -> bytes | None:
+    """At most MAX_MESSAGE_BYTES from a stream; None when there is more (never reads it)."""
+    data = stream.read(MAX_MESSAGE_BYTES + 1)
+    return None if len(data) > MAX_MESSAGE_BYTES else data
+
+
+def read_capped(path: Path) -> bytes:
+    """A bounce file's bytes; InputError (naming the file) if unreadable or too large."""
+    try:
+        with path.open("rb") as stream:
+            data = _read_capped(stream)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file: {exc.strerror}") from None
+    if data is None:
+        raise InputError(f"{path}: {_too_large(MAX_MESSAGE_BYTES + 1)}")
+    return data
 
 
 def _nothing() -> None:
@@ -43,11 +80,13 @@ def _pop_delete(client: poplib.POP3, number: int) -> None:
 
 
 def from_files(paths: list[Path]) -> Iterator[InboundMessage]:
+    """Each file is one message; an unreadable or too large one is refused alone."""
     for path in paths:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the file: {exc.strerror}") from None
+            data = read_capped(path)
+        except InputError as exc:
+            yield InboundMessage(b"", f"file:{path}", refused=str(exc))
+            continue
         yield InboundMessage(data, f"file:{path}")
 
 
@@ -56,11 +95,17 @@ def from_maildir(path: Path, *, remove: bool = True) -> Iterator[InboundMessage]
         raise InputError(f"{path}: not a Maildir (no cur/ or new/ folder)")
     box = mailbox.Maildir(path, factory=None, create=False)
     for key in list(box.keys()):
+        source = f"maildir:{path}"
         try:
-            data = box.get_bytes(key)
-        except KeyError:
+            with contextlib.closing(box.get_file(key)) as stream:
+                data = _read_capped(stream)
+        except (KeyError, FileNotFoundError):
             continue  # removed meanwhile by another reader
-        yield InboundMessage(data, f"maildir:{path}",
+        if data is None:
+            yield InboundMessage(b"", source, refused=f"{path} message {key}: "
+                                 + _too_large(MAX_MESSAGE_BYTES + 1))
+            continue
+        yield InboundMessage(data, source,
                              done=partial(box.discard, key) if remove else _nothing)
 
 
@@ -68,8 +113,17 @@ def from_mbox(path: Path) -> Iterator[InboundMessage]:
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
     box = mailbox.mbox(path, create=False)
-    for key in box.iterkeys():
-        yield InboundMessage(box.get_bytes(key), f"mbox:{path}")
+    try:
+        for number, key in enumerate(box.iterkeys(), 1):
+            with contextlib.closing(box.get_file(key)) as stream:
+                data = _read_capped(stream)
+            if data is None:
+                yield InboundMessage(b"", f"mbox:{path}", refused=f"{path} message {number}: "
+                                     + _too_large(MAX_MESSAGE_BYTES + 1))
+                continue
+            yield InboundMessage(data, f"mbox:{path}")
+    finally:
+        box.close()
 
 
 def mask_url(url: str) -> str:
@@ -142,11 +196,21 @@ def from_pop3(url: str, *, remove: bool = True, timeout: float = 30) -> Iterator
                                                                      timeout=timeout))
         client.user(user)
         client.pass_(password)
-        count = len(client.list()[1])
+        listing = client.list()[1]
     except (OSError, poplib.error_proto) as exc:
         raise TransportError(f"{mask_url(url)}: {exc}") from None
     try:
-        for number in range(1, count + 1):
+        for entry in listing:
+            listed = _POP3_LIST.fullmatch(entry)
+            if listed is None:
+                yield InboundMessage(b"", mask_url(url), refused=f"{mask_url(url)}: unreadable "
+                                     f"LIST line {entry[:80]!r}")
+                continue
+            number, size = int(listed[1]), int(listed[2])
+            if size > MAX_MESSAGE_BYTES:  # the size the server gives: never retrieved
+                yield InboundMessage(b"", mask_url(url), refused=f"{mask_url(url)} message "
+                                     f"{number}: {_too_large(size)}")
+                continue
             lines = client.retr(number)[1]
             data = b"\r\n".join(lines) + b"\r\n"
             yield InboundMessage(data, mask_url(url),

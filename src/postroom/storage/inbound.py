@@ -194,6 +194,29 @@ class InboundStore:
                                 .order_by(bounces.c.id).limit(limit)).all()
         return [_bounce(row) for row in rows]
 
+    def new_bounce_ids(self, *, after: int, limit: int) -> list[int]:
+        """Ids of bounces still `new` past `after`, oldest first: a backlog is read one raw
+        message at a time (`get_bounce`), never a batch of them."""
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.scalars(
+                select(bounces.c.id).where(bounces.c.state == "new", bounces.c.id > after)
+                .order_by(bounces.c.id).limit(limit))]
+
+    def requeue_failed_bounces(self) -> int:
+        """Put bounces set aside as `failed` back to `new` (after a fix); returns how many."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(update(bounces).where(bounces.c.state == "failed")
+                                    .values(state="new", detail="",
+                                            processed_at=None)).rowcount)
+
+    def fail_bounce(self, bounce_id: int, reason: str, now: datetime) -> bool:
+        """Set a `new` bounce aside as `failed` with the reason its processing stopped, so it
+        is not tried first again and again; False when another processor took it."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(bounces).where(
+                bounces.c.id == bounce_id, bounces.c.state == "new").values(
+                state="failed", detail=reason[:2000], processed_at=now)).rowcount)
+
     def get_bounce(self, bounce_id: int) -> StoredBounce | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(bounces).where(bounces.c.id == bounce_id)).first()

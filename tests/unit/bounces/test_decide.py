@@ -85,3 +85,25 @@ def test_where_a_bounce_rests() -> None:
     assert unknown[0].applies and not unknown[0].fails_log
     assert bounce_state(BounceKind.UNKNOWN, unknown) == "unrecognized"
     assert bounce_state(BounceKind.UNKNOWN, []) == "unrecognized"
+
+
+@pytest.mark.parametrize(("by", "recipient", "applies"), [
+    ("verp", "ann@example.net", True),
+    ("verp", "ANN@EXAMPLE.NET", True),
+    ("verp", None, True),  # came back to the message's own return path: about its address
+    ("message-id", "ann@example.net", True),
+    ("message-id", None, False),  # anyone who saw the message can quote its Message-ID
+    ("message-id-old", "ann@example.net", False),  # derivable by the delivery's recipients
+    ("message-id-old", None, False),
+    ("message-id", "bob@example.net", False),
+    ("verp", "bob@example.net", False),
+])
+def test_what_each_kind_of_evidence_may_apply(by: str, recipient: str | None,
+                                             applies: bool) -> None:
+    """Issue 12: knowing one's own message gives no power over anyone else's address."""
+    [outcome] = decide(_bounce(recipient=recipient), default_rules(), _log(), by,
+                       received_at=SENT_AT, window=WEEK)
+    assert outcome.applies is applies and outcome.fails_log is applies
+    about_the_log = recipient is None or recipient.lower() == "ann@example.net"
+    assert outcome.attributed is about_the_log  # kept against the log, applied or not
+    assert bool(outcome.withheld) is (about_the_log and not applies)

@@ -1,7 +1,10 @@
-"""bounces.parse on hostile input (issue 4, acceptance 5): no exception ever escapes.
+"""bounces.parse on hostile input (issue 4, acceptance 5; issue 12): no exception ever escapes.
 
-Malformed MIME, truncated and corrupted DSNs, huge headers, wrong or unknown charsets and
-random bytes all give a `ParsedBounce` whose recipients can be qualified and normalized.
+Malformed MIME, truncated and corrupted DSNs, huge headers, hostile numbers, wrong or unknown
+charsets and random bytes all give a `ParsedBounce` whose recipients can be qualified and
+normalized. These tests call the parser's steps (`_parse`), not `parse_bounce`: its last guard
+turns any exception into a valid result, so a test through it could not fail. The guard is
+tested apart.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,7 +55,11 @@ raw = st.binary(max_size=300)
 value = st.one_of(text.map(str.encode), raw,
                   st.sampled_from([b"rfc822; ann@example.org", b"failed", b"5.1.1",
                                    b"smtp; 550 5.1.1 User unknown", b"abuse", b"<>",
-                                   b"=?utf-8?b?////?=", b"=?x-bad?q?=ZZ?=", b"rfc822;"]))
+                                   b"=?utf-8?b?////?=", b"=?x-bad?q?=ZZ?=", b"rfc822;",
+                                   b"5.99999999999999999999.1", b"<12345678901234567890.1.x@y>",
+                                   b"9" * 5000, b"-1", b"4.4.-7", b"1e999",
+                                   b'{"notificationType": "Bounce", "bounce": ' + b"[" * 5000,
+                                   b'{"notificationType": 1' + b"0" * 5000 + b"}"]))
 
 
 @st.composite
@@ -102,7 +110,7 @@ def damaged_sample(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-def check(data: bytes, parse: Callable[[bytes], ParsedBounce] = parse_bounce) -> None:
+def check(data: bytes, parse: Callable[[bytes], ParsedBounce] = _parse) -> None:
     parsed = parse(data)
     assert isinstance(parsed, ParsedBounce)
     assert isinstance(parsed.kind, BounceKind)
@@ -165,3 +173,25 @@ def test_deep_nesting_and_empty_input() -> None:
 def test_no_step_needs_the_last_guard(data: bytes) -> None:
     """`parse_bounce` catches anything as a last resort; its steps should not need it."""
     check(data, _parse)
+
+
+def test_the_last_guard_turns_a_bug_into_an_unknown_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import postroom.bounces.parse as parse
+
+    def broken(data: bytes) -> ParsedBounce:
+        raise RecursionError("a bug in a step")
+
+    sample = SEEDS[0]
+    assert parse_bounce(sample).kind is not BounceKind.UNKNOWN
+    monkeypatch.setattr(parse, "_parse", broken)
+    parsed = parse_bounce(sample)
+    assert parsed.kind is BounceKind.UNKNOWN and parsed.recipients == ()
+
+
+def test_hostile_json_notifications_raise_nothing() -> None:
+    for body in (b'{"notificationType": "Bounce", "bounce": ' + b"[" * 100_000 + b"]" * 100_000
+                 + b"}", b'{"notificationType": 1' + b"0" * 10_000 + b"}",
+                 b'{"Message": "' + b"{" * 50_000 + b'notificationType"}'):
+        check(b"Subject: AWS Notification Message\n\n" + body)
