@@ -15,7 +15,15 @@ from postroom.archive.ledger_ops import export_ledger, verify_ledger
 from postroom.archive.signing import Signer, new_private_key_hex
 from postroom.archive.stores import ArchiveReader, imap_copies, parse_imap_url, tree_copies
 from postroom.archive.verify import Scope, VerifyReport, verify_archive
-from postroom.cli.common import JsonOption, Table, console, emit_json, err_console, progress_bar, state
+from postroom.cli.common import (
+    JsonOption,
+    Table,
+    console,
+    emit_json,
+    err_console,
+    progress_bar,
+    state,
+)
 from postroom.errors import PostroomError
 
 app = typer.Typer(help="Email BCC archive copies.", no_args_is_help=True)
