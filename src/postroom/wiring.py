@@ -15,6 +15,7 @@ from postroom.errors import ConfigError
 from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay
+from postroom.storage.retrying import retry_database
 from postroom.storage.sql import open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
@@ -62,10 +63,16 @@ def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
     return signers
 
 
-def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Postroom:
-    """A ready Postroom: database opened and migrated, SMTP connectors configured."""
+def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
+          wait_for_database: float = 0.0) -> Postroom:
+    """A ready Postroom: database opened and migrated, SMTP connectors configured.
+
+    `wait_for_database` seconds: a database that does not answer yet is retried meanwhile.
+    """
     sending = settings.sending
-    store = open_store(settings.database_url)
+    store = retry_database(lambda: open_store(settings.database_url), what="opening the database",
+                           wait_seconds=wait_for_database) if wait_for_database else \
+        open_store(settings.database_url)
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(
         "link-signing", lambda: secrets.token_hex(32))

@@ -35,11 +35,15 @@ class State:
             self._settings = load_settings(self.config)
         return self._settings
 
-    def postroom(self) -> Postroom:
+    def postroom(self, *, wait_for_database: bool = False) -> Postroom:
+        """The instance; `wait_for_database`: a database that is down at start is waited for
+        (sending.database_wait_seconds), as a worker does."""
         if self._postroom is None:
             from postroom.wiring import build
 
-            self._postroom = build(self.settings())
+            settings = self.settings()
+            self._postroom = build(settings, wait_for_database=settings.sending
+                                   .database_wait_seconds if wait_for_database else 0.0)
         return self._postroom
 
 

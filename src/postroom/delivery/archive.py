@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from postroom.delivery.liveness import ARCHIVE, Liveness
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.domain.outcomes import Outcome, Verdict
 from postroom.transport.routed import Transport, send_all
@@ -56,6 +57,7 @@ class Archiver:
         self._batch = batch_size
         self._lease = lease
         self.archived = 0
+        self.liveness: Liveness | None = None  # ticked as the loop makes progress
 
     def pending(self, delivery_id: int | None) -> int:
         return self._store.archive_pending(delivery_id)
@@ -76,6 +78,8 @@ class Archiver:
         finally:
             for task in workers:
                 task.cancel()
+        if self.liveness is not None:  # ended on purpose; a failed loop stays watched
+            self.liveness.done(ARCHIVE)
 
     async def _work(self, delivery_id: int | None, finish: asyncio.Event,
                     drain_seconds: float, halt: asyncio.Event | None, worker: str) -> None:
@@ -84,6 +88,7 @@ class Archiver:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                self._tick()
                 if halt is not None and halt.is_set():
                     return
                 if finish.is_set() and deadline is None:
@@ -100,11 +105,23 @@ class Archiver:
                     await _sleep_or(finish, 0.2)
                     continue
                 pause = await self._send_batch(transport, copies, halt)
-                if pause:
-                    await _sleep_or(finish if deadline is None else None,
-                                    min(pause, self._remaining(deadline, loop)))
+                await self._rest(pause, None if deadline is not None else finish, halt,
+                                 self._remaining(deadline, loop))
         finally:
             await transport.close()
+
+    async def _rest(self, pause: float, wake: asyncio.Event | None,
+                    halt: asyncio.Event | None, remaining: float) -> None:
+        """Pause after the relay proved unreachable, in slices that tick: a pause is
+        progress, not a stall. `wake` or `halt` set ends it."""
+        pause = min(pause, remaining)
+        while pause > 0 and not (halt is not None and halt.is_set()):
+            step = min(pause, 1.0)
+            await _sleep_or(wake, step)
+            self._tick()
+            if wake is not None and wake.is_set():
+                return
+            pause -= step
 
     @staticmethod
     def _remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float:
@@ -129,6 +146,7 @@ class Archiver:
                 for copy in group])
             results, pause = self._results(group, outcomes)
             self._store.record_archive(results, self._clock())
+            self._tick()
             if pause:
                 self._give_back(copies[start + len(group):])
                 return pause
@@ -156,6 +174,10 @@ class Archiver:
                 if outcome.reply is None:  # the relay is unreachable: pause
                     pause = wait.total_seconds()
         return results, pause
+
+    def _tick(self) -> None:
+        if self.liveness is not None:
+            self.liveness.tick(ARCHIVE)
 
     def _give_back(self, copies: list[ArchiveCopy]) -> None:
         if copies:
