@@ -2,7 +2,7 @@
 
 Every process that sends (a `postroom worker`, or a one-off `postroom send`) registers in the
 workers table and beats every quarter lease: the beat says it is alive and renews the leases it
-holds, for each loop (send, archive) that made progress within a lease (`Liveness`). A loop that
+holds, for each loop (send, archive) that made progress within two leases (`Liveness`). A loop that
 fails ends the process: its claims are given back at once, the registry keeps the reason, and
 the error goes up (the CLI prints it and exits non-zero). Many workers, on one host or several,
 share deliveries through the database alone (claims with `FOR UPDATE SKIP LOCKED` on
@@ -126,8 +126,10 @@ class Heartbeat:
                       "lease runs out", self.worker_id, _one_line(cleanup))
 
     def beat(self) -> None:
-        """Say alive and renew leases, for the loops that made progress within a lease."""
-        window = self._lease.total_seconds()
+        """Say alive and renew leases, for the loops that made progress within two leases
+        (one would let a loop that is only slow, an event loop held up under load, lose its
+        claims to another worker: duplicates)."""
+        window = 2 * self._lease.total_seconds()
         stalled = self.liveness.stalled(window)
         for loop in stalled.keys() - self._stalled:
             log.error("the %s loop of %s made no progress for %.0f s: its leases are no longer "
