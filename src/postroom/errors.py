@@ -8,7 +8,8 @@
     ├── NotFoundError(PostroomError, LookupError)     a named object does not exist
     ├── StateError(PostroomError, RuntimeError)       an operation is illegal in the current state
     │   └── ReadOnlyError                             the built-in template cannot be changed
-    └── TransportError(PostroomError, ConnectionError) an SMTP relay could not be used
+    ├── TransportError(PostroomError, ConnectionError) an SMTP relay could not be used
+    └── DatabaseUnavailable(PostroomError, ConnectionError) the database did not come back
 
 Outcomes of sending (accepted, refused, deferred) are values, not exceptions: see
 `postroom.domain.outcomes`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DatabaseUnavailable",
     "InputError",
     "NotFoundError",
     "PostroomError",
@@ -68,3 +70,7 @@ class ReadOnlyError(StateError):
 
 class TransportError(PostroomError, ConnectionError):
     """An SMTP relay could not be reached or refused the session as a whole."""
+
+
+class DatabaseUnavailable(PostroomError, ConnectionError):
+    """The database kept failing for longer than a sender waits for it (database_wait_seconds)."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import socket
 import tomllib
 from collections import Counter
 from collections.abc import Callable
@@ -54,6 +56,7 @@ from postroom.inbound.service import BounceService
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
 from postroom.storage.metrics import StoreMetrics, oldest_pending_archive, read_metrics
+from postroom.storage.retrying import RetryingStore
 from postroom.storage.sql import SqlStore
 from postroom.storage.workers import DoubtCounts, WorkerRow
 from postroom.transport.routed import RoutedConnection
@@ -227,6 +230,11 @@ class Postroom:
         self.clock = clock
         store.ensure_template(BUILTIN_TEMPLATE, _BUILTIN_PROPS, builtin=True, now=clock())
 
+    def _senders_store(self) -> Any:
+        """The store as senders use it: each call retried through database faults for up to
+        sending.database_wait_seconds (storage/retrying.py); one per sending process."""
+        return RetryingStore(self.store, wait_seconds=self.settings.sending.database_wait_seconds)
+
     @cached_property
     def bounces(self) -> BounceService:
         """Bounce intake, processing, rules and quarantine."""
@@ -355,9 +363,11 @@ class Postroom:
 
     async def _send(self, delivery_id: int, progress: Callable[[int], None] | None,
                     halt: asyncio.Event | None, abort: asyncio.Event | None) -> RunSummary:
-        engine = self._engine()
-        async with Heartbeat(self.store, engine.worker_id, kind="send", lease=self._lease,
+        store = self._senders_store()
+        engine = self._engine(store)
+        async with Heartbeat(store, engine.worker_id, kind="send", lease=self._lease,
                              clock=self.clock) as heartbeat:
+            engine.liveness = heartbeat.liveness
             heartbeat.delivery_id = delivery_id
             summary = await engine.run(delivery_id, progress=progress, halt=halt,
                                        abort=abort)
@@ -367,7 +377,8 @@ class Postroom:
     def work(self, halt: asyncio.Event, *, until_idle: bool = False,
              on_run: Callable[[RunSummary], None] | None = None) -> WorkerSummary:
         """`postroom worker`: send every delivery in state `sending`, until `halt`."""
-        worker = Worker(self.store, self._engine(), self._archiver(), lease=self._lease,
+        store = self._senders_store()
+        worker = Worker(store, self._engine(store), self._archiver(store), lease=self._lease,
                         poll_seconds=self.settings.sending.worker_poll_seconds, clock=self.clock)
         return asyncio.run(halting_on_signals(
             halt, worker.run(halt, until_idle=until_idle, on_run=on_run)))
@@ -379,7 +390,8 @@ class Postroom:
         notes: list[str] = []
         try:
             deliveries = self.store.list_deliveries()
-            live = [w for w in self.workers(recent=timedelta(0)) if self.worker_alive(w)]
+            senders = self.workers()
+            live = [w for w in senders if self.worker_alive(w)]
             archive = Counter[str]()
             for states in self.store.archive_counts().values():
                 archive.update(states)
@@ -388,6 +400,7 @@ class Postroom:
             waiting = {d.id: self.store.relay_waiting(d.id) for d in deliveries
                        if d.state in (DeliveryState.SENDING, DeliveryState.PAUSED)}
             archive_waiting, archive_fault = self.store.archive_relay_waiting()
+            stuck = self.store.stuck_archive(self.clock(), {w.id for w in live})
         except SQLAlchemyError as exc:
             return Health(False, [f"database unreachable: {type(exc).__name__}"], [], 0, {}, {})
         sending = [d for d in deliveries if d.state is DeliveryState.SENDING]
@@ -410,6 +423,10 @@ class Postroom:
             problems.append(f"{archive[ArchiveState.FAILED]} archive copies failed: see "
                             "`postroom archive status`")
         problems += backlog
+        if stuck:
+            problems.append(f"{stuck} archive copies are held past their lease by a sender "
+                            "that is not alive: start `postroom worker` to take them over")
+        self._watch_senders(senders, live, problems, notes)
         return Health(True, problems, notes, len(live),
                       {"sending": len(sending)}, dict(archive))
 
@@ -442,7 +459,31 @@ class Postroom:
         return self.store.list_workers(self.clock(), include_stopped_since=self.clock() - recent)
 
     def worker_alive(self, row: WorkerRow) -> bool:
-        return row.alive(self.clock(), 2 * self._lease)
+        return self.worker_state(row) == "alive"
+
+    def worker_state(self, row: WorkerRow) -> str:
+        """alive / silent / dead / stopped / failed (WorkerRow.state), with the process
+        looked up when the sender runs on this host."""
+        return row.state(self.clock(), self._lease, running=_process_running(row))
+
+    def _watch_senders(self, senders: list[WorkerRow], live: list[WorkerRow],
+                       problems: list[str], notes: list[str]) -> None:
+        """Problems: a sender whose loop died (within the last hour) and no live sender of its
+        kind started since; a silent one (registered, its process there or unknown, no beat).
+        A dead one (its process gone) is a note: its claims run out by themselves."""
+        for row in senders:
+            state = self.worker_state(row)
+            age = (self.clock() - row.heartbeat_at).total_seconds()
+            if state == "failed" and row.stopped_at is not None and not any(
+                    w.kind == row.kind and w.started_at > row.stopped_at for w in live):
+                problems.append(f"{row.kind} {row.id} stopped at {row.stopped_at:%H:%M:%S} "
+                                f"after a failure: {row.error}")
+            elif state == "silent":
+                problems.append(f"{row.kind} {row.id} is silent: no beat for {age:.0f} s "
+                                "(a loop stuck, or the database unreachable from it)")
+            elif state == "dead" and age <= 3600:
+                notes.append(f"{row.kind} {row.id} is dead (process gone or no beat for "
+                             f"{age:.0f} s); what it held is taken over when its lease ends")
 
     def resolve_review(self, delivery_id: int, *, resend: bool) -> int:
         """Logs set aside as in doubt (at-most-once): send them again, or count them failed.
@@ -668,20 +709,33 @@ class Postroom:
 
     # -- wiring of the engine -----------------------------------------------------------------
 
-    def _archiver(self) -> Archiver | None:
+    def _archiver(self, store: Any = None) -> Archiver | None:
         archive = self.settings.archive
         if archive.address is None:
             return None
         return Archiver(
-            self.store, self._connect_archive,
+            store or self._senders_store(), self._connect_archive,
             target=ArchiveTarget(archive.address, archive.envelope_sender),
             connections=archive.connections, max_backoff=archive.max_backoff_seconds,
             clock=self.clock, lease=self._lease, batch_size=50)
 
-    def _engine(self) -> Engine:
-        return Engine(self.store, self._connect, planner=self.planner,
-                      sending=self.settings.sending, archiver=self._archiver(),
+    def _engine(self, store: Any) -> Engine:
+        return Engine(store, self._connect, planner=self.planner,
+                      sending=self.settings.sending, archiver=self._archiver(store),
                       archive_drain_seconds=self.settings.archive.drain_seconds,
                       clock=self.clock, router=self.router,
                       shaper=Shaper(self.settings.shaping, clock=self.clock),
                       worker_id=new_worker_id())
+
+
+def _process_running(row: WorkerRow) -> bool | None:
+    """Whether a sender's process exists, if it runs on this host (None: unknown)."""
+    if row.host != socket.gethostname():
+        return None
+    try:
+        os.kill(row.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

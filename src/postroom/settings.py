@@ -129,6 +129,16 @@ class SendingSettings(_Section):
     wait_for_retries_seconds: float = Field(
         30.0, ge=0, description="A run waits for retries due within this many seconds."
     )
+    record_delay_seconds: float = Field(
+        0.0, ge=0, le=1.0, description="Longest a relay's answer waits to be committed with "
+        "others (0: each pipelined group is recorded as soon as its replies arrive). Bounds how "
+        "long an accepted message stays unrecorded, whatever the other connections do."
+    )
+    database_wait_seconds: float = Field(
+        300.0, ge=0, description="How long a sender (worker, send, archive flush) retries the "
+        "database through an outage or restart, and a worker waits for it at start, before "
+        "it exits non-zero."
+    )
 
 
 class DefaultsSettings(_Section):

@@ -23,6 +23,7 @@ from postroom.inbound.service import rule_from_row, rule_to_row
 from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay, TlsMode, mask_url
 from postroom.storage.ledger import LedgerConfig
+from postroom.storage.retrying import retry_database
 from postroom.storage.sql import SqlStore, open_store
 from postroom.transport.pipelined import PipelinedConnection
 from postroom.transport.routing import HostPort, Router
@@ -108,11 +109,15 @@ def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
     return signers
 
 
-def _open_store(url: str) -> SqlStore:
+def _open_store(url: str, wait_seconds: float = 0.0) -> SqlStore:
     """The store at `url`; an unusable URL or an unreachable database is a ConfigError of
-    one line (the URL printed without its password)."""
+    one line (the URL printed without its password). `wait_seconds`: a database that does not
+    answer yet is retried meanwhile (DatabaseUnavailable after that)."""
     where = f"database_url {mask_url(url)}"
     try:
+        if wait_seconds:
+            return retry_database(lambda: open_store(url), what="opening the database",
+                                  wait_seconds=wait_seconds)
         return open_store(url)
     except NoSuchModuleError:  # (an ArgumentError)
         raise ConfigError(f"{where}: unknown database or driver (sqlite, "
@@ -128,11 +133,15 @@ def _open_store(url: str) -> SqlStore:
         raise ConfigError(f"{where}: cannot open the database: {reason}") from None
 
 
-def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Postroom:
-    """A ready Postroom: database opened and migrated, SMTP connectors configured."""
+def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
+          wait_for_database: float = 0.0) -> Postroom:
+    """A ready Postroom: database opened and migrated, SMTP connectors configured.
+
+    `wait_for_database` seconds: a database that does not answer yet is retried meanwhile.
+    """
     sending = settings.sending
     allow_test_domains(settings.allow_test_domains)
-    store = _open_store(settings.database_url)
+    store = _open_store(settings.database_url, wait_for_database)
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(
         "link-signing", lambda: secrets.token_hex(32))

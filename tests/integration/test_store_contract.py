@@ -104,15 +104,20 @@ def test_heartbeat_renews_only_the_workers_own_unexpired_leases(
         sending: tuple[Postroom, int]) -> None:
     store, delivery_id = sending[0].store, sending[1]
     store.register_worker("a", kind="worker", host="h", pid=1, now=T0)
-    store.claim_due(delivery_id, T0, 10, LEASE, worker="a")
+    mine = store.claim_due(delivery_id, T0, 10, LEASE, worker="a")
     store.claim_due(delivery_id, T0, 10, LEASE, worker="b")
+    handed = [t.log_id for t in mine[:6]]
+    assert store.mark_attempting([*handed, mine[9].log_id + 100], worker="a", now=T0) == handed
     later = T0 + timedelta(seconds=30)
-    assert store.heartbeat("a", later, LEASE, delivery_id=delivery_id) == 10
-    # At T0 + 60 s b's lease ran out, a's was renewed until T0 + 90 s.
+    # Only what a handed to its connections is renewed: a claim nobody works on runs out.
+    assert store.heartbeat("a", later, LEASE, delivery_id=delivery_id) == 6
+    # At T0 + 60 s b's leases and a's 4 idle ones ran out, a's 6 were renewed until T0 + 90 s.
     retaken = store.claim_due(delivery_id, T0 + LEASE, 50, LEASE, worker="c")
-    assert len(retaken) == 40
+    assert len(retaken) == 44
+    assert store.mark_attempting([t.log_id for t in mine[6:]], worker="a",
+                                 now=T0 + LEASE) == [], "no longer a's to send"
     rows = store.list_workers(later)
-    assert [(w.id, w.leases) for w in rows] == [("a", 10)]
+    assert [(w.id, w.leases) for w in rows] == [("a", 6)]
     assert rows[0].alive(later, LEASE)
     assert not rows[0].alive(later + 2 * LEASE, LEASE)
 

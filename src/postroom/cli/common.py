@@ -65,10 +65,11 @@ class State:
             self._settings = load_settings(self.config)
         return self._settings
 
-    def postroom(self, *, create: bool = False) -> Postroom:
+    def postroom(self, *, create: bool = False, wait_for_database: bool = False) -> Postroom:
         """The Postroom of these settings. A SQLite file that does not exist is created only
         when `create` (`postroom init`): elsewhere it is an error, since it usually means the
-        command ran outside the folder of its postroom.toml."""
+        command ran outside the folder of its postroom.toml. `wait_for_database`: a database
+        that is down at start is waited for (sending.database_wait_seconds), as a worker does."""
         if self._postroom is None:
             from postroom.wiring import build
 
@@ -78,7 +79,8 @@ class State:
                 if not create:
                     raise ConfigError(self._missing_database(path))
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self._postroom = build(settings)
+            self._postroom = build(settings, wait_for_database=settings.sending
+                                   .database_wait_seconds if wait_for_database else 0.0)
         return self._postroom
 
     def _missing_database(self, path: Path) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from datetime import UTC, datetime
 
 import typer
@@ -18,8 +20,13 @@ def worker(
     as_json: bool = JsonOption,
 ) -> None:
     """Send every delivery in state `sending`, with any number of other workers, until
-    SIGTERM (in-flight messages finish and are recorded, the rest is given back)."""
-    postroom = state(ctx).postroom()
+    SIGTERM (in-flight messages finish and are recorded, the rest is given back).
+
+    The database may be down for up to sending.database_wait_seconds, at start or later: the
+    worker waits and retries; past that it exits 1 with the reason."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    postroom = state(ctx).postroom(wait_for_database=True)
 
     def on_run(run: RunSummary) -> None:
         if not as_json:
@@ -47,8 +54,7 @@ def workers(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     rows = postroom.workers()
     now = datetime.now(UTC)
     data = [{"id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid,
-             "state": "stopped" if w.stopped_at else
-             ("alive" if postroom.worker_alive(w) else "silent"),
+             "state": postroom.worker_state(w), "error": w.error,
              "delivery": w.delivery_id, "leases": w.leases, "sent": w.sent,
              "heartbeat_age_seconds": round((now - w.heartbeat_at).total_seconds(), 1),
              "started_at": w.started_at.isoformat()} for w in rows]
@@ -57,7 +63,8 @@ def workers(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         return
     table = Table("id", "kind", "state", "delivery", "leases", "sent", "last beat")
     for row in data:
-        table.add_row(str(row["id"]), str(row["kind"]), str(row["state"]),
+        table.add_row(str(row["id"]), str(row["kind"]),
+                      str(row["state"]) + (f": {row['error']}" if row["error"] else ""),
                       "" if row["delivery"] is None else f"#{row['delivery']}",
                       str(row["leases"]), str(row["sent"]),
                       f"{row['heartbeat_age_seconds']} s ago")

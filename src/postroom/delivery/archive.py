@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from postroom.delivery.liveness import ARCHIVE, Liveness
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.domain.outcomes import ARCHIVE_RELAY_FAULT, Outcome, Verdict
 from postroom.transport.routed import Transport, send_all
@@ -57,6 +58,7 @@ class Archiver:
         self._lease = lease
         self.archived = 0
         self.fault = ""  # the archive relay's last fault (no session), until a copy goes
+        self.liveness: Liveness | None = None  # ticked as the loop makes progress
 
     def pending(self, delivery_id: int | None) -> int:
         return self._store.archive_pending(delivery_id)
@@ -77,6 +79,8 @@ class Archiver:
         finally:
             for task in workers:
                 task.cancel()
+        if self.liveness is not None:  # ended on purpose; a failed loop stays watched
+            self.liveness.done(ARCHIVE)
 
     async def _work(self, delivery_id: int | None, finish: asyncio.Event,
                     drain_seconds: float, halt: asyncio.Event | None, worker: str) -> None:
@@ -85,6 +89,7 @@ class Archiver:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                self._tick()
                 if halt is not None and halt.is_set():
                     return
                 if finish.is_set() and deadline is None:
@@ -101,11 +106,24 @@ class Archiver:
                     await _sleep_or(finish, 0.2)
                     continue
                 pause = await self._send_batch(transport, copies, halt)
-                if pause:  # woken by the end of the send, or by a halt once it ended
-                    await _sleep_or(finish if deadline is None else halt,
-                                    min(pause, self._remaining(deadline, loop)))
+                # woken by the end of the send, or by a halt once it ended
+                await self._rest(pause, finish if deadline is None else halt, halt,
+                                 self._remaining(deadline, loop))
         finally:
             await transport.close()
+
+    async def _rest(self, pause: float, wake: asyncio.Event | None,
+                    halt: asyncio.Event | None, remaining: float) -> None:
+        """Pause after the relay proved unreachable, in slices that tick: a pause is
+        progress, not a stall. `wake` or `halt` set ends it."""
+        pause = min(pause, remaining)
+        while pause > 0 and not (halt is not None and halt.is_set()):
+            step = min(pause, 1.0)
+            await _sleep_or(wake, step)
+            self._tick()
+            if wake is not None and wake.is_set():
+                return
+            pause -= step
 
     @staticmethod
     def _remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float:
@@ -130,6 +148,7 @@ class Archiver:
                 for copy in group])
             results, pause = self._results(group, outcomes)
             self._store.record_archive(results, self._clock())
+            self._tick()
             if pause:
                 self._give_back(copies[start + len(group):],
                                 f"not attempted: {self.fault}" if self.fault else "")
@@ -163,6 +182,10 @@ class Archiver:
                 if outcome.reply is None:  # the relay is unreachable: pause
                     pause = wait.total_seconds()
         return results, pause
+
+    def _tick(self) -> None:
+        if self.liveness is not None:
+            self.liveness.tick(ARCHIVE)
 
     def _give_back(self, copies: list[ArchiveCopy], why: str = "") -> None:
         """Give claimed copies back unsent; `why` replaces their last reply, if given."""

@@ -24,12 +24,13 @@ from typing import Any, Protocol
 
 from postroom.delivery.archive import Archiver
 from postroom.delivery.lanes import Lane, Lanes
+from postroom.delivery.liveness import SEND, Liveness
 from postroom.delivery.plan import Message, Plan
 from postroom.delivery.shaping import Shaper, Slowdown
 from postroom.domain.models import Delivery, LogUpdate, Target
 from postroom.domain.outcomes import RELAY_FAULT, FailureReason, Fault, Outcome, Verdict
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.errors import ConfigError, PostroomError, StateError
+from postroom.errors import ConfigError, DatabaseUnavailable, PostroomError, StateError
 from postroom.settings import SendingSettings
 from postroom.transport.routed import RoutedConnection, Transport
 from postroom.transport.routing import HostPort, NoRoute, Router, RouteSource
@@ -46,7 +47,8 @@ class SendStore(Protocol):
                       error: str | None = None) -> Delivery: ...
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
                   lease: timedelta, *, worker: str = "") -> list[Target]: ...
-    def mark_attempting(self, log_ids: list[int]) -> None: ...
+    def mark_attempting(self, log_ids: list[int], *, worker: str | None = None,
+                        now: datetime | None = None) -> list[int]: ...
     def abandon(self, log_ids: list[int], now: datetime, *, review: bool) -> None: ...
     def review_doubtful(self, delivery_id: int, now: datetime) -> int: ...
     def record(self, updates: list[LogUpdate], now: datetime) -> None: ...
@@ -118,7 +120,8 @@ class Engine:
         self._clock = clock
         self.worker_id = worker_id
         self._updates: list[LogUpdate] = []
-        self._flushed_at = 0.0
+        self._to_record = asyncio.Event()
+        self.liveness: Liveness | None = None  # ticked as the run makes progress
         self._state = DeliveryState.SENDING
         self._state_read_at = 0.0
         self._halt: asyncio.Event | None = None
@@ -148,6 +151,8 @@ class Engine:
         self._taken = {}
         summary = RunSummary(delivery_id, delivery.state)
         finish = asyncio.Event()
+        if archive and self._archiver is not None:
+            self._archiver.liveness = self.liveness
         archiving = (asyncio.create_task(self._archiver.run(
             delivery_id=delivery_id, finish=finish, drain_seconds=self._drain, halt=halt,
             worker=self.worker_id))
@@ -155,8 +160,15 @@ class Engine:
         try:
             if self._clock() >= plan.valid_until:
                 self._expire(delivery_id)
-            elif await self._unless_aborted(self._send_all(plan, summary, progress)):
-                self._left_on_abort(summary)
+            else:
+                try:
+                    if await self._unless_aborted(self._send_all(plan, summary, progress)):
+                        self._left_on_abort(summary)
+                except BaseExceptionGroup as errors:  # the database gave up: say just that
+                    lost = errors.subgroup(DatabaseUnavailable)
+                    if lost is None:
+                        raise
+                    raise _leaf(lost) from errors
         finally:
             finish.set()
             if archiving is not None:
@@ -221,15 +233,20 @@ class Engine:
     async def _send_all(self, plan: Plan, summary: RunSummary, progress: Progress | None) -> None:
         """Feed claimed logs to N connection workers; a worker's crash stops the run."""
         lanes: Lanes[Message] = Lanes(self._lane_capacity)
+        fed = asyncio.Event()
+        self._to_record = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self._sending.connections):
                     group.create_task(self._connection(lanes, plan, summary, progress))
+                group.create_task(self._recorder(fed))
                 try:
                     await self._feed(lanes, plan, summary)
                 finally:
                     self._give_back(lanes)
                     await lanes.close()
+                    fed.set()
+                    self._to_record.set()
         finally:
             self._flush()
             summary.slowed = list(self._shaper.slowed())
@@ -247,6 +264,7 @@ class Engine:
         lease = timedelta(seconds=self._sending.lease_seconds)
         review = self._sending.in_doubt == "review"
         while self._sending_allowed(delivery_id, force=True):
+            self._tick()
             if review:
                 self._store.review_doubtful(delivery_id, self._clock())
             targets = self._store.claim_due(delivery_id, self._clock(),
@@ -283,8 +301,11 @@ class Engine:
                 messages.append(plan.render(target, self._clock()))
             except PostroomError as exc:
                 self._updates.append(plan.unrenderable(target, exc))
-        self._store.mark_attempting([m.target.log_id for m in messages])
+        held = set(self._store.mark_attempting([m.target.log_id for m in messages],
+                                               worker=self.worker_id, now=self._clock()))
         for message in messages:
+            if message.target.log_id not in held:
+                continue  # its lease ran out meanwhile (a database outage): another sender's
             domain = message.recipient.rpartition("@")[2].lower()
             route = await self._router.route(domain)
             if isinstance(route, NoRoute):  # no host takes mail for it: settled unsent
@@ -322,6 +343,7 @@ class Engine:
                         batch = await self._paced(lanes, lane, batch, summary)
                         if not batch:
                             break
+                        self._tick()
                         faults = await self._send_batch(conn, lanes, lane, batch, plan,
                                                         summary, progress, faults)
                         used += len(batch)
@@ -385,7 +407,6 @@ class Engine:
                 faults = faults + 1 if fault else 0
                 self._watch_transport(plan.delivery.id, fault, outcome.text)
             self._hold(plan, held, summary)
-            self._flush_if_due()
         finally:
             await lanes.settled(len(batch))
         return faults
@@ -422,6 +443,7 @@ class Engine:
         update = doubtful(plan.settle(message, outcome, self._clock()), outcome,
                           self._sending.in_doubt)
         self._updates.append(update)
+        self._to_record.set()
         self._count(summary, update, progress)
 
     async def _pause(self, seconds: float) -> None:
@@ -481,12 +503,33 @@ class Engine:
             self._state = DeliveryState.PAUSED
         self._state_read_at = 0.0  # the feed notices at once
 
-    def _flush_if_due(self) -> None:
-        if len(self._updates) >= self._sending.batch_size or \
-                time.monotonic() - self._flushed_at >= 0.25:
+    async def _recorder(self, fed: asyncio.Event) -> None:
+        """Commit the connections' results as they arrive: each pipelined group as soon as its
+        replies are in (with whatever else arrived meanwhile), or within record_delay_seconds,
+        whatever any one connection is still waiting for. Ends once the feed has ended (the
+        run's last results are written by `_send_all`)."""
+        delay = self._sending.record_delay_seconds
+        while not fed.is_set():
+            await self._to_record.wait()
+            if delay and not fed.is_set():
+                await asyncio.sleep(delay)
+            self._to_record.clear()
             self._flush()
+            self._tick()
+
+    def _tick(self) -> None:
+        if self.liveness is not None:
+            self.liveness.tick(SEND)
 
     def _flush(self) -> None:
         updates, self._updates = self._updates, []
-        self._flushed_at = time.monotonic()
-        self._store.record(updates, self._clock())
+        try:
+            self._store.record(updates, self._clock())
+        except BaseException:
+            self._updates = updates + self._updates  # kept for the run's last write
+            raise
+
+
+def _leaf(group: BaseExceptionGroup[DatabaseUnavailable]) -> DatabaseUnavailable:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first

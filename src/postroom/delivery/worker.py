@@ -2,8 +2,11 @@
 
 Every process that sends (a `postroom worker`, or a one-off `postroom send`) registers in the
 workers table and beats every quarter lease: the beat says it is alive and renews the leases it
-holds. Many workers, on one host or several, share deliveries through the database alone
-(claims with `FOR UPDATE SKIP LOCKED` on PostgreSQL); there is no other coordination.
+holds, for each loop (send, archive) that made progress within two leases (`Liveness`). A loop that
+fails ends the process: its claims are given back at once, the registry keeps the reason, and
+the error goes up (the CLI prints it and exits non-zero). Many workers, on one host or several,
+share deliveries through the database alone (claims with `FOR UPDATE SKIP LOCKED` on
+PostgreSQL); there is no other coordination.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from postroom.delivery.archive import Archiver
 from postroom.delivery.engine import Engine, RunSummary
+from postroom.delivery.liveness import ARCHIVE, SEND, Liveness
 from postroom.domain.states import DeliveryState
 from postroom.errors import ConfigError, StateError
 
@@ -70,9 +74,11 @@ class WorkerRegistry(Protocol):
     def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int,
                         now: datetime) -> None: ...
     def heartbeat(self, worker_id: str, now: datetime, lease: timedelta, *,
-                  delivery_id: int | None = None, sent: int | None = None) -> int: ...
+                  delivery_id: int | None = None, sent: int | None = None,
+                  alive: bool = True, logs: bool = True, copies: bool = True) -> int: ...
     def deregister_worker(self, worker_id: str, now: datetime, *,
-                          sent: int | None = None) -> None: ...
+                          sent: int | None = None, error: str | None = None) -> None: ...
+    def release_claims(self, worker_id: str, now: datetime) -> int: ...
 
 
 class WorkerStore(WorkerRegistry, Protocol):
@@ -87,18 +93,25 @@ def new_worker_id() -> str:
 
 
 class Heartbeat:
-    """Registers a sender for the duration of an `async with`, and beats meanwhile."""
+    """Registers a sender for the duration of an `async with`, and beats meanwhile.
+
+    Leaving with an error (a loop died): the sender's claims are given back at once and the
+    registry keeps the reason, so `workers` and `health` show it failed.
+    """
 
     def __init__(self, store: WorkerRegistry, worker_id: str, *, kind: str,
-                 lease: timedelta, clock: Callable[[], datetime]):
+                 lease: timedelta, clock: Callable[[], datetime],
+                 liveness: Liveness | None = None):
         self._store = store
         self.worker_id = worker_id
         self._kind = kind
         self._lease = lease
         self._clock = clock
+        self.liveness = liveness or Liveness()
         self.delivery_id: int | None = None
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
+        self._stalled: set[str] = set()
 
     async def __aenter__(self) -> Heartbeat:
         self._store.register_worker(self.worker_id, kind=self._kind, host=socket.gethostname(),
@@ -112,11 +125,35 @@ class Heartbeat:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._store.deregister_worker(self.worker_id, self._clock(), sent=self.sent)
+        failed = exc is not None and not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+        if not failed:
+            self._store.deregister_worker(self.worker_id, self._clock(), sent=self.sent)
+            return
+        error = _one_line(exc)
+        log.error("sender %s stops: %s; giving its claims back", self.worker_id, error)
+        try:
+            self._store.release_claims(self.worker_id, self._clock())
+            self._store.deregister_worker(self.worker_id, self._clock(), sent=self.sent,
+                                          error=error)
+        except Exception as cleanup:  # the database is gone too: the leases run out instead
+            log.error("could not give the claims of %s back (%s): they are free when their "
+                      "lease runs out", self.worker_id, _one_line(cleanup))
 
     def beat(self) -> None:
+        """Say alive and renew leases, for the loops that made progress within two leases
+        (one would let a loop that is only slow, an event loop held up under load, lose its
+        claims to another worker: duplicates)."""
+        window = 2 * self._lease.total_seconds()
+        stalled = self.liveness.stalled(window)
+        for loop in stalled.keys() - self._stalled:
+            log.error("the %s loop of %s made no progress for %.0f s: its leases are no longer "
+                      "renewed, so other senders take its work", loop, self.worker_id,
+                      stalled[loop])
+        self._stalled = set(stalled)
         self._store.heartbeat(self.worker_id, self._clock(), self._lease,
-                              delivery_id=self.delivery_id, sent=self.sent)
+                              delivery_id=self.delivery_id, sent=self.sent,
+                              alive=not stalled, logs=SEND not in stalled,
+                              copies=ARCHIVE not in stalled)
 
     async def _beat(self) -> None:
         while True:
@@ -153,15 +190,23 @@ class Worker:
                   on_run: Callable[[RunSummary], None] | None = None) -> WorkerSummary:
         """Work until `halt` is set (SIGTERM), or, with `until_idle`, until nothing is due."""
         summary = WorkerSummary(self._engine.worker_id)
+        liveness = Liveness()
+        self._engine.liveness = liveness
+        if self._archiver is not None:
+            self._archiver.liveness = liveness
         async with Heartbeat(self._store, self._engine.worker_id, kind="worker",
-                             lease=self._lease, clock=self._clock) as heartbeat:
+                             lease=self._lease, clock=self._clock,
+                             liveness=liveness) as heartbeat:
             stop_archive = asyncio.Event()
             archiving = (asyncio.create_task(self._archiver.run(
                 delivery_id=None, finish=stop_archive, drain_seconds=self._poll * 2,
                 halt=halt, worker=self._engine.worker_id))
                 if self._archiver is not None else None)
+            if archiving is not None:  # its death ends the worker, not just the archiving
+                archiving.add_done_callback(lambda task: _halt_on_error(task, halt))
             try:
                 while not halt.is_set():
+                    liveness.tick(SEND)
                     delivery_id = self._store.next_sending_delivery(self._clock())
                     if delivery_id is None:
                         if until_idle:
@@ -178,6 +223,7 @@ class Worker:
                         if on_run is not None:
                             on_run(run)
             finally:
+                liveness.done(SEND)
                 stop_archive.set()  # drain what is due, briefly; a halt stops it at once
                 if archiving is not None:
                     await archiving
@@ -195,6 +241,20 @@ class Worker:
                 self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
                                           error=str(exc))
             return None
+
+
+def _halt_on_error(task: asyncio.Task[None], halt: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the archive loop failed: %s; stopping the worker",
+                  _one_line(task.exception()))
+        halt.set()
+
+
+def _one_line(exc: BaseException | None) -> str:
+    """An error as one short line for the log and the registry (no SQL, no parameters)."""
+    if exc is None:
+        return ""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
 async def _sleep_or(event: asyncio.Event, seconds: float) -> None:

@@ -239,6 +239,7 @@ workers = Table(
     Column("stopped_at", UtcDateTime()),
     Column("delivery_id", Integer),  # what it is sending now, if anything
     Column("sent", Integer, nullable=False, default=0),
+    Column("error", Text),  # why it ended, when one of its loops died
 )
 
 mirror_pages = Table(

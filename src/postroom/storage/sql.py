@@ -425,6 +425,7 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
         """Record send outcomes; a sent log's archive copy enters the outbox in the same commit."""
         if not updates:
             return
+        updates = sorted(updates, key=lambda u: u.log_id)  # lock order: by id
         with self.engine.begin() as conn:
             for moves, rows in _by_source_states(updates, now):
                 conn.execute(
@@ -568,6 +569,7 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
     def record_archive(self, results: Sequence[ArchiveResult], now: datetime) -> None:
         if not results:
             return
+        results = sorted(results, key=lambda r: r.copy_id)  # lock order: by id
         archived = [r for r in results if r.state is ArchiveState.ARCHIVED
                     and r.attempted and not r.in_doubt]
         with self.engine.begin() as conn:
@@ -615,13 +617,26 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
                 state=ArchiveState.PENDING, next_attempt_at=now)).rowcount
 
     def reset_archive_schedule(self, now: datetime, delivery_id: int | None = None) -> int:
-        """Make every pending copy due now (an operator asked to flush the outbox)."""
-        where = archive_outbox.c.state == ArchiveState.PENDING
+        """Make every pending copy due now (an operator asked to flush the outbox).
+
+        In id order, `_CHUNK` rows per transaction, skipping rows a worker is recording at this
+        moment (it sets their schedule itself): one statement over the whole outbox deadlocked
+        with workers recording copies (issue 11).
+        """
+        c = archive_outbox.c
+        where = c.state == ArchiveState.PENDING
         if delivery_id is not None:
-            where = and_(where, archive_outbox.c.delivery_id == delivery_id)
-        with self.engine.begin() as conn:
-            return conn.execute(update(archive_outbox).where(where).values(
-                next_attempt_at=now)).rowcount
+            where = and_(where, c.delivery_id == delivery_id)
+        changed, after = 0, 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = list(conn.scalars(select(c.id).where(where, c.id > after).order_by(c.id)
+                                        .limit(_CHUNK).with_for_update(skip_locked=True)))
+                if not ids:
+                    return changed
+                changed += conn.execute(update(archive_outbox).where(c.id.in_(ids), where)
+                                        .values(next_attempt_at=now)).rowcount
+            after = ids[-1]
 
     def archive_pending(self, delivery_id: int | None = None) -> int:
         """Copies still pending (of one delivery), read from ix_archive_due's pending range."""

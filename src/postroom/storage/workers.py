@@ -2,9 +2,14 @@
 accounting of messages "in doubt" after a crash. Mixed into `SqlStore`.
 
 A worker claims logs (and archive copies) for a lease; its heartbeat renews the lease of what
-it still holds. A worker that dies stops renewing, its leases run out, and another worker takes
-its batch over. A log that was handed to an SMTP connection (`attempting`) when that happened
-may have reached the relay: the takeover counts it `in_doubt`.
+it still holds, as long as the loop working on them makes progress. A worker that dies stops
+renewing, its leases run out, and another worker takes its batch over. A log that was handed
+to an SMTP connection (`attempting`) when that happened may have reached the relay: the
+takeover counts it `in_doubt`.
+
+Lock order: statements that change many outbox or log rows take them in id order (PostgreSQL:
+`SELECT … ORDER BY id FOR UPDATE`, SKIP LOCKED where a row someone else is changing can be left
+alone), so two of them cannot wait for each other (docs/operations.md, ADR 0016).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Table,
     and_,
     delete,
     exists,
@@ -51,9 +57,27 @@ class WorkerRow:
     delivery_id: int | None
     sent: int
     leases: int  # logs and archive copies it holds now
+    error: str | None = None  # why it ended, when one of its loops died
 
     def alive(self, now: datetime, stale_after: timedelta) -> bool:
         return self.stopped_at is None and now - self.heartbeat_at <= stale_after
+
+    def state(self, now: datetime, lease: timedelta, *, running: bool | None) -> str:
+        """stopped | failed (a loop died) | alive | silent | dead.
+
+        It beats every quarter lease: alive while the last beat is at most half a lease old.
+        `running` is whether its process exists (None: another host, unknown). A silent
+        process that still runs is stuck; with no process, or (elsewhere) no beat for two
+        leases, it is dead: its claims have run out or will at once.
+        """
+        if self.stopped_at is not None:
+            return "failed" if self.error else "stopped"
+        if running is False:
+            return "dead"
+        age = now - self.heartbeat_at
+        if age <= lease / 2:
+            return "alive"
+        return "silent" if running or age <= 2 * lease else "dead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,34 +100,86 @@ class WorkerStore:
                                                 started_at=now, heartbeat_at=now, sent=0))
 
     def heartbeat(self, worker_id: str, now: datetime, lease: timedelta, *,
-                  delivery_id: int | None = None, sent: int | None = None) -> int:
+                  delivery_id: int | None = None, sent: int | None = None,
+                  alive: bool = True, logs: bool = True, copies: bool = True) -> int:
         """Say the worker is alive and renew the leases it still holds; returns how many.
 
-        Only unexpired leases are renewed: one that ran out may already be someone else's.
+        `alive=False` (one of its loops is stalled) leaves the beat as it was, so the worker
+        shows silent; `logs`/`copies` False leave the leases of a stalled loop to run out.
+        Only unexpired leases are renewed: one that ran out may already be someone else's; and
+        rows another transaction is changing now (being recorded) are skipped.
         """
-        values: dict[str, Any] = {"heartbeat_at": now, "delivery_id": delivery_id}
+        values: dict[str, Any] = {"delivery_id": delivery_id}
+        if alive:
+            values["heartbeat_at"] = now
         if sent is not None:
             values["sent"] = sent
         until = now + lease
-        logs, copies = delivery_logs.c, archive_outbox.c
+        log, copy = delivery_logs.c, archive_outbox.c
         with self.engine.begin() as conn:
             conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
             renewed = 0
-            if delivery_id is not None:
-                renewed += conn.execute(
-                    update(delivery_logs)
-                    .where(logs.delivery_id == delivery_id, logs.status == LogStatus.PENDING,
-                           logs.claimed_by == worker_id, logs.claimed_until > now)
-                    .values(claimed_until=until)).rowcount
-            renewed += conn.execute(
-                update(archive_outbox)
-                .where(copies.state == ArchiveState.PENDING, copies.claimed_by == worker_id,
-                       copies.claimed_until > now)
-                .values(claimed_until=until)).rowcount
+            if delivery_id is not None and logs:
+                # Only logs handed to a connection: one claimed and not handed over within a
+                # lease (or claimed by a commit whose answer a database fault lost) is left to
+                # run out; `mark_attempting` then refuses it to this worker, so nothing is held
+                # forever and nothing is sent twice.
+                renewed += self._in_id_order(conn, delivery_logs, and_(
+                    log.delivery_id == delivery_id, log.status == LogStatus.PENDING,
+                    log.claimed_by == worker_id, log.claimed_until > now,
+                    log.attempting.is_(True)),
+                    {"claimed_until": until}, skip_locked=True)
+            if copies:
+                renewed += self._in_id_order(conn, archive_outbox, and_(
+                    copy.state == ArchiveState.PENDING, copy.claimed_by == worker_id,
+                    copy.claimed_until > now), {"claimed_until": until}, skip_locked=True)
         return renewed
 
-    def deregister_worker(self, worker_id: str, now: datetime, *, sent: int | None = None) -> None:
-        values: dict[str, Any] = {"stopped_at": now, "heartbeat_at": now, "delivery_id": None}
+    @staticmethod
+    def _in_id_order(conn: Any, table: Table, where: ColumnElement[bool],
+                     values: dict[str, Any], *, skip_locked: bool) -> int:
+        """UPDATE the rows matching `where`, locked in id order (see the module doc)."""
+        ident = table.c.id
+        ids = list(conn.scalars(select(ident).where(where).order_by(ident)
+                                .with_for_update(skip_locked=skip_locked)))
+        if not ids:
+            return 0
+        return int(conn.execute(update(table).where(ident.in_(ids), where)
+                                .values(**values)).rowcount)
+
+    def release_claims(self, worker_id: str, now: datetime) -> int:
+        """A sender whose loop died gives its claims back at once: their leases end now.
+
+        Logs it was attempting keep that mark and archive copies stay marked as held, so the
+        next claim counts them in doubt, as after a crash.
+        """
+        with self.engine.begin() as conn:
+            return (self._in_id_order(conn, delivery_logs, and_(
+                        delivery_logs.c.claimed_by == worker_id,
+                        delivery_logs.c.status == LogStatus.PENDING,
+                        delivery_logs.c.claimed_until > now),
+                        {"claimed_until": now}, skip_locked=False)
+                    + self._in_id_order(conn, archive_outbox, and_(
+                        archive_outbox.c.claimed_by == worker_id,
+                        archive_outbox.c.state == ArchiveState.PENDING,
+                        archive_outbox.c.claimed_until > now),
+                        {"claimed_until": now}, skip_locked=False))
+
+    def stuck_archive(self, now: datetime, live: set[str]) -> int:
+        """Pending copies whose lease ran out while held by a sender that is not alive (it
+        died, or its loop did): nobody has taken them over yet."""
+        c = archive_outbox.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.claimed_by, func.count())
+                                .where(c.state == ArchiveState.PENDING,
+                                       c.claimed_by.is_not(None), c.claimed_until <= now)
+                                .group_by(c.claimed_by)).all()
+        return sum(int(count) for holder, count in rows if holder not in live)
+
+    def deregister_worker(self, worker_id: str, now: datetime, *, sent: int | None = None,
+                          error: str | None = None) -> None:
+        values: dict[str, Any] = {"stopped_at": now, "heartbeat_at": now, "delivery_id": None,
+                                  "error": error}
         if sent is not None:
             values["sent"] = sent
         with self.engine.begin() as conn:
@@ -129,7 +205,7 @@ class WorkerStore:
                                 .where(shown).order_by(workers.c.started_at.desc())).all()
         return [WorkerRow(r.id, r.kind, r.host, r.pid, r.started_at, r.heartbeat_at,
                           r.stopped_at, r.delivery_id, r.sent,
-                          int(r.held_logs) + int(r.held_copies)) for r in rows]
+                          int(r.held_logs) + int(r.held_copies), r.error) for r in rows]
 
     def forget_workers(self, before: datetime) -> int:
         """Drop registry rows of workers stopped, or silent, since before `before`."""
@@ -152,13 +228,24 @@ class WorkerStore:
                 .order_by(deliveries.c.id).limit(1))
         return found
 
-    def mark_attempting(self, log_ids: list[int]) -> None:
-        """These claimed logs are being handed to SMTP connections (see the module doc)."""
+    def mark_attempting(self, log_ids: list[int], *, worker: str | None = None,
+                        now: datetime | None = None) -> list[int]:
+        """These claimed logs are being handed to SMTP connections (see the module doc).
+
+        Given `worker` and `now`, only logs it still holds (its lease not run out: a database
+        outage may have outlasted it, and another sender taken them) are marked; returns the
+        ids marked, the only ones the caller may send.
+        """
         if not log_ids:
-            return
+            return []
+        c = delivery_logs.c
+        where: ColumnElement[bool] = c.id.in_(log_ids)
+        if worker is not None and now is not None:
+            where = and_(where, c.claimed_by == worker, c.claimed_until > now,
+                         c.status == LogStatus.PENDING)
         with self.engine.begin() as conn:
-            conn.execute(update(delivery_logs).where(delivery_logs.c.id.in_(log_ids))
-                         .values(attempting=True))
+            return list(conn.scalars(update(delivery_logs).where(where)
+                                     .values(attempting=True).returning(c.id)))
 
     def abandon(self, log_ids: list[int], now: datetime, *, review: bool) -> None:
         """Claimed logs whose messages were on the wire when the sender stopped at once: the

@@ -52,7 +52,16 @@ class Sleep:
     then: str | Drop | None = None
 
 
-Action: TypeAlias = str | Drop | Sleep
+@dataclass(frozen=True, slots=True, eq=False)
+class Hold:
+    """Stall until the test sets ``gate``, then reply ``then`` (a connection slowed for as long
+    as the test needs, not for a guessed number of seconds)."""
+
+    gate: threading.Event
+    then: str | Drop | None = None
+
+
+Action: TypeAlias = str | Drop | Sleep | Hold
 Matcher: TypeAlias = str | Callable[[str], bool]
 
 
@@ -80,6 +89,8 @@ def _check_action(action: Action | None) -> None:
     if isinstance(action, Sleep):
         if action.seconds < 0:
             raise ValueError("Sleep.seconds must be >= 0")
+        _check_action(action.then)
+    elif isinstance(action, Hold):
         _check_action(action.then)
     elif isinstance(action, str) and not _REPLY_RE.fullmatch(action):
         raise ValueError(f"not an SMTP reply (need a 2xx-5xx code): {action!r}")
@@ -147,6 +158,10 @@ async def _perform(server: SMTP, action: Action | None) -> str | None:
     """Run a scripted action; returns the reply, or None for "use the default"."""
     if isinstance(action, Sleep):
         await asyncio.sleep(action.seconds)
+        action = action.then
+    elif isinstance(action, Hold):
+        while not action.gate.is_set():
+            await asyncio.sleep(0.02)
         action = action.then
     if isinstance(action, Drop):
         if server.transport is not None:

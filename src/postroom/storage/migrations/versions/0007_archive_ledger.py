@@ -1,7 +1,7 @@
 """The archive hash ledger: entries, the chain head, signed checkpoints.
 
-Revision ID: 0012
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from postroom.storage.schema import UtcDateTime
 
-revision = "0012"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
