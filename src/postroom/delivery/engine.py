@@ -418,13 +418,9 @@ class Engine:
         summary.relay_fault = f"{outcome.fault.label if outcome.fault else ''}: {outcome.text}"
         if outcome.fault is not Fault.AUTH or self._state is not DeliveryState.SENDING:
             return
-        reason = (f"paused: {summary.relay_fault}; fix smtp.username and smtp.password, then "
-                  f"`postroom deliveries resume {delivery_id}`")
-        with contextlib.suppress(StateError):
-            self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
-                                      error=reason)
-            self._state = DeliveryState.PAUSED
-        self._state_read_at = 0.0  # the feed notices at once
+        self._pause_delivery(delivery_id, f"paused: {summary.relay_fault}; fix smtp.username "
+                             "and smtp.password, then "
+                             f"`postroom deliveries resume {delivery_id}`")
 
     def _hold(self, plan: Plan, log_ids: list[int], summary: RunSummary) -> None:
         """Give back messages the relay could not take, unsent and with no attempt counted:
@@ -495,8 +491,12 @@ class Engine:
         limit = self._sending.pause_after_transport_failures
         if not limit or self._faults_in_row != limit:
             return
-        reason = (f"paused after {limit} transport failures in a row (last: {text}); "
-                  f"fix the relay, then resume")
+        self._pause_delivery(delivery_id, f"paused after {limit} transport failures in a row "
+                             f"(last: {text}); fix the relay, then resume")
+
+    def _pause_delivery(self, delivery_id: int, reason: str) -> None:
+        """The delivery pauses itself, with `reason` for the operator (unless another move
+        came first)."""
         with contextlib.suppress(StateError):
             self._store.move_delivery(delivery_id, DeliveryState.PAUSED, self._clock(),
                                       error=reason)

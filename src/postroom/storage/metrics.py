@@ -8,12 +8,11 @@ is one indexed or sequential pass over one table; none holds a lock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, case, func, select
 
-from postroom.storage.schema import archive_outbox, bounces, delivery_logs
+from postroom.storage.schema import archive_outbox, as_utc, bounces, delivery_logs
 
 __all__ = ["StoreMetrics", "oldest_pending_archive", "read_metrics"]
 
@@ -28,22 +27,13 @@ class StoreMetrics:
     bounces_by_state: dict[str, int]  # stored bounce mail: new, processed, unattributed, ...
 
 
-def _utc(value: Any) -> datetime | None:
-    """min() over a column may come back as text or naive on SQLite: an aware UTC time."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
 
 def oldest_pending_archive(engine: Engine) -> datetime | None:
     """When the oldest archive copy still pending was recorded (None: none is pending)."""
     query = select(func.min(archive_outbox.c.created_at)).where(
         archive_outbox.c.state == "pending")
     with engine.connect() as conn:
-        return _utc(conn.execute(query).scalar())
+        return as_utc(conn.execute(query).scalar())
 
 
 def read_metrics(engine: Engine, *, now: datetime, recent: timedelta) -> StoreMetrics:

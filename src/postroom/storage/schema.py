@@ -34,6 +34,7 @@ __all__ = [
     "archive_ledger",
     "archive_ledger_head",
     "archive_outbox",
+    "as_utc",
     "audience_members",
     "bounce_results",
     "bounces",
@@ -333,3 +334,14 @@ bounce_results = Table(
     Column("attributed_by", String(16), nullable=False, default=""),  # verp | message-id
     Column("applied", Boolean, nullable=False, default=False),
 )
+
+
+def as_utc(value: Any) -> datetime | None:
+    """min()/max() over a column bypass the column type on SQLite (text, or naive): the value
+    as an aware UTC time."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

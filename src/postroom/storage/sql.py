@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -57,6 +57,7 @@ from postroom.storage.ledger import ArchiveProofStore, LedgerStore, append_entri
 from postroom.storage.schema import (
     address_status,
     archive_outbox,
+    as_utc,
     audience_members,
     deliveries,
     delivery_logs,
@@ -514,7 +515,7 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
         with self.engine.connect() as conn:
             value = conn.scalar(select(func.min(when)).where(
                 c.delivery_id == delivery_id, c.status == LogStatus.PENDING))
-        return _aware(value)
+        return as_utc(value)
 
     def expire_pending(self, delivery_id: int, now: datetime, *, status: LogStatus,
                        reason: FailureReason | None, detail: str) -> int:
@@ -797,7 +798,7 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
             first, last, count = conn.execute(
                 select(func.min(c.sent_at), func.max(c.sent_at), func.count(c.sent_at))
                 .where(c.delivery_id == delivery_id, c.sent_at.is_not(None))).one()
-        return _aware(first), _aware(last), int(count)
+        return as_utc(first), as_utc(last), int(count)
 
     def failed_recipients(self, delivery_id: int, reasons: Sequence[int] | None) -> list[int]:
         """Recipients whose logs failed (with one of `reasons`) and whose address is not in
@@ -850,15 +851,6 @@ def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:
             "size": u.size, "sha256": u.sha256, "updated_at": now, "claimed_until": None,
             "b_doubt": int(u.in_doubt)}
 
-
-def _aware(value: Any) -> datetime | None:
-    """min()/max() over a column bypass the column type on SQLite: make the result UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _unclaimed(claimed_until: Any, now: datetime) -> Any:
