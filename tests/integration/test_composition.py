@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,6 @@ from typing import Any
 import dkim
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -26,8 +24,8 @@ from postroom.domain.states import LogStatus
 from postroom.service import Postroom
 from postroom.settings import DkimKey
 from postroom.testing.smtp_server import CaptureServer
-from postroom.web.app import create_app
 from tests.conftest import ARCHIVE, write_csv
+from tests.integration.web_server import serving
 
 HTML = ('<html><head><style>p { color: #123456 }</style></head><body>'
         '<p>Hello {{ recipient.first_name }}</p>'
@@ -74,20 +72,8 @@ def postroom(make_postroom: Callable[..., Postroom], sqlite_url: str,
 
 @pytest.fixture
 def web(postroom: Postroom) -> Iterator[httpx.Client]:
-    """`postroom serve`'s app in a real uvicorn server on a free loopback port."""
-    config = uvicorn.Config(create_app(postroom), host="127.0.0.1", port=0, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with serving(postroom) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_mirror_page_is_the_html_the_recipient_got(postroom: Postroom, relay: CaptureServer,

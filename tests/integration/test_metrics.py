@@ -3,48 +3,22 @@ on both stores: one Postroom sends, another one (as another process would) serve
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from postroom.service import Postroom
 from postroom.settings import WebSettings
 from postroom.testing.smtp_server import CaptureServer, Script
-from postroom.web.app import create_app
 from postroom.wiring import utc_now
 from tests.conftest import write_csv
+from tests.integration.web_server import serving
 
 TOKEN = "t" * 32  # web.health_token: /health's details
-
-
-@contextmanager
-def serving(postroom: Postroom) -> Iterator[httpx.Client]:
-    """`postroom serve`'s app in a real uvicorn server on a free loopback port."""
-    server = uvicorn.Server(uvicorn.Config(create_app(postroom), host="127.0.0.1", port=0,
-                                           log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        # thread.join, not time.sleep: under libfaketime (CI's date-shifted run) time.sleep
-        # may fail with EINVAL (clock_nanosleep on an absolute monotonic time)
-        thread.join(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,20 +4,18 @@ ok / not ok. A real uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from postroom.service import Postroom
 from postroom.settings import WebSettings
 from postroom.testing.smtp_server import CaptureServer
-from postroom.web.app import MAX_BODY_BYTES, create_app
+from postroom.web.app import MAX_BODY_BYTES
 from tests.conftest import write_csv
+from tests.integration.web_server import serving
 
 TOKEN = "health-" + "t" * 32
 
@@ -36,19 +34,8 @@ def postroom(make_postroom: Callable[..., Postroom], sqlite_url: str,
 
 @pytest.fixture
 def web(postroom: Postroom) -> Iterator[httpx.Client]:
-    config = uvicorn.Config(create_app(postroom), host="127.0.0.1", port=0, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with serving(postroom) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
 
 
 def _sent(postroom: Postroom, tmp_path: Path, html: str, **fields: str) -> int:
