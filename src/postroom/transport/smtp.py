@@ -127,11 +127,18 @@ class SmtpConnection:
         client, self._client = self._client, None
         if client is None:
             return
+        sock = client.get_transport_info("socket") if client.transport is not None else None
         try:
             if client.is_connected:
                 await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
+        # aiosmtplib closes without waiting: after STARTTLS the TLS shutdown can outlast the
+        # event loop, which then drops the socket unclosed (a ResourceWarning). Wait for it.
+        for _ in range(int(self._relay.timeout_seconds / 0.01)):
+            if sock is None or sock.fileno() == -1:
+                break
+            await asyncio.sleep(0.01)
 
 
 def _opening_fault(exc: BaseException) -> Outcome:
