@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postroom.testing.smtp_server import CaptureServer, Script
+from tests.integration.dsn_samples import write_samples
 
 ROOT = Path(os.environ.get("POSTROOM_EXIM_ROOT", "/tmp/exim-root"))
 SENDER = "bounces@exim.test"
@@ -176,19 +177,8 @@ def generate() -> dict[str, bytes]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.split("\n\n")[1].strip())
-        return 2
-    folder = Path(argv[0])
-    folder.mkdir(parents=True, exist_ok=True)
-    found = generate()
-    for name, data in sorted(found.items()):
-        (folder / f"exim-{name}.eml").write_bytes(data)
-        print(f"wrote {folder / f'exim-{name}.eml'}")
-    missing = sorted({s.name for s in SCENARIOS} - set(found))
-    if missing:
-        print(f"no bounce for: {', '.join(missing)}")
-    return 1 if missing else 0
+    return write_samples(argv, (__doc__ or "").split("\n\n")[1].strip(), generate,
+                         prefix="exim", scenarios=(s.name for s in SCENARIOS))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.integration.dsn_samples import write_samples
 from tests.integration.postfix import DOMAIN, LOCK, MAIN_CF, _run, _user
 
 MASTER_CF = Path("/etc/postfix/master.cf")
@@ -212,19 +213,9 @@ def generate(timeout: float = 90) -> dict[str, bytes]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.split("\n\n")[1].strip())
-        return 2
-    folder = Path(argv[0])
-    folder.mkdir(parents=True, exist_ok=True)
-    found = generate()
-    for name, data in sorted(found.items()):
-        (folder / f"postfix-{name}.eml").write_bytes(data)
-        print(f"wrote {folder / f'postfix-{name}.eml'}")
-    missing = sorted({s.name for s in SCENARIOS} - set(found))
-    if missing:
-        print(f"no DSN for: {', '.join(missing)} (see /var/log/postfix.log)")
-    return 1 if missing else 0
+    return write_samples(argv, (__doc__ or "").split("\n\n")[1].strip(), generate,
+                         prefix="postfix", scenarios=(s.name for s in SCENARIOS),
+                         missing_hint=" (see /var/log/postfix.log)")
 
 
 if __name__ == "__main__":
