@@ -6,6 +6,7 @@
     │   └── TemplateError                             a template does not compile or render
     │       └── TemplateLimitError                    ... within its CPU or size bounds
     ├── NotFoundError(PostroomError, LookupError)     a named object does not exist
+    ├── PermissionDenied(PostroomError, PermissionError) the actor lacks a permission
     ├── StateError(PostroomError, RuntimeError)       an operation is illegal in the current state
     │   └── ReadOnlyError                             the built-in template cannot be changed
     ├── TransportError(PostroomError, ConnectionError) an SMTP relay could not be used
@@ -22,6 +23,7 @@ __all__ = [
     "DatabaseUnavailable",
     "InputError",
     "NotFoundError",
+    "PermissionDenied",
     "PostroomError",
     "ReadOnlyError",
     "StateError",
@@ -58,6 +60,18 @@ class TemplateLimitError(TemplateError):
 
 class NotFoundError(PostroomError, LookupError):
     """A template, delivery or log named by the user does not exist."""
+
+
+class PermissionDenied(PostroomError, PermissionError):
+    """The acting user's role lacks `permission` (a permission string such as deliveries:send)."""
+
+    def __init__(self, permission: str, *, actor: str | None = None, role: str | None = None,
+                 detail: str | None = None):
+        who = f"{actor} ({role})" if actor and role else actor or "this account"
+        super().__init__(detail or f"{who} lacks the permission {permission}")
+        self.permission = permission
+        self.actor = actor
+        self.role = role
 
 
 class StateError(PostroomError, RuntimeError):
