@@ -14,7 +14,7 @@ import socket
 import tomllib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from postroom.archive.status import SinkFigures, read_sink_figures
 from postroom.compose.charsets import charset_for
 from postroom.compose.personalize import compile_content
 from postroom.compose.template_limits import TemplateLimits
@@ -151,6 +152,7 @@ class Report:
     doubt: DoubtCounts
     slowdowns: list[dict[str, Any]]  # domains slowed down for their temporary failures
     relay_waiting: tuple[int, str] = (0, "")  # messages held by a relay fault, the latest
+    archive_sinks: list[SinkFigures] = field(default_factory=list)  # archive/status.py
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -166,6 +168,7 @@ class Report:
             "by_domain": self.by_domain,
             "throughput_per_second": self.throughput,
             "archive": self.archive,
+            "archive_sinks": [sink.to_json() for sink in self.archive_sinks],
             "slowed_domains": self.slowdowns,
             "relay_fault": {"messages_waiting": self.relay_waiting[0],
                             "detail": self.relay_waiting[1]} if self.relay_waiting[0] else None,
@@ -553,7 +556,8 @@ class Postroom:
         throughput = round(sent / seconds, 1) if seconds > 0 else None
         return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput,
                       self.store.doubt_counts(delivery_id), self.store.slowdowns(delivery_id),
-                      self.store.relay_waiting(delivery_id))
+                      self.store.relay_waiting(delivery_id),
+                      read_sink_figures(self.store, self.settings.archive, delivery_id))
 
     def resend(self, delivery_id: int, *, reasons: list[int] | None = None,
                name: str | None = None) -> Delivery:

@@ -13,6 +13,7 @@ import typer
 from postroom.archive.ledger import Checkpoint, format_time
 from postroom.archive.ledger_ops import export_ledger, verify_ledger
 from postroom.archive.signing import Signer, new_private_key_hex
+from postroom.archive.status import read_sink_figures
 from postroom.archive.stores import ArchiveReader, imap_copies, parse_imap_url, tree_copies
 from postroom.archive.verify import Scope, VerifyReport, verify_archive
 from postroom.cli.common import (
@@ -48,9 +49,11 @@ def status(
     settings = postroom.settings.archive
     sink = {"smtp": "archive relay", "directory": str(settings.directory),
             "imap": str(settings.imap_url)}[settings.sink]
+    sinks = [f.to_json() for f in read_sink_figures(postroom.store, settings, delivery)]
     if as_json:
         emit_json({"enabled": settings.enabled, "sink": settings.sink, "target": sink,
-                   "ledger_entries": postroom.store.ledger_head().count, "deliveries": rows})
+                   "ledger_entries": postroom.store.ledger_head().count, "sinks": sinks,
+                   "deliveries": rows})
         return
     console.print(f"Email BCC is {'on' if settings.enabled else 'off'} on this instance; "
                   f"sink: {settings.sink} ({sink}); ledger: "
@@ -63,6 +66,20 @@ def status(
         table.add_row(str(row["delivery"]), str(row["pending"]), str(row["archived"]),
                       str(row["failed"]), latest)
     console.print(table)
+    print_sinks(sinks)
+
+
+def print_sinks(sinks: list[dict[str, Any]]) -> None:
+    """One line per archive sink (archive/status.py's `SinkFigures.to_json()`): copies of
+    sent messages, archived, pending, failed, in doubt, and its last error."""
+    for row in sinks:
+        mark = " (configured)" if row["configured"] else ""
+        line = (f"archive sink {row['sink']}{mark}: sent {row['sent']}, archived "
+                f"{row['archived']}, pending {row['pending']}, failed {row['failed']}, "
+                f"in doubt {row['in_doubt']}")
+        if row["last_error"]:
+            line += f"; last error: {row['last_error']}"
+        console.print(line, highlight=False, markup=False)
 
 
 @app.command("flush")
