@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from postroom.archive.ledger_ops import verify_ledger
+from postroom.archive.status import read_sink_figures
 from postroom.archive.stores import imap_copies, parse_imap_url, tree_copies
 from postroom.archive.verify import Scope, verify_archive
 from postroom.domain.states import LogStatus
@@ -72,6 +73,40 @@ def test_directory_sink_writes_one_file_per_copy_and_retries_while_it_cannot(
     report = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
                             Scope(delivery_id), now=postroom.clock())
     assert report.ok and report.verified == len(sent) and report.lag_seconds is None
+
+
+def test_per_sink_figures_follow_each_copy_to_the_sink_that_took_it(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    """Copies archived through the relay, then the instance switched to a directory it cannot
+    write yet: `archive status` and the report count each copy under its own sink."""
+    relay, archive = capture(), capture()
+    before = make_postroom(database_url, relay, archive=archive)
+    first = _delivery(before, tmp_path, 5)
+    before.send(first)
+    assert len(archive.messages) == 5
+    root = tmp_path / "vault"
+    root.write_text("not a directory yet")
+    after = make_postroom(database_url, relay, archive_options={
+        "sink": "directory", "directory": root, "drain_seconds": 0.5})
+    second, _ = after.create_delivery("t")
+    assert after.analyze(second.id).ok
+    after.send(second.id)
+
+    figures = read_sink_figures(after.store, after.settings.archive)
+    assert [(f.sink, f.configured, f.sent, f.archived, f.pending, f.failed) for f in figures] == [
+        ("directory", True, 5, 0, 5, 0), ("smtp", False, 5, 5, 0, 0)]
+    assert f"archive directory {root}" in figures[0].last_error and not figures[1].last_error
+    assert [f.sink for f in after.report(first).archive_sinks] == ["directory", "smtp"]
+    assert after.report(first).archive_sinks[1].archived == 5
+    assert after.report(second.id).archive_sinks == [figures[0]]
+
+    root.unlink()
+    assert after.archive_flush(wait_seconds=10) == 0
+    assert [(f.sink, f.archived, f.pending, f.last_error)
+            for f in read_sink_figures(after.store, after.settings.archive)] == [
+        ("directory", 5, 0, ""), ("smtp", 5, 0, "")]
 
 
 @pytest.fixture
