@@ -15,7 +15,7 @@ import pytest
 from postroom.archive.ledger_ops import verify_ledger
 from postroom.archive.status import read_sink_figures
 from postroom.archive.stores import imap_copies, parse_imap_url, tree_copies
-from postroom.archive.verify import Scope, verify_archive
+from postroom.archive.verify import Scope, VerifyReport, verify_archive
 from postroom.domain.states import LogStatus
 from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer
@@ -173,14 +173,13 @@ def test_journal_format_wraps_each_copy_and_the_ledger_hashes_the_original(
     assert report.ok and report.verified == 6
 
 
-def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
-    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
-    database_url: str, tmp_path: Path,
-) -> None:
-    """The kill test of test_crash_safety.py with the directory sink: `postroom worker`
-    processes SIGKILLed at random moments. Every sent log's copy is in the directory (verify:
-    nothing missing, altered or unexpected), duplicates only among copies in doubt, one ledger
-    entry per copy and a chain that verifies."""
+def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
+                          capture: Callable[..., CaptureServer], count: int, sink: str,
+                          secrets: dict[str, str] | None = None) -> tuple[int, int]:
+    """test_crash_safety.py's kill test with another sink (`sink`: its lines of [archive]):
+    `postroom worker` processes (1 on SQLite, 2 on PostgreSQL) SIGKILLed at random moments
+    and restarted, until the delivery is finished and no copy is pending. Returns the
+    delivery and the number of kills; every worker stopped cleanly at the end."""
     import random
     import signal
     import time
@@ -193,17 +192,12 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
         write_config,
     )
 
-    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "4000"))
     workers = 1 if database_url.startswith("sqlite") else 2
-    relay, unused = capture(), capture()
-    root = tmp_path / "vault"
-    postroom = make_postroom(database_url, relay,
-                             archive_options={"sink": "directory", "directory": root})
+    relay = capture()  # the workers send the recipients' messages here
+    unused = capture()  # the archive relay: a sink other than smtp never uses it
     delivery_id = started_delivery(postroom, tmp_path, count)
     config = write_config(tmp_path / "w.toml", database_url, relay, unused)
-    text = config.read_text().replace(
-        "[archive]\n", f'[archive]\nsink = "directory"\ndirectory = "{root}"\n')
-    config.write_text(text)
+    config.write_text(config.read_text().replace("[archive]\n", f"[archive]\n{sink}"))
 
     def done() -> bool:
         if postroom.store.get_delivery(delivery_id).state is not DeliveryState.FINISHED:
@@ -211,7 +205,8 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
         return postroom.store.archive_pending(delivery_id) == 0
 
     rng = random.Random(count + workers)
-    procs = [start_worker(config, tmp_path / f"w{i}.log") for i in range(workers)]
+    logs = [tmp_path / f"w{i}.log" for i in range(workers)]
+    procs = [start_worker(config, log, secrets) for log in logs]
     kills = 0
     try:
         while kills < 3 * workers and not done():
@@ -220,7 +215,7 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
             procs[index].send_signal(signal.SIGKILL)
             procs[index].wait(10)
             kills += 1
-            procs[index] = start_worker(config, tmp_path / f"w{index}.log")
+            procs[index] = start_worker(config, logs[index], secrets)
         deadline = time.monotonic() + 600
         while not done():
             assert time.monotonic() < deadline, "the delivery did not finish"
@@ -228,18 +223,85 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
     finally:
         codes = [stop_worker(p) for p in procs]
     assert codes == [0] * workers and kills >= 1
-    assert unused.messages == []  # every copy went to the directory, none to a relay
+    assert unused.messages == []  # every copy went to the sink, none to a relay
+    assert len(relay.messages) >= count
+    return delivery_id, kills
 
+
+def _copies_in_doubt(postroom: Postroom, delivery_id: int) -> set[int]:
+    from sqlalchemy import select
+
+    from postroom.storage.schema import archive_outbox
+
+    o = archive_outbox.c
+    with postroom.store.engine.connect() as conn:
+        return set(conn.scalars(select(o.log_id).where(o.delivery_id == delivery_id,
+                                                      o.in_doubt > 0)))
+
+
+def _check_after_kills(postroom: Postroom, delivery_id: int, count: int,
+                       check: VerifyReport) -> tuple[int, int]:
+    """No copy lost, altered or unexpected; every duplicate is a copy in doubt, named by
+    verify; one ledger entry per copy. Returns (copies in doubt, duplicates)."""
     report = postroom.report(delivery_id)
-    sent = report.by_status.get(LogStatus.SENT, 0)
-    assert sent == count
-    check = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
-                           Scope(delivery_id), now=postroom.clock())
+    assert report.by_status.get(LogStatus.SENT, 0) == count
     assert (check.missing, check.altered, check.unexpected) == (0, 0, 0), check.items
-    assert check.verified == count and check.duplicated <= report.doubt.archive
+    assert check.verified == count
+    doubt = _copies_in_doubt(postroom, delivery_id)
+    assert len(doubt) == report.doubt.archive
+    named = {item["log"] for item in check.items.get("duplicated", [])}
+    assert len(named) <= check.duplicated <= len(doubt)  # one extra copy per copy in doubt
+    assert named <= doubt, (named - doubt, "a duplicate of a copy that was not in doubt")
     head = postroom.store.ledger_head()
     assert head.count == count and verify_ledger(postroom.store, None).ok
+    [figures] = report.archive_sinks
+    assert (figures.archived, figures.pending, figures.failed) == (count, 0, 0)
+    assert figures.in_doubt == len(doubt)
+    return len(doubt), check.duplicated
+
+
+def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    """The kill test of test_crash_safety.py with the directory sink. Every sent log's copy is
+    in the directory (verify: nothing missing, altered or unexpected), duplicates only among
+    copies in doubt, one ledger entry per copy and a chain that verifies."""
+    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "4000"))
+    root = tmp_path / "vault"
+    postroom = make_postroom(database_url, capture(),
+                             archive_options={"sink": "directory", "directory": root})
+    delivery_id, kills = _kill_while_archiving(
+        postroom, database_url, tmp_path, capture, count,
+        f'sink = "directory"\ndirectory = "{root}"\n')
+    check = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
+                           Scope(delivery_id), now=postroom.clock())
+    doubt, duplicated = _check_after_kills(postroom, delivery_id, count, check)
+    assert postroom.report(delivery_id).archive_sinks[0].sink == "directory"
     leftovers = list(root.rglob(".*.tmp"))
-    print(f"\n{database_url.split(':')[0]}, {workers} worker(s), {count} recipients, {kills} "
-          f"kills: archive copies in doubt {report.doubt.archive}, duplicated files "
-          f"{check.duplicated}, temporary files left by kills {len(leftovers)}")
+    print(f"\n{database_url.split(':')[0]}, directory sink, {count} recipients, {kills} "
+          f"kills: archive copies in doubt {doubt}, duplicated files {duplicated}, "
+          f"temporary files left by kills {len(leftovers)}")
+
+
+def test_imap_sink_workers_killed_while_archiving_lose_no_copy(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path, imap_box: Dovecot,
+) -> None:
+    """The same kill test with the IMAP sink, APPENDing to a real Dovecot: a worker killed
+    between the server's OK and the recording leaves the copy in doubt, and the copy is
+    appended again: the folder then holds it twice, and verify names exactly those."""
+    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "2000"))
+    postroom = make_postroom(database_url, capture(), archive_options={
+        "sink": "imap", "imap_url": imap_box.url(), "imap_password": imap_box.password})
+    delivery_id, kills = _kill_while_archiving(
+        postroom, database_url, tmp_path, capture, count,
+        f'sink = "imap"\nimap_url = "{imap_box.url()}"\n',
+        {"POSTROOM_ARCHIVE__IMAP_PASSWORD": imap_box.password})
+    reader = imap_copies(parse_imap_url(imap_box.url()), imap_box.password, max_bytes=1 << 20)
+    check = verify_archive(postroom.store, reader, Scope(delivery_id), now=postroom.clock())
+    assert check.read == count + check.duplicated  # the folder holds nothing else
+    doubt, duplicated = _check_after_kills(postroom, delivery_id, count, check)
+    assert postroom.report(delivery_id).archive_sinks[0].sink == "imap"
+    print(f"\n{database_url.split(':')[0]}, IMAP sink, {count} recipients, {kills} kills: "
+          f"archive copies in doubt {doubt}, appended twice {duplicated}")
