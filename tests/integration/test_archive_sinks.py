@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,12 +175,67 @@ def test_journal_format_wraps_each_copy_and_the_ledger_hashes_the_original(
     assert report.ok and report.verified == 6
 
 
+class HoldingProxy:
+    """A TCP proxy to the IMAP server that, once armed, withholds the server's answer to the
+    next APPEND it stores (`OK [APPENDUID ...]`) and sets `held`: the copy is in the folder
+    and its sender has not heard so. Killing the sender then leaves a copy in doubt for sure
+    (random kills seldom land in that window). Nothing else is changed or held."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self._target = port
+        self.armed = threading.Event()
+        self.held = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pump, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any, from_server: bool) -> None:
+        holding = False
+        try:
+            while chunk := source.recv(65536):
+                if (from_server and self.armed.is_set() and not self.held.is_set()
+                        and b"OK [APPENDUID" in chunk):
+                    holding = True
+                    self.held.set()
+                if not holding:
+                    sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
 def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
                           capture: Callable[..., CaptureServer], count: int, sink: str,
-                          secrets: dict[str, str] | None = None) -> tuple[int, int]:
+                          secrets: dict[str, str] | None = None,
+                          proxy: HoldingProxy | None = None) -> tuple[int, int]:
     """test_crash_safety.py's kill test with another sink (`sink`: its lines of [archive]):
     `postroom worker` processes (1 on SQLite, 2 on PostgreSQL) SIGKILLed at random moments
-    and restarted, until the delivery is finished and no copy is pending. Returns the
+    and restarted, until the delivery is finished and no copy is pending. With a `proxy`, the
+    first kill is of every worker while the proxy holds an APPEND's answer. Returns the
     delivery and the number of kills; every worker stopped cleanly at the end."""
     import random
     import signal
@@ -209,7 +266,15 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
     procs = [start_worker(config, log, secrets) for log in logs]
     kills = 0
     try:
-        while kills < 3 * workers and not done():
+        if proxy is not None:
+            proxy.armed.set()
+            assert proxy.held.wait(120), "no APPEND went through the proxy"
+            for index in range(workers):
+                procs[index].send_signal(signal.SIGKILL)
+                procs[index].wait(10)
+                kills += 1
+                procs[index] = start_worker(config, logs[index], secrets)
+        while kills < (workers if proxy else 0) + 3 * workers and not done():
             time.sleep(rng.uniform(0.3, 2.0))
             index = rng.randrange(workers)
             procs[index].send_signal(signal.SIGKILL)
@@ -294,14 +359,20 @@ def test_imap_sink_workers_killed_while_archiving_lose_no_copy(
     count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "2000"))
     postroom = make_postroom(database_url, capture(), archive_options={
         "sink": "imap", "imap_url": imap_box.url(), "imap_password": imap_box.password})
-    delivery_id, kills = _kill_while_archiving(
-        postroom, database_url, tmp_path, capture, count,
-        f'sink = "imap"\nimap_url = "{imap_box.url()}"\n',
-        {"POSTROOM_ARCHIVE__IMAP_PASSWORD": imap_box.password})
+    proxy = HoldingProxy(imap_box.port)  # the workers APPEND through it
+    through = f"imap://{imap_box.user}@127.0.0.1:{proxy.port}/INBOX"
+    try:
+        delivery_id, kills = _kill_while_archiving(
+            postroom, database_url, tmp_path, capture, count,
+            f'sink = "imap"\nimap_url = "{through}"\n',
+            {"POSTROOM_ARCHIVE__IMAP_PASSWORD": imap_box.password}, proxy)
+    finally:
+        proxy.close()
     reader = imap_copies(parse_imap_url(imap_box.url()), imap_box.password, max_bytes=1 << 20)
     check = verify_archive(postroom.store, reader, Scope(delivery_id), now=postroom.clock())
     assert check.read == count + check.duplicated  # the folder holds nothing else
     doubt, duplicated = _check_after_kills(postroom, delivery_id, count, check)
+    assert doubt >= 1 and duplicated >= 1  # the held APPEND: stored, unrecorded, sent again
     assert postroom.report(delivery_id).archive_sinks[0].sink == "imap"
     print(f"\n{database_url.split(':')[0]}, IMAP sink, {count} recipients, {kills} kills: "
           f"archive copies in doubt {doubt}, appended twice {duplicated}")
