@@ -8,7 +8,8 @@ holding each copy the way Postfix stores it (trace block on top, LF line ends); 
 in a child process, which reports copies per second and its peak RSS.
 `ledger`: the same delivery sent with Email BCC on to Postfix's smtp-sink on loopback (relay and
 archive, bench/throughput.py's `Sink`), with `archive.ledger` on and off, alternating; wall time
-of `send` (which drains the archive outbox before it returns). Prints JSON; writes nothing else.
+of `send` (which drains the archive outbox before it returns). Prints JSON (each line with the
+1-minute load average before and after, the machine being shared); writes nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import resource
 import secrets
 import subprocess
@@ -133,6 +135,11 @@ def send_once(work: Path, recipients: int, ledger: bool, relay: Sink,
             "messages_per_second": round(summary.sent / seconds)}
 
 
+def _load() -> float:
+    """The 1-minute load average (the machine is shared: figures are read against it)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["verify", "ledger", "verify-child"])
@@ -151,18 +158,22 @@ def main() -> None:
             started = time.perf_counter()
             url, maildir, delivery = prepare_verify(work, options.copies)
             prepared = time.perf_counter() - started
+            load_before = _load()
             child = subprocess.run([sys.executable, __file__, "verify-child", "--args",
                                     json.dumps([url, str(maildir), delivery])],
                                    check=True, capture_output=True, text=True)
             result = json.loads(child.stdout)
             result["prepare_seconds"] = round(prepared, 1)
+            result["load_before"], result["load_after"] = load_before, _load()
             print(json.dumps(result))
             return
         with Sink(work, "relay") as relay, Sink(work, "archive") as archive:
             for _ in range(options.rounds):  # the order alternates per round
                 for ledger in ((True, False) if _ % 2 == 0 else (False, True)):
-                    print(json.dumps(send_once(work, options.recipients, ledger, relay,
-                                               archive)), flush=True)
+                    load_before = _load()
+                    result = send_once(work, options.recipients, ledger, relay, archive)
+                    result["load_before"], result["load_after"] = load_before, _load()
+                    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from postroom.app import Postroom
 from postroom.archive.ledger_ops import verify_ledger
+from postroom.archive.status import read_sink_figures
 from postroom.archive.stores import imap_copies, parse_imap_url, tree_copies
-from postroom.archive.verify import Scope, verify_archive
+from postroom.archive.verify import Scope, VerifyReport, verify_archive
 from postroom.domain.states import LogStatus
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -73,6 +76,40 @@ def test_directory_sink_writes_one_file_per_copy_and_retries_while_it_cannot(
     report = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
                             Scope(delivery_id), now=postroom.clock())
     assert report.ok and report.verified == len(sent) and report.lag_seconds is None
+
+
+def test_per_sink_figures_follow_each_copy_to_the_sink_that_took_it(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    """Copies archived through the relay, then the instance switched to a directory it cannot
+    write yet: `archive status` and the report count each copy under its own sink."""
+    relay, archive = capture(), capture()
+    before = make_postroom(database_url, relay, archive=archive)
+    first = _delivery(before, tmp_path, 5)
+    asyncio.run(before.sending.send(first))
+    assert len(archive.messages) == 5
+    root = tmp_path / "vault"
+    root.write_text("not a directory yet")
+    after = make_postroom(database_url, relay, archive_options={
+        "sink": "directory", "directory": root, "drain_seconds": 0.5})
+    second, _ = after.deliveries.create_delivery("t")
+    assert after.deliveries.analyze(second.id).ok
+    asyncio.run(after.sending.send(second.id))
+
+    figures = read_sink_figures(after.store, after.settings.archive)
+    assert [(f.sink, f.configured, f.sent, f.archived, f.pending, f.failed) for f in figures] == [
+        ("directory", True, 5, 0, 5, 0), ("smtp", False, 5, 5, 0, 0)]
+    assert f"archive directory {root}" in figures[0].last_error and not figures[1].last_error
+    assert [f.sink for f in after.reports.report(first).archive_sinks] == ["directory", "smtp"]
+    assert after.reports.report(first).archive_sinks[1].archived == 5
+    assert after.reports.report(second.id).archive_sinks == [figures[0]]
+
+    root.unlink()
+    assert asyncio.run(after.archive.flush(wait_seconds=10)) == 0
+    assert [(f.sink, f.archived, f.pending, f.last_error)
+            for f in read_sink_figures(after.store, after.settings.archive)] == [
+        ("directory", 5, 0, ""), ("smtp", 5, 0, "")]
 
 
 @pytest.fixture
@@ -139,14 +176,68 @@ def test_journal_format_wraps_each_copy_and_the_ledger_hashes_the_original(
     assert report.ok and report.verified == 6
 
 
-def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
-    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
-    database_url: str, tmp_path: Path,
-) -> None:
-    """The kill test of test_crash_safety.py with the directory sink: `postroom worker`
-    processes SIGKILLed at random moments. Every sent log's copy is in the directory (verify:
-    nothing missing, altered or unexpected), duplicates only among copies in doubt, one ledger
-    entry per copy and a chain that verifies."""
+class HoldingProxy:
+    """A TCP proxy to the IMAP server that, once armed, withholds the server's answer to the
+    next APPEND it stores (`OK [APPENDUID ...]`) and sets `held`: the copy is in the folder
+    and its sender has not heard so. Killing the sender then leaves a copy in doubt for sure
+    (random kills seldom land in that window). Nothing else is changed or held."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self._target = port
+        self.armed = threading.Event()
+        self.held = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pump, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any, from_server: bool) -> None:
+        holding = False
+        try:
+            while chunk := source.recv(65536):
+                if (from_server and self.armed.is_set() and not self.held.is_set()
+                        and b"OK [APPENDUID" in chunk):
+                    holding = True
+                    self.held.set()
+                if not holding:
+                    sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
+                          capture: Callable[..., CaptureServer], count: int, sink: str,
+                          secrets: dict[str, str] | None = None,
+                          proxy: HoldingProxy | None = None) -> tuple[int, int]:
+    """test_crash_safety.py's kill test with another sink (`sink`: its lines of [archive]):
+    `postroom worker` processes (1 on SQLite, 2 on PostgreSQL) SIGKILLed at random moments
+    and restarted, until the delivery is finished and no copy is pending. With a `proxy`, the
+    first kill is of every worker while the proxy holds an APPEND's answer. Returns the
+    delivery and the number of kills; every worker stopped cleanly at the end."""
     import random
     import signal
     import time
@@ -159,17 +250,12 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
         write_config,
     )
 
-    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "4000"))
     workers = 1 if database_url.startswith("sqlite") else 2
-    relay, unused = capture(), capture()
-    root = tmp_path / "vault"
-    postroom = make_postroom(database_url, relay,
-                             archive_options={"sink": "directory", "directory": root})
+    relay = capture()  # the workers send the recipients' messages here
+    unused = capture()  # the archive relay: a sink other than smtp never uses it
     delivery_id = started_delivery(postroom, tmp_path, count)
     config = write_config(tmp_path / "w.toml", database_url, relay, unused)
-    text = config.read_text().replace(
-        "[archive]\n", f'[archive]\nsink = "directory"\ndirectory = "{root}"\n')
-    config.write_text(text)
+    config.write_text(config.read_text().replace("[archive]\n", f"[archive]\n{sink}"))
 
     def done() -> bool:
         if postroom.store.get_delivery(delivery_id).state is not DeliveryState.FINISHED:
@@ -177,16 +263,25 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
         return postroom.store.archive_pending(delivery_id) == 0
 
     rng = random.Random(count + workers)
-    procs = [start_worker(config, tmp_path / f"w{i}.log") for i in range(workers)]
+    logs = [tmp_path / f"w{i}.log" for i in range(workers)]
+    procs = [start_worker(config, log, secrets) for log in logs]
     kills = 0
     try:
-        while kills < 3 * workers and not done():
+        if proxy is not None:
+            proxy.armed.set()
+            assert proxy.held.wait(120), "no APPEND went through the proxy"
+            for index in range(workers):
+                procs[index].send_signal(signal.SIGKILL)
+                procs[index].wait(10)
+                kills += 1
+                procs[index] = start_worker(config, logs[index], secrets)
+        while kills < (workers if proxy else 0) + 3 * workers and not done():
             time.sleep(rng.uniform(0.3, 2.0))
             index = rng.randrange(workers)
             procs[index].send_signal(signal.SIGKILL)
             procs[index].wait(10)
             kills += 1
-            procs[index] = start_worker(config, tmp_path / f"w{index}.log")
+            procs[index] = start_worker(config, logs[index], secrets)
         deadline = time.monotonic() + 600
         while not done():
             assert time.monotonic() < deadline, "the delivery did not finish"
@@ -194,18 +289,91 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
     finally:
         codes = [stop_worker(p) for p in procs]
     assert codes == [0] * workers and kills >= 1
-    assert unused.messages == []  # every copy went to the directory, none to a relay
+    assert unused.messages == []  # every copy went to the sink, none to a relay
+    assert len(relay.messages) >= count
+    return delivery_id, kills
 
+
+def _copies_in_doubt(postroom: Postroom, delivery_id: int) -> set[int]:
+    from sqlalchemy import select
+
+    from postroom.storage.schema import archive_outbox
+
+    o = archive_outbox.c
+    with postroom.store.engine.connect() as conn:
+        return set(conn.scalars(select(o.log_id).where(o.delivery_id == delivery_id,
+                                                      o.in_doubt > 0)))
+
+
+def _check_after_kills(postroom: Postroom, delivery_id: int, count: int,
+                       check: VerifyReport) -> tuple[int, int]:
+    """No copy lost, altered or unexpected; every duplicate is a copy in doubt, named by
+    verify; one ledger entry per copy. Returns (copies in doubt, duplicates)."""
     report = postroom.reports.report(delivery_id)
-    sent = report.by_status.get(LogStatus.SENT, 0)
-    assert sent == count
-    check = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
-                           Scope(delivery_id), now=postroom.clock())
+    assert report.by_status.get(LogStatus.SENT, 0) == count
     assert (check.missing, check.altered, check.unexpected) == (0, 0, 0), check.items
-    assert check.verified == count and check.duplicated <= report.doubt.archive
+    assert check.verified == count
+    doubt = _copies_in_doubt(postroom, delivery_id)
+    assert len(doubt) == report.doubt.archive
+    named = {item["log"] for item in check.items.get("duplicated", [])}
+    assert len(named) <= check.duplicated <= len(doubt)  # one extra copy per copy in doubt
+    assert named <= doubt, (named - doubt, "a duplicate of a copy that was not in doubt")
     head = postroom.store.ledger_head()
     assert head.count == count and verify_ledger(postroom.store, None).ok
+    [figures] = report.archive_sinks
+    assert (figures.archived, figures.pending, figures.failed) == (count, 0, 0)
+    assert figures.in_doubt == len(doubt)
+    return len(doubt), check.duplicated
+
+
+def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path,
+) -> None:
+    """The kill test of test_crash_safety.py with the directory sink. Every sent log's copy is
+    in the directory (verify: nothing missing, altered or unexpected), duplicates only among
+    copies in doubt, one ledger entry per copy and a chain that verifies."""
+    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "4000"))
+    root = tmp_path / "vault"
+    postroom = make_postroom(database_url, capture(),
+                             archive_options={"sink": "directory", "directory": root})
+    delivery_id, kills = _kill_while_archiving(
+        postroom, database_url, tmp_path, capture, count,
+        f'sink = "directory"\ndirectory = "{root}"\n')
+    check = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),
+                           Scope(delivery_id), now=postroom.clock())
+    doubt, duplicated = _check_after_kills(postroom, delivery_id, count, check)
+    assert postroom.reports.report(delivery_id).archive_sinks[0].sink == "directory"
     leftovers = list(root.rglob(".*.tmp"))
-    print(f"\n{database_url.split(':')[0]}, {workers} worker(s), {count} recipients, {kills} "
-          f"kills: archive copies in doubt {report.doubt.archive}, duplicated files "
-          f"{check.duplicated}, temporary files left by kills {len(leftovers)}")
+    print(f"\n{database_url.split(':')[0]}, directory sink, {count} recipients, {kills} "
+          f"kills: archive copies in doubt {doubt}, duplicated files {duplicated}, "
+          f"temporary files left by kills {len(leftovers)}")
+
+
+def test_imap_sink_workers_killed_while_archiving_lose_no_copy(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    database_url: str, tmp_path: Path, imap_box: Dovecot,
+) -> None:
+    """The same kill test with the IMAP sink, APPENDing to a real Dovecot: a worker killed
+    between the server's OK and the recording leaves the copy in doubt, and the copy is
+    appended again: the folder then holds it twice, and verify names exactly those."""
+    count = int(os.environ.get("POSTROOM_KILL_TEST_RECIPIENTS", "2000"))
+    postroom = make_postroom(database_url, capture(), archive_options={
+        "sink": "imap", "imap_url": imap_box.url(), "imap_password": imap_box.password})
+    proxy = HoldingProxy(imap_box.port)  # the workers APPEND through it
+    through = f"imap://{imap_box.user}@127.0.0.1:{proxy.port}/INBOX"
+    try:
+        delivery_id, kills = _kill_while_archiving(
+            postroom, database_url, tmp_path, capture, count,
+            f'sink = "imap"\nimap_url = "{through}"\n',
+            {"POSTROOM_ARCHIVE__IMAP_PASSWORD": imap_box.password}, proxy)
+    finally:
+        proxy.close()
+    reader = imap_copies(parse_imap_url(imap_box.url()), imap_box.password, max_bytes=1 << 20)
+    check = verify_archive(postroom.store, reader, Scope(delivery_id), now=postroom.clock())
+    assert check.read == count + check.duplicated  # the folder holds nothing else
+    doubt, duplicated = _check_after_kills(postroom, delivery_id, count, check)
+    assert doubt >= 1 and duplicated >= 1  # the held APPEND: stored, unrecorded, sent again
+    assert postroom.reports.report(delivery_id).archive_sinks[0].sink == "imap"
+    print(f"\n{database_url.split(':')[0]}, IMAP sink, {count} recipients, {kills} kills: "
+          f"archive copies in doubt {doubt}, appended twice {duplicated}")

@@ -178,6 +178,11 @@ def test_an_archive_outage_is_named_in_send_archive_status_and_health(
     assert "archive relay fault" in status, status
     data = cli.json("archive", "status", "--delivery", delivery)
     assert all("archive relay fault" in r["reply"] for r in data["deliveries"][0]["recent"])
+    [sink] = data["sinks"]
+    assert "archive relay fault" in sink.pop("last_error")
+    assert sink == {"sink": "smtp", "configured": True, "sent": 30, "archived": 0,
+                    "pending": 30, "failed": 0, "in_doubt": 0}
+    assert "archive sink smtp (configured): sent 30, archived 0, pending 30" in status
     code, health = _health(cli)
     assert code == 1
     assert any("30 archive copies wait for the archive relay" in p
@@ -188,6 +193,12 @@ def test_an_archive_outage_is_named_in_send_archive_status_and_health(
     assert len(archive.messages) == 30 and {m.rcpt_tos for m in archive.messages} == {
         (ARCHIVE,)}
     assert _health(cli)[0] == 0
+    report = cli.json("deliveries", "report", delivery)
+    assert report["archive_sinks"] == [{"sink": "smtp", "configured": True, "sent": 30,
+                                        "archived": 30, "pending": 0, "failed": 0,
+                                        "in_doubt": 0, "last_error": None}]
+    human = cli.run("deliveries", "report", delivery).stdout
+    assert "archive sink smtp (configured): sent 30, archived 30, pending 0, failed 0" in human
 
 
 def test_a_tls_failure_is_named_and_burns_no_attempt(

@@ -30,8 +30,11 @@ def write_config(path: Path, database_url: str, relay: CaptureServer, archive: C
     return path
 
 
-def start_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(config: Path, log: Path,
+                 secrets: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`secrets`: POSTROOM_* variables for settings the file may not hold (passwords)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
+    env.update(secrets or {})
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(config),
                                  "worker"], stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
@@ -14,6 +14,7 @@ from postroom.archive.audit import LedgerReport
 from postroom.archive.ledger import Checkpoint
 from postroom.archive.ledger_ops import export_ledger, verify_ledger
 from postroom.archive.signing import Signer
+from postroom.archive.status import SinkFigures, read_sink_figures
 from postroom.archive.stores import ArchiveReader
 from postroom.archive.verify import Scope, VerifyReport, verify_archive
 from postroom.errors import ConfigError, StateError
@@ -29,10 +30,13 @@ class ArchiveStatus:
     target: str  # where copies go: "archive relay", a folder, an IMAP URL
     ledger_entries: int
     deliveries: list[dict[str, Any]]  # per delivery: pending, archived, failed, recent replies
+    sinks: list[SinkFigures] = field(default_factory=list)  # per sink (archive/status.py)
 
     def to_json(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "sink": self.sink, "target": self.target,
-                "ledger_entries": self.ledger_entries, "deliveries": self.deliveries}
+                "ledger_entries": self.ledger_entries,
+                "sinks": [sink.to_json() for sink in self.sinks],
+                "deliveries": self.deliveries}
 
 
 class ArchiveService:
@@ -70,7 +74,8 @@ class ArchiveService:
         target = {"smtp": "archive relay", "directory": str(settings.directory),
                   "imap": str(settings.imap_url)}[settings.sink]
         return ArchiveStatus(settings.enabled, settings.sink, target,
-                             store.ledger_head().count, rows)
+                             store.ledger_head().count, rows,
+                             read_sink_figures(store, settings, delivery_id))
 
     def verify(self, reader: ArchiveReader, scope: Scope, *,
                progress: Callable[[int], None] = lambda n: None) -> VerifyReport:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from postroom.app.context import AppContext
 from postroom.app.operations import OperationsService
+from postroom.archive.status import SinkFigures, read_sink_figures
 from postroom.domain.models import ArchiveState, Delivery
 from postroom.domain.outcomes import FailureReason
 from postroom.storage.metrics import StoreMetrics, read_metrics
@@ -31,6 +32,7 @@ class Report:
     doubt: DoubtCounts
     slowdowns: list[dict[str, Any]]  # domains slowed down for their temporary failures
     relay_waiting: tuple[int, str] = (0, "")  # messages held by a relay fault, the latest
+    archive_sinks: list[SinkFigures] = field(default_factory=list)  # archive/status.py
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -46,6 +48,7 @@ class Report:
             "by_domain": self.by_domain,
             "throughput_per_second": self.throughput,
             "archive": self.archive,
+            "archive_sinks": [sink.to_json() for sink in self.archive_sinks],
             "slowed_domains": self.slowdowns,
             "relay_fault": {"messages_waiting": self.relay_waiting[0],
                             "detail": self.relay_waiting[1]} if self.relay_waiting[0] else None,
@@ -122,7 +125,8 @@ class ReportService:
         throughput = round(sent / seconds, 1) if seconds > 0 else None
         return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput,
                       store.doubt_counts(delivery_id), store.slowdowns(delivery_id),
-                      store.relay_waiting(delivery_id))
+                      store.relay_waiting(delivery_id),
+                      read_sink_figures(store, self._ctx.settings.archive, delivery_id))
 
     def non_deliverables(self, *, since: datetime | None = None) -> NonDeliverables:
         """Failures across deliveries by type, reason and domain, and the quarantine."""

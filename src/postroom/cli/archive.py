@@ -7,6 +7,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -50,6 +51,20 @@ def status(
         table.add_row(str(row["delivery"]), str(row["pending"]), str(row["archived"]),
                       str(row["failed"]), latest)
     console.print(table)
+    print_sinks([sink.to_json() for sink in result.sinks])
+
+
+def print_sinks(sinks: list[dict[str, Any]]) -> None:
+    """One line per archive sink (archive/status.py's `SinkFigures.to_json()`): copies of
+    sent messages, archived, pending, failed, in doubt, and its last error."""
+    for row in sinks:
+        mark = " (configured)" if row["configured"] else ""
+        line = (f"archive sink {row['sink']}{mark}: sent {row['sent']}, archived "
+                f"{row['archived']}, pending {row['pending']}, failed {row['failed']}, "
+                f"in doubt {row['in_doubt']}")
+        if row["last_error"]:
+            line += f"; last error: {row['last_error']}"
+        console.print(line, highlight=False, markup=False)
 
 
 @app.command("flush")

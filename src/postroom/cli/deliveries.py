@@ -12,6 +12,7 @@ from rich.text import Text
 from postroom.app import Postroom
 from postroom.app.deliveries import parse_reason
 from postroom.app.templates import read_content
+from postroom.cli.archive import print_sinks
 from postroom.cli.common import (
     JsonOption,
     Table,
@@ -350,6 +351,7 @@ def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> 
         console.print(reasons)
     archive = data["archive"]
     console.print("archive copies: " + ", ".join(f"{k} {v}" for k, v in archive.items()))
+    print_sinks(data["archive_sinks"])
     for slow in data["slowed_domains"]:
         until = (f"recovered {slow['recovered_at']}" if slow["recovered_at"]
                  else "still slowed")

@@ -9,15 +9,16 @@ fork. A checkpoint is written in the same transaction when one is due.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, literal, or_, select, update
 
 from postroom.archive.ledger import Checkpoint, Entry, new_entry
 from postroom.archive.signing import Signer
+from postroom.archive.status import SinkCount
 from postroom.domain.models import ArchiveState
 from postroom.storage.schema import (
     archive_checkpoints,
@@ -241,6 +242,32 @@ class ArchiveProofStore:
         if oldest is not None and oldest.tzinfo is None:  # min() skips the column type
             oldest = oldest.replace(tzinfo=UTC)
         return oldest
+
+    def archive_sink_counts(self, delivery_id: int | None, marks: Mapping[str, Sequence[str]],
+                            other: str) -> tuple[list[SinkCount], dict[str, str]]:
+        """Copies by the sink their last reply marks (archive/status.py's `SINK_MARKS`: LIKE
+        patterns; `other` for a reply with no mark, "" for no reply yet) and state, and each
+        sink's latest reply of a copy not archived."""
+        o = archive_outbox.c
+        sink = case((o.reply == "", literal("")),
+                    *[(or_(*[o.reply.like(p) for p in patterns]), literal(name))
+                      for name, patterns in marks.items()],
+                    else_=literal(other))
+        inner = select(sink.label("sink"), o.id, o.state, o.in_doubt, o.reply)
+        if delivery_id is not None:
+            inner = inner.where(o.delivery_id == delivery_id)
+        c = inner.subquery().c  # grouped by a column: PostgreSQL would not match the CASE's binds
+        counts = (select(c.sink, c.state, func.count(), func.sum(case((c.in_doubt > 0, 1),
+                                                                      else_=0)))
+                  .group_by(c.sink, c.state))
+        latest = (select(c.sink, func.max(c.id))
+                  .where(c.state != ArchiveState.ARCHIVED, c.reply != "").group_by(c.sink))
+        with self.engine.connect() as conn:
+            rows = [SinkCount(str(s), str(st), int(n), int(d or 0))
+                    for s, st, n, d in conn.execute(counts)]
+            ids = {int(i): str(s) for s, i in conn.execute(latest)}
+            replies = conn.execute(select(o.id, o.reply).where(o.id.in_(list(ids)))).all()
+        return rows, {ids[i]: str(reply) for i, reply in replies}
 
     def log_identities(self, log_ids: Sequence[int]) -> dict[int, LogIdentity]:
         log = delivery_logs.c
