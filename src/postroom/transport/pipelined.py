@@ -310,6 +310,7 @@ class PipelinedConnection:
         self._errors = 0  # error replies (4xx, 5xx) on the open connection
         self._careful = 0  # messages still to go through before DATA is pipelined again
         self._usual = 0.0  # the fastest message exchange on the open connection, in seconds
+        self._renew_due = False  # the open connection is to be renewed at the next chance
         self.renewals = 0  # connections ended early for their errors or their slowness
         self._timeout = relay.timeout_seconds
         self._protocol: _Protocol | None = None
@@ -412,7 +413,7 @@ class PipelinedConnection:
                 continue
             sent = False
             ahead = (pipelining and len(queue) > 1 and self._sent_on_connection + 1 < self._limit
-                     and self._can_send(items[queue[1]]) and self._errors < self._max_errors)
+                     and self._can_send(items[queue[1]]) and not self._renew_due)
             group = self._group() if ahead else 0
             try:
                 proto.write(item.payload + items[queue[1]].group(group) if ahead
@@ -445,13 +446,15 @@ class PipelinedConnection:
         return 2 if self._careful else 3
 
     def _worn(self, elapsed: float, *, accepted: bool = False) -> bool:
-        """Whether to renew the connection: too many errors on it, or, once it has seen one,
-        a message exchange far slower than its usual (a tarpit)."""
+        """Whether to renew the connection now: too many errors on it, or, once it has seen
+        one, a message exchange far slower than its usual (a tarpit). Once due, nothing more
+        is written ahead; with a message's commands already out, it goes first."""
         if accepted:
             self._usual = elapsed if not self._usual else min(self._usual, elapsed)
-        if self._errors >= self._max_errors:
-            return True
-        return bool(self._errors) and elapsed > max(self._slow, 10 * self._usual)
+        if self._errors >= self._max_errors or (
+                self._errors and elapsed > max(self._slow, 10 * self._usual)):
+            self._renew_due = True
+        return self._renew_due
 
     async def _renew(self) -> None:
         self.renewals += 1
@@ -549,7 +552,7 @@ class PipelinedConnection:
             self._drop()
             raise
         self._sent_on_connection = self._errors = 0
-        self._usual = 0.0
+        self._usual, self._renew_due = 0.0, False
 
     async def _expect(self, proto: _Protocol, command: bytes, code: int) -> SmtpReply:
         proto.write(command)
