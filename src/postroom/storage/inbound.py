@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from postroom.bounces.quarantine import (
@@ -95,7 +95,7 @@ class InboundStore:
             following = apply_event(current, event, now=now, policy=self.policy)
             if following != current:
                 changed[address] = following
-        self.save_address_rows(conn, list(changed.values()), now)
+        self.save_address_rows(conn, list(changed.values()), now, known=set(states))
 
     def sweep_addresses(self, now: datetime) -> tuple[int, int]:
         """Time-based rules: reset error counters after 10 days without error, release
@@ -281,14 +281,32 @@ class InboundStore:
     # -- texts to qualify ---------------------------------------------------------------------
 
     def count_unqualified(self, conn: Any, normalized: str, raw: str, now: datetime) -> None:
-        key = hashlib.sha256(normalized.encode()).hexdigest()
-        changed = conn.execute(update(unqualified_texts).where(unqualified_texts.c.key == key)
-                               .values(count=unqualified_texts.c.count + 1,
-                                       last_seen=now)).rowcount
-        if not changed:
-            conn.execute(insert(unqualified_texts).values(
-                key=key, normalized=normalized, first_text=raw[:2000], count=1,
-                first_seen=now, last_seen=now))
+        self.count_unqualified_texts(conn, [(normalized, raw)], now)
+
+    def count_unqualified_texts(self, conn: Any, texts: Sequence[tuple[str, str]],
+                                now: datetime) -> None:
+        """Count each (normalized, raw) text to qualify once more: one read, one UPDATE for
+        the texts seen before and one INSERT for the new ones, however many texts."""
+        if not texts:
+            return
+        u = unqualified_texts.c
+        counts: dict[str, int] = {}
+        first: dict[str, tuple[str, str]] = {}
+        for normalized, raw in texts:
+            key = hashlib.sha256(normalized.encode()).hexdigest()
+            counts[key] = counts.get(key, 0) + 1
+            first.setdefault(key, (normalized, raw))
+        known = set(conn.scalars(select(u.key).where(u.key.in_(sorted(counts)))))
+        seen = [{"b_key": key, "b_n": n} for key, n in sorted(counts.items()) if key in known]
+        if seen:
+            conn.execute(update(unqualified_texts).where(u.key == bindparam("b_key"))
+                         .values(count=u.count + bindparam("b_n"), last_seen=now)
+                         .execution_options(synchronize_session=False), seen)
+        new = [{"key": key, "normalized": first[key][0], "first_text": first[key][1][:2000],
+                "count": n, "first_seen": now, "last_seen": now}
+               for key, n in sorted(counts.items()) if key not in known]
+        if new:
+            conn.execute(insert(unqualified_texts), new)
 
     def list_unqualified(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -307,10 +325,16 @@ class InboundStore:
                             .where(address_status.c.address.in_(list(addresses)))).all()
         return {row.address: _address(row) for row in rows}
 
-    def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime) -> None:
+    def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime, *,
+                          known: set[str] | None = None) -> None:
+        """Write address states: one UPDATE for those `known` to be stored (read when not
+        given) and one INSERT for the others, however many rows."""
         if not rows:
             return
-        known = set(self.address_rows(conn, [r.address for r in rows]))
+        if known is None:
+            known = set(self.address_rows(conn, [r.address for r in rows]))
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
         for row in rows:
             values = {"status": str(row.status), "error_count": row.error_count,
                       "first_error_at": row.first_error_at, "last_error_at": row.last_error_at,
@@ -320,12 +344,18 @@ class InboundStore:
                       "last_text": row.last_text[:2000], "status_since": row.status_since,
                       "updated_at": now}
             if row.address in known:
-                conn.execute(update(address_status)
-                             .where(address_status.c.address == row.address).values(**values))
+                updates.append({"b_address": row.address, **values})
             else:
-                conn.execute(insert(address_status).values(
-                    address=row.address, domain=row.address.rpartition("@")[2].lower(),
-                    **values))
+                inserts.append({"address": row.address,
+                                "domain": row.address.rpartition("@")[2].lower(), **values})
+        if updates:
+            conn.execute(update(address_status)
+                         .where(address_status.c.address == bindparam("b_address"))
+                         .values({name: bindparam(name) for name in updates[0]
+                                  if name != "b_address"})
+                         .execution_options(synchronize_session=False), updates)
+        if inserts:
+            conn.execute(insert(address_status), inserts)
 
     def address_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -458,9 +458,9 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
                         for log_id, delivery_id in owed])
             self._record_mirrors(conn, updates, now)
             self.apply_address_events(conn, self._address_events(conn, updates), now)
-            for u in updates:
-                if u.to_qualify and u.smtp_reply:
-                    self.count_unqualified(conn, normalize_text(u.smtp_reply), u.smtp_reply, now)
+            self.count_unqualified_texts(conn, [(normalize_text(u.smtp_reply), u.smtp_reply)
+                                                for u in updates
+                                                if u.to_qualify and u.smtp_reply], now)
 
     def _address_events(self, conn: Any, updates: Sequence[LogUpdate]) -> list[
         tuple[str, AddressEvent]
