@@ -13,6 +13,11 @@
 so a message costs about one round trip instead of aiosmtplib's four (`send()` alone: two).
 Without PIPELINING it talks lock-step, one command, one reply.
 
+Refusals (ADR 0027): relays count error replies and slow down or hang up past a limit, so
+after a refused recipient DATA is no longer written ahead (MAIL and RCPT are; DATA, or RSET,
+follows the RCPT reply) until `CAREFUL_FOR` messages in a row went through, and a connection
+is renewed after `errors_per_connection` error replies or a reply far slower than usual.
+
 Kept from aiosmtplib so that the two clients are interchangeable (tests/integration/
 test_pipelined.py compares them): the DATA bytes, address quoting, the reply text (lines joined
 by "\\n", enhanced status code kept), what each step accepts (MAIL 250, RCPT 250 or 251, DATA
