@@ -102,7 +102,7 @@ def test_recording_a_batch_costs_the_same_statements_whatever_its_size(
     large, refused_large = _record(sql, delivery_id, 50)
 
     print(f"statements per record(): {len(small)} for 10 results, {len(large)} for 50", large)
-    assert len(large) == len(small) <= 12, (small, large)
+    assert len(large) == len(small) <= 7, (small, large)
     for address in refused_small + refused_large:  # user unknown: quarantined at once
         state = sql.get_address(address)
         assert state is not None and state.status is AddressStatus.QUARANTINE

@@ -28,7 +28,7 @@ from postroom.storage.schema import (
     unqualified_texts,
 )
 
-__all__ = ["InboundStore", "RuleRow", "StoredBounce"]
+__all__ = ["InboundStore", "RuleRow", "StoredBounce", "address_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ def _rule(row: Any) -> RuleRow:
                    row.description, bool(row.builtin))
 
 
-def _address(row: Any) -> AddressState:
+def address_row(row: Any) -> AddressState:
     return AddressState(
         address=row.address, status=AddressStatus(row.status), status_since=row.status_since,
         error_count=row.error_count, first_error_at=row.first_error_at,
@@ -80,11 +80,14 @@ class InboundStore:
     policy: QuarantinePolicy | None = None  # set by wiring; None: no quarantine bookkeeping
 
     def apply_address_events(self, conn: Any, events: Sequence[tuple[str, AddressEvent]],
-                             now: datetime) -> None:
-        """Fold events into the addresses' states with the quarantine policy (same commit)."""
+                             now: datetime, *,
+                             states: dict[str, AddressState] | None = None) -> None:
+        """Fold events into the addresses' states with the quarantine policy (same commit).
+        `states`: the stored states of the events' addresses, when already read."""
         if self.policy is None or not events:
             return
-        states = self.address_rows(conn, sorted({address for address, _ in events}))
+        if states is None:
+            states = self.address_rows(conn, sorted({address for address, _ in events}))
         changed: dict[str, AddressState] = {}
         for address, event in events:
             current = changed.get(address) or states.get(address)
@@ -323,7 +326,7 @@ class InboundStore:
             return {}
         rows = conn.execute(select(address_status)
                             .where(address_status.c.address.in_(list(addresses)))).all()
-        return {row.address: _address(row) for row in rows}
+        return {row.address: address_row(row) for row in rows}
 
     def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime, *,
                           known: set[str] | None = None) -> None:
@@ -379,7 +382,7 @@ class InboundStore:
             query = query.where(address_status.c.status_since < until)
         query = query.order_by(address_status.c.status_since.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [_address(row) for row in conn.execute(query)]
+            return [address_row(row) for row in conn.execute(query)]
 
     def release_addresses(self, addresses: Sequence[str], now: datetime) -> int:
         """Make addresses valid again (an operator's decision), error counter reset."""
