@@ -159,8 +159,7 @@ class InboundStore:
                 elif kind == "arf":
                     events.append((log.email, AddressEvent.failure(
                         q.failure_type, q.reason, r.diagnostic)))
-            for normalized, raw in unqualified:
-                self.count_unqualified(conn, normalized, raw, now)
+            self.count_unqualified_texts(conn, unqualified, now)
             self.apply_address_events(conn, events, now)
             conn.execute(update(bounces).where(bounces.c.id == bounce_id).values(
                 state=state, kind=kind, processed_at=now))
@@ -282,9 +281,6 @@ class InboundStore:
                                 .where(qualification_rules.c.id == rule_id)).rowcount == 1
 
     # -- texts to qualify ---------------------------------------------------------------------
-
-    def count_unqualified(self, conn: Any, normalized: str, raw: str, now: datetime) -> None:
-        self.count_unqualified_texts(conn, [(normalized, raw)], now)
 
     def count_unqualified_texts(self, conn: Any, texts: Sequence[tuple[str, str]],
                                 now: datetime) -> None:
