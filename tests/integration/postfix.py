@@ -59,23 +59,26 @@ def _user(name: str) -> None:
     shutil.rmtree(maildir, ignore_errors=True)
 
 
-def postfix_instance(remote_port: int) -> Iterator[Postfix]:
+def postfix_instance(remote_port: int, *, remote_transport: str | None = None,
+                     ) -> Iterator[Postfix]:
+    """`remote_transport` (a Postfix transport, e.g. "discard:") replaces the route of
+    REMOTE to the capture server on `remote_port`."""
     if shutil.which("postfix") is None or shutil.which("postconf") is None:
         pytest.skip("Postfix is not installed (.ci/run installs Debian's postfix package)")
     if os.geteuid() != 0:
         pytest.skip("the Postfix end-to-end test configures the system Postfix: needs root")
     with LOCK.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield from _configured(remote_port)
+        yield from _configured(remote_transport or f"smtp:[127.0.0.1]:{remote_port}")
 
 
-def _configured(remote_port: int) -> Iterator[Postfix]:
+def _configured(remote_transport: str) -> Iterator[Postfix]:
     saved = MAIN_CF.read_bytes()
     subprocess.run(["postfix", "stop"], check=False, capture_output=True)
     try:
         for user in ("bounces", "alice"):
             _user(user)
-        TRANSPORT.write_text(f"{REMOTE} smtp:[127.0.0.1]:{remote_port}\n", encoding="utf-8")
+        TRANSPORT.write_text(f"{REMOTE} {remote_transport}\n", encoding="utf-8")
         _run("postmap", str(TRANSPORT))
         _run("postconf", "-e", "myhostname=localhost", "myorigin=localhost",
              f"mydestination={DOMAIN}, localhost", "inet_interfaces=loopback-only",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, true, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from postroom.bounces.quarantine import (
@@ -30,7 +30,7 @@ from postroom.storage.schema import (
     unqualified_texts,
 )
 
-__all__ = ["InboundStore", "RuleRow", "StoredBounce"]
+__all__ = ["InboundStore", "RuleRow", "StoredBounce", "address_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ def _rule(row: Any) -> RuleRow:
                    row.description, bool(row.builtin))
 
 
-def _address(row: Any) -> AddressState:
+def address_row(row: Any) -> AddressState:
     return AddressState(
         address=row.address, status=AddressStatus(row.status), status_since=row.status_since,
         error_count=row.error_count, first_error_at=row.first_error_at,
@@ -82,11 +82,14 @@ class InboundStore:
     policy: QuarantinePolicy | None = None  # set by wiring; None: no quarantine bookkeeping
 
     def apply_address_events(self, conn: Any, events: Sequence[tuple[str, AddressEvent]],
-                             now: datetime) -> None:
-        """Fold events into the addresses' states with the quarantine policy (same commit)."""
+                             now: datetime, *,
+                             states: dict[str, AddressState] | None = None) -> None:
+        """Fold events into the addresses' states with the quarantine policy (same commit).
+        `states`: the stored states of the events' addresses, when already read."""
         if self.policy is None or not events:
             return
-        states = self.address_rows(conn, sorted({address for address, _ in events}))
+        if states is None:
+            states = self.address_rows(conn, sorted({address for address, _ in events}))
         changed: dict[str, AddressState] = {}
         for address, event in events:
             current = changed.get(address) or states.get(address)
@@ -97,7 +100,7 @@ class InboundStore:
             following = apply_event(current, event, now=now, policy=self.policy)
             if following != current:
                 changed[address] = following
-        self.save_address_rows(conn, list(changed.values()), now)
+        self.save_address_rows(conn, list(changed.values()), now, known=set(states))
 
     def denylist_addresses(self, addresses: Sequence[str], text: str, now: datetime) -> int:
         """Put addresses on the denylist (an operator's decision, as a spam complaint does),
@@ -163,8 +166,7 @@ class InboundStore:
                 elif kind == "arf":
                     events.append((log.email, AddressEvent.failure(
                         q.failure_type, q.reason, r.diagnostic)))
-            for normalized, raw in unqualified:
-                self.count_unqualified(conn, normalized, raw, now)
+            self.count_unqualified_texts(conn, unqualified, now)
             self.apply_address_events(conn, events, now)
             move_bounces(conn, bounces.c.id == bounce_id, BounceState.PROCESSING,
                          BounceState(state), kind=kind, processed_at=now)
@@ -287,15 +289,30 @@ class InboundStore:
 
     # -- texts to qualify ---------------------------------------------------------------------
 
-    def count_unqualified(self, conn: Any, normalized: str, raw: str, now: datetime) -> None:
-        key = hashlib.sha256(normalized.encode()).hexdigest()
-        changed = conn.execute(update(unqualified_texts).where(unqualified_texts.c.key == key)
-                               .values(count=unqualified_texts.c.count + 1,
-                                       last_seen=now)).rowcount
-        if not changed:
-            conn.execute(insert(unqualified_texts).values(
-                key=key, normalized=normalized, first_text=raw[:2000], count=1,
-                first_seen=now, last_seen=now))
+    def count_unqualified_texts(self, conn: Any, texts: Sequence[tuple[str, str]],
+                                now: datetime) -> None:
+        """Count each (normalized, raw) text to qualify once more: one read, one UPDATE for
+        the texts seen before and one INSERT for the new ones, however many texts."""
+        if not texts:
+            return
+        u = unqualified_texts.c
+        counts: dict[str, int] = {}
+        first: dict[str, tuple[str, str]] = {}
+        for normalized, raw in texts:
+            key = hashlib.sha256(normalized.encode()).hexdigest()
+            counts[key] = counts.get(key, 0) + 1
+            first.setdefault(key, (normalized, raw))
+        known = set(conn.scalars(select(u.key).where(u.key.in_(sorted(counts)))))
+        seen = [{"b_key": key, "b_n": n} for key, n in sorted(counts.items()) if key in known]
+        if seen:
+            conn.execute(update(unqualified_texts).where(u.key == bindparam("b_key"))
+                         .values(count=u.count + bindparam("b_n"), last_seen=now)
+                         .execution_options(synchronize_session=False), seen)
+        new = [{"key": key, "normalized": first[key][0], "first_text": first[key][1][:2000],
+                "count": n, "first_seen": now, "last_seen": now}
+               for key, n in sorted(counts.items()) if key not in known]
+        if new:
+            conn.execute(insert(unqualified_texts), new)
 
     def list_unqualified(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -312,12 +329,18 @@ class InboundStore:
             return {}
         rows = conn.execute(select(address_status)
                             .where(address_status.c.address.in_(list(addresses)))).all()
-        return {row.address: _address(row) for row in rows}
+        return {row.address: address_row(row) for row in rows}
 
-    def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime) -> None:
+    def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime, *,
+                          known: set[str] | None = None) -> None:
+        """Write address states: one UPDATE for those `known` to be stored (read when not
+        given) and one INSERT for the others, however many rows."""
         if not rows:
             return
-        known = set(self.address_rows(conn, [r.address for r in rows]))
+        if known is None:
+            known = set(self.address_rows(conn, [r.address for r in rows]))
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
         for row in rows:
             values = {"status": str(row.status), "error_count": row.error_count,
                       "first_error_at": row.first_error_at, "last_error_at": row.last_error_at,
@@ -327,12 +350,18 @@ class InboundStore:
                       "last_text": row.last_text[:2000], "status_since": row.status_since,
                       "updated_at": now}
             if row.address in known:
-                conn.execute(update(address_status)
-                             .where(address_status.c.address == row.address).values(**values))
+                updates.append({"b_address": row.address, **values})
             else:
-                conn.execute(insert(address_status).values(
-                    address=row.address, domain=row.address.rpartition("@")[2].lower(),
-                    **values))
+                inserts.append({"address": row.address,
+                                "domain": row.address.rpartition("@")[2].lower(), **values})
+        if updates:
+            conn.execute(update(address_status)
+                         .where(address_status.c.address == bindparam("b_address"))
+                         .values({name: bindparam(name) for name in updates[0]
+                                  if name != "b_address"})
+                         .execution_options(synchronize_session=False), updates)
+        if inserts:
+            conn.execute(insert(address_status), inserts)
 
     def address_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -356,7 +385,7 @@ class InboundStore:
             query = query.where(address_status.c.status_since < until)
         query = query.order_by(address_status.c.status_since.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [_address(row) for row in conn.execute(query)]
+            return [address_row(row) for row in conn.execute(query)]
 
     def release_addresses(self, addresses: Sequence[str], now: datetime) -> int:
         """Make addresses valid again (an operator's decision), error counter reset."""

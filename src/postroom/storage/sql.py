@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from postroom.bounces.normalize import normalize_text
-from postroom.bounces.quarantine import AddressEvent, AddressStatus
+from postroom.bounces.quarantine import AddressEvent, AddressState, AddressStatus
 from postroom.domain.models import (
     ArchiveCopy,
     ArchiveResult,
@@ -52,7 +52,7 @@ from postroom.domain.states import DeliveryState, LogStatus, can_log_move, trans
 from postroom.errors import InputError, NotFoundError, ReadOnlyError, StateError
 from postroom.storage import migrate
 from postroom.storage.audience import AudienceStore
-from postroom.storage.inbound import InboundStore
+from postroom.storage.inbound import InboundStore, address_row
 from postroom.storage.ledger import ArchiveProofStore, LedgerStore, append_entries
 from postroom.storage.schema import (
     address_status,
@@ -457,23 +457,28 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
                          "reply": "", "created_at": now}
                         for log_id, delivery_id in owed])
             self._record_mirrors(conn, updates, now)
-            self.apply_address_events(conn, self._address_events(conn, updates), now)
-            for u in updates:
-                if u.to_qualify and u.smtp_reply:
-                    self.count_unqualified(conn, normalize_text(u.smtp_reply), u.smtp_reply, now)
+            events, states = self._address_events(conn, updates)
+            self.apply_address_events(conn, events, now, states=states)
+            self.count_unqualified_texts(conn, [(normalize_text(u.smtp_reply), u.smtp_reply)
+                                                for u in updates
+                                                if u.to_qualify and u.smtp_reply], now)
 
-    def _address_events(self, conn: Any, updates: Sequence[LogUpdate]) -> list[
-        tuple[str, AddressEvent]
+    def _address_events(self, conn: Any, updates: Sequence[LogUpdate]) -> tuple[
+        list[tuple[str, AddressEvent]], dict[str, AddressState]
     ]:
-        """What each synchronous outcome says about its address (DESIGN.md §5).
+        """What each synchronous outcome says about its address (DESIGN.md §5), and the
+        addresses' stored states, read together (one statement).
 
         A connection fault says nothing about the address, so it is no event.
         """
         if self.policy is None:
-            return []
-        email_of = dict(conn.execute(select(delivery_logs.c.id, delivery_logs.c.email)
-                                     .where(delivery_logs.c.id.in_([u.log_id
-                                                                    for u in updates]))).all())
+            return [], {}
+        rows = conn.execute(
+            select(delivery_logs.c.id.label("log_id"), delivery_logs.c.email, address_status)
+            .outerjoin(address_status, address_status.c.address == delivery_logs.c.email)
+            .where(delivery_logs.c.id.in_([u.log_id for u in updates]))).all()
+        email_of = {row.log_id: row.email for row in rows}
+        states = {row.address: address_row(row) for row in rows if row.address is not None}
         events: list[tuple[str, AddressEvent]] = []
         for u in updates:
             address = email_of.get(u.log_id)
@@ -485,7 +490,7 @@ class SqlStore(InboundStore, WorkerStore, AudienceStore, LedgerStore, ArchivePro
                 events.append((address, AddressEvent.failure(
                     u.failure_type, u.failure_reason or FailureReason.UNDEFINED,
                     u.smtp_reply)))
-        return events
+        return events, states
 
     def _record_mirrors(self, conn: Any, updates: Sequence[LogUpdate], now: datetime) -> None:
         pages = [u for u in updates if u.mirror_html is not None and u.mirror_until is not None

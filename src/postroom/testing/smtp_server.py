@@ -77,6 +77,15 @@ class Received:
     tls: bool = False  # the transaction went over a STARTTLS-protected session
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command the server read (whatever it replied): the connection it came on, numbered
+    from 1 in the order of their first commands, and its verb (MAIL, RCPT, DATA, RSET, ...)."""
+
+    connection: int
+    verb: str
+
+
 def is_rejected(address: str, ratio: float) -> bool:
     """Whether ``reject_ratio=ratio`` rejects ``address`` (stable, case-insensitive)."""
     if ratio <= 0.0:
@@ -225,6 +234,17 @@ class _CountedSMTP(SMTP):
     def __init__(self, owner: CaptureServer, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._owner = owner
+        self._number = 0
+        self._smtp_methods = {verb: self._recorded(verb, method)
+                              for verb, method in self._smtp_methods.items()}
+
+    def _recorded(self, verb: str, method: Callable[[str], Any]) -> Callable[[str], Any]:
+        async def run(arg: str) -> None:
+            if not self._number:
+                self._number = self._owner._connection_numbered()
+            self._owner._command(Command(self._number, verb))
+            await method(arg)
+        return run
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._owner._connection_opened()
@@ -304,6 +324,8 @@ class CaptureServer:
         self._seq = 0  # server-wide number of accepted messages (mail_dir file names)
         self._open_connections = 0
         self._most_connections = 0
+        self._connections = 0
+        self._commands: list[Command] = []
         self._controller: _Controller | None = None
 
     @property
@@ -395,10 +417,28 @@ class CaptureServer:
         with self._lock:
             return self._most_connections
 
+    @property
+    def commands(self) -> list[Command]:
+        """Every command read, in order, with the connection it came on."""
+        with self._lock:
+            return list(self._commands)
+
+    def _command(self, command: Command) -> None:
+        with self._lock:
+            if len(self._commands) < 1_000_000:  # bounded: a long-running demo relay
+                self._commands.append(command)
+
     def _connection_opened(self) -> None:
         with self._lock:
             self._open_connections += 1
             self._most_connections = max(self._most_connections, self._open_connections)
+
+    def _connection_numbered(self) -> int:
+        """A number for a connection that sent its first command (the controller's own probe
+        at start sends none)."""
+        with self._lock:
+            self._connections += 1
+            return self._connections
 
     def _connection_closed(self) -> None:
         with self._lock:

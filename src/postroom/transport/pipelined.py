@@ -13,6 +13,11 @@
 so a message costs about one round trip instead of aiosmtplib's four (`send()` alone: two).
 Without PIPELINING it talks lock-step, one command, one reply.
 
+Refusals (ADR 0027): relays count error replies and slow down or hang up past a limit, so
+after a refused recipient DATA is no longer written ahead (MAIL and RCPT are; DATA, or RSET,
+follows the RCPT reply) until `CAREFUL_FOR` messages in a row went through, and a connection
+is renewed after `errors_per_connection` error replies or a reply far slower than usual.
+
 Kept from aiosmtplib so that the two clients are interchangeable (tests/integration/
 test_pipelined.py compares them): the DATA bytes, address quoting, the reply text (lines joined
 by "\\n", enhanced status code kept), what each step accepts (MAIL 250, RCPT 250 or 251, DATA
@@ -54,6 +59,15 @@ _PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_REPLY = 64 * 1024
 _NO_SMTPUTF8 = no_smtputf8()
+_DATA = b"DATA\r\n"
+# After a refused recipient the relay may count every further error and slow its replies
+# (Postfix: 1 s each past 10 errors, and it hangs up at 20; ADR 0027). So, on a connection that
+# has seen a refusal, DATA waits for the RCPT reply until this many messages in a row went
+# through; and a connection is renewed after so many error replies, or once a reply after a
+# refusal comes far slower than its usual ones.
+CAREFUL_FOR = 20
+ERRORS_PER_CONNECTION = 8
+SLOW_REPLY_SECONDS = 0.5
 
 
 def data_payload(data: bytes) -> bytes:
@@ -256,13 +270,17 @@ class _Item:
     payload: bytes
     smtputf8: bool
 
+    def group(self, size: int) -> bytes:
+        """The first `size` commands of MAIL, RCPT, DATA, as written ahead in one group."""
+        return self.commands if size == 3 else (self.mail + self.rcpt if size == 2 else b"")
+
 
 def _item(sender: str, recipient: str, data: bytes, smtputf8: bool) -> _Item:
     encoding = "utf-8" if smtputf8 else "ascii"
     options = b" SMTPUTF8 BODY=8BITMIME" if smtputf8 else b""
     mail = b"MAIL FROM:" + _quote(sender).encode(encoding) + options + b"\r\n"
     rcpt = b"RCPT TO:" + _quote(recipient).encode(encoding) + b"\r\n"
-    return _Item(mail, rcpt, mail + rcpt + b"DATA\r\n", data_payload(data), smtputf8)
+    return _Item(mail, rcpt, mail + rcpt + _DATA, data_payload(data), smtputf8)
 
 
 def _opening_fault(exc: OSError, stage: Fault) -> _Refused:
@@ -282,12 +300,23 @@ def _fault(exc: Exception, *, in_doubt: bool = False) -> Outcome:
 class PipelinedConnection:
     """One SMTP connection to a relay, opened on first use and renewed after N messages."""
 
-    def __init__(self, relay: SmtpRelay, *, helo_name: str, messages_per_connection: int = 1000):
+    def __init__(self, relay: SmtpRelay, *, helo_name: str, messages_per_connection: int = 1000,
+                 errors_per_connection: int = ERRORS_PER_CONNECTION,
+                 slow_reply_seconds: float = SLOW_REPLY_SECONDS):
         if not helo_name or re.search(r"[\s\x00-\x1f\x7f]", helo_name):
             raise ValueError(f"helo_name {helo_name!r} must be a host name without spaces")
+        if errors_per_connection < 1 or slow_reply_seconds <= 0:
+            raise ValueError("errors_per_connection must be >= 1 and slow_reply_seconds > 0")
         self._relay = relay
         self._helo = helo_name.encode("ascii")
         self._limit = messages_per_connection
+        self._max_errors = errors_per_connection
+        self._slow = slow_reply_seconds
+        self._errors = 0  # error replies (4xx, 5xx) on the open connection
+        self._careful = 0  # messages still to go through before DATA is pipelined again
+        self._usual = 0.0  # the fastest message exchange on the open connection, in seconds
+        self._renew_due = False  # the open connection is to be renewed at the next chance
+        self.renewals = 0  # connections ended early for their errors or their slowness
         self._timeout = relay.timeout_seconds
         self._protocol: _Protocol | None = None
         self._extensions: frozenset[str] = frozenset()
@@ -361,70 +390,109 @@ class PipelinedConnection:
         proto = self._protocol
         assert proto is not None
         timeout, pipelining = self._timeout, "pipelining" in self._extensions
-        written = False  # queue[0]'s commands went out with the previous message
+        clock = asyncio.get_running_loop().time
+        written = 0  # how many of queue[0]'s commands went out with the previous message
         while queue:
             item = items[queue[0]]
             if not self._can_send(item):
                 results[queue.popleft()] = _NO_SMTPUTF8
                 continue
+            started = clock()
             try:
                 if pipelining and not written:
-                    proto.write(item.commands)
-                refusal = await self._open(proto, item, pipelined=pipelining)
+                    written = self._group()
+                    proto.write(item.group(written))
+                refusal = await self._open(proto, item, written)
             except OSError as exc:  # includes TimeoutError
                 results[queue.popleft()] = _fault(exc)
                 self._drop()
                 return
+            written = 0
             if refusal is not None:
                 results[queue.popleft()] = refusal
-                written = False
                 if self._protocol is None:
+                    return
+                if self._worn(clock() - started):
+                    await self._renew()
                     return
                 continue
             sent = False
             ahead = (pipelining and len(queue) > 1 and self._sent_on_connection + 1 < self._limit
-                     and self._can_send(items[queue[1]]))
+                     and self._can_send(items[queue[1]]) and not self._renew_due)
+            group = self._group() if ahead else 0
             try:
-                proto.write(item.payload + items[queue[1]].commands if ahead else item.payload)
+                proto.write(item.payload + items[queue[1]].group(group) if ahead
+                            else item.payload)
                 sent = True  # from here on the relay may hold the message: "in doubt"
                 await proto.drain(timeout)
-                reply = await proto.reply(timeout)
+                reply = await self._reply(proto)
             except OSError as exc:
                 results[queue.popleft()] = _fault(exc, in_doubt=sent)
                 self._drop()
                 return
             results[queue.popleft()] = reply_outcome(reply)
-            written = ahead
+            written = group
             if reply.code == 421:
                 self._drop()
                 return
             if reply.code == 250:
                 self._sent_on_connection += 1
+                self._careful = max(0, self._careful - 1)
                 if self._sent_on_connection >= self._limit:
                     await self._quit()
                     return
+            if self._worn(clock() - started, accepted=reply.code == 250) and not written:
+                await self._renew()
+                return
+
+    def _group(self) -> int:
+        """How many of MAIL, RCPT, DATA to write ahead: all three, or, while careful after a
+        refusal, MAIL and RCPT (DATA waits for the RCPT reply: no DATA after a refusal)."""
+        return 2 if self._careful else 3
+
+    def _worn(self, elapsed: float, *, accepted: bool = False) -> bool:
+        """Whether to renew the connection now: too many errors on it, or, once it has seen
+        one, a message exchange far slower than its usual (a tarpit). Once due, nothing more
+        is written ahead; with a message's commands already out, it goes first."""
+        if accepted:
+            self._usual = elapsed if not self._usual else min(self._usual, elapsed)
+        if self._errors >= self._max_errors or (
+                self._errors and elapsed > max(self._slow, 10 * self._usual)):
+            self._renew_due = True
+        return self._renew_due
+
+    async def _renew(self) -> None:
+        self.renewals += 1
+        await self._quit()
+
+    async def _reply(self, proto: _Protocol) -> SmtpReply:
+        """The next reply, an error reply counted (the relay counts them too)."""
+        reply = await proto.reply(self._timeout)
+        if reply.code >= 400:
+            self._errors += 1
+        return reply
 
     def _can_send(self, item: _Item) -> bool:
         return not item.smtputf8 or "smtputf8" in self._extensions
 
-    async def _open(self, proto: _Protocol, item: _Item, *, pipelined: bool) -> Outcome | None:
-        """Read the replies to MAIL, RCPT and DATA (lock-step: send each first); None when the
-        relay waits for the message, else the refusal's outcome."""
-        timeout = self._timeout
-        if not pipelined:
+    async def _open(self, proto: _Protocol, item: _Item, written: int) -> Outcome | None:
+        """Read the replies to MAIL, RCPT and DATA, the first `written` of which went out
+        ahead (each other one is written when its turn comes); None when the relay waits for
+        the message, else the refusal's outcome."""
+        if written < 1:
             proto.write(item.mail)
-        reply = await proto.reply(timeout)
+        reply = await self._reply(proto)
         if reply.code != 250:  # refuses us, not the recipient
             fault = connection_fault(f"the relay refused the sender: {reply.code} {reply.text}")
-            return await self._refused(proto, fault, reply, 2 if pipelined else 0)
-        if not pipelined:
+            return await self._refused(proto, fault, reply, written - 1)
+        if written < 2:
             proto.write(item.rcpt)
-        reply = await proto.reply(timeout)
+        reply = await self._reply(proto)
         if reply.code not in (250, 251):
-            return await self._refused(proto, reply_outcome(reply), reply, 1 if pipelined else 0)
-        if not pipelined:
-            proto.write(b"DATA\r\n")
-        reply = await proto.reply(timeout)
+            return await self._refused(proto, reply_outcome(reply), reply, written - 2)
+        if written < 3:
+            proto.write(_DATA)
+        reply = await self._reply(proto)
         if reply.code != 354:
             return await self._refused(proto, reply_outcome(reply), reply, 0)
         return None
@@ -432,16 +500,17 @@ class PipelinedConnection:
     async def _refused(self, proto: _Protocol, outcome: Outcome, reply: SmtpReply,
                        unread: int) -> Outcome:
         """After a refusal: read the replies still due, end a DATA accepted all the same with
-        an empty message (RFC 2920), then RSET; on 421, or if that fails, close."""
-        timeout = self._timeout
+        an empty message (RFC 2920), then RSET; on 421, or if that fails, close. The
+        connection turns careful: DATA is not written ahead for a while."""
+        self._careful = CAREFUL_FOR
         try:
-            codes = [reply.code] + [(await proto.reply(timeout)).code for _ in range(unread)]
+            codes = [reply.code] + [(await self._reply(proto)).code for _ in range(unread)]
             if 421 not in codes:
                 if codes[-1] == 354:
                     proto.write(b".\r\n")
-                    await proto.reply(timeout)
+                    await self._reply(proto)
                 proto.write(b"RSET\r\n")
-                if (await proto.reply(timeout)).code == 250:
+                if (await self._reply(proto)).code == 250:
                     return outcome
         except OSError:
             pass
@@ -487,7 +556,8 @@ class PipelinedConnection:
         except BaseException:
             self._drop()
             raise
-        self._sent_on_connection = 0
+        self._sent_on_connection = self._errors = 0
+        self._usual, self._renew_due = 0.0, False
 
     async def _expect(self, proto: _Protocol, command: bytes, code: int) -> SmtpReply:
         proto.write(command)

@@ -1,0 +1,111 @@
+"""Recording a batch of send results costs a fixed number of statements (issue 16, point 3):
+address states and texts to qualify are written once per batch, not once per message. On
+SQLite and PostgreSQL alike; the statements are counted at the DB-API cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from postroom.bounces.quarantine import AddressEvent, AddressStatus
+from postroom.domain.models import LogUpdate, Target
+from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.states import DeliveryState, LogStatus
+from postroom.service import Postroom
+from postroom.storage.sql import SqlStore
+from postroom.testing.smtp_server import CaptureServer
+from tests.conftest import write_csv
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=60)
+UNKNOWN = "550 5.1.1 <{}>: Recipient address rejected: User unknown"
+
+
+@pytest.fixture
+def store(capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+          database_url: str, tmp_path: Path) -> tuple[SqlStore, int]:
+    postroom = make_postroom(database_url, capture(), bcc=False, clock=lambda: T0)
+    rows = [{"email": f"r{i:03d}@example.com"} for i in range(60)]
+    postroom.import_recipients(write_csv(tmp_path / "r.csv", rows))
+    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n"})
+    delivery, _ = postroom.create_delivery("t")
+    assert postroom.analyze(delivery.id).ok
+    postroom.store.move_delivery(delivery.id, DeliveryState.SENDING, T0)
+    return postroom.store, delivery.id
+
+
+@contextmanager
+def _counted(store: SqlStore) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+
+
+def _updates(batch: list[Target], emails: dict[int, str]) -> list[LogUpdate]:
+    """Of every five: one refused (user unknown), one deferred with a text no rule knows
+    (two different texts in all), three sent."""
+    updates = []
+    for index, target in enumerate(batch):
+        if index % 5 == 0:
+            updates.append(LogUpdate(
+                log_id=target.log_id, status=LogStatus.FAILED, attempts=1, next_attempt_at=None,
+                failure_type=FailureType.HARD, failure_reason=FailureReason.USER_UNKNOWN,
+                smtp_reply=UNKNOWN.format(emails[target.log_id])))
+        elif index % 5 == 1:
+            updates.append(LogUpdate(
+                log_id=target.log_id, status=LogStatus.PENDING, attempts=1,
+                next_attempt_at=T0 + timedelta(hours=1), failure_type=FailureType.SOFT,
+                failure_reason=FailureReason.UNDEFINED, to_qualify=True,
+                smtp_reply=f"451 {('odd', 'strange')[index % 2]} thing at {index}"))
+        else:
+            updates.append(LogUpdate(log_id=target.log_id, status=LogStatus.SENT, attempts=1,
+                                     next_attempt_at=None, smtp_reply="250 OK", sent_at=T0))
+    return updates
+
+
+def _record(store: SqlStore, delivery_id: int, size: int) -> tuple[list[str], list[str]]:
+    """Claim and record `size` logs, half of whose refused addresses have a history; the
+    statements of `record()`, and the refused addresses."""
+    batch = store.claim_due(delivery_id, T0, size, LEASE, worker="w")
+    assert len(batch) == size
+    emails = {t.log_id: t.recipient.email for t in batch}
+    updates = _updates(batch, emails)
+    refused = [emails[u.log_id] for u in updates if u.status is LogStatus.FAILED]
+    with store.engine.begin() as conn:  # an earlier soft error for every other one
+        store.apply_address_events(conn, [
+            (address, AddressEvent.failure(FailureType.SOFT, FailureReason.MAILBOX_FULL,
+                                           "452 4.2.2 mailbox full"))
+            for address in refused[::2]], T0 - timedelta(days=1))
+    with _counted(store) as statements:
+        store.record(updates, T0)
+    return statements, refused
+
+
+def test_recording_a_batch_costs_the_same_statements_whatever_its_size(
+        store: tuple[SqlStore, int]) -> None:
+    sql, delivery_id = store
+
+    small, refused_small = _record(sql, delivery_id, 10)
+    large, refused_large = _record(sql, delivery_id, 50)
+
+    print(f"statements per record(): {len(small)} for 10 results, {len(large)} for 50", large)
+    assert len(large) == len(small) <= 7, (small, large)
+    for address in refused_small + refused_large:  # user unknown: quarantined at once
+        state = sql.get_address(address)
+        assert state is not None and state.status is AddressStatus.QUARANTINE
+        assert state.last_reason is FailureReason.USER_UNKNOWN
+    counts = {row["normalized"]: row["count"] for row in sql.list_unqualified()}
+    assert sorted(counts.values()) == [6, 6]  # 2 + 10 deferrals, two texts, counted apart
