@@ -164,9 +164,22 @@ def test_user_unknown_at_rcpt_to_means_what_it_says() -> None:
     assert qualify(RULES, status="5.1.1", text=at_data).rule_id == "user-unknown-status"
 
 
-def test_no_match_is_undefined_to_qualify() -> None:
-    assert qualify(RULES, status="5.0.0", text="Nyaan") == Qualification(U, R.UNDEFINED, None)
+def test_no_match_takes_the_class_of_the_evidence_and_stays_to_qualify() -> None:
+    # A failure no rule explains is soft (one error towards quarantine), reason 0, no rule id
+    # (so its text is kept "to qualify"); without any sign of a failure it is undefined.
+    assert qualify(RULES, status="5.0.0", text="Nyaan") == Qualification(S, R.UNDEFINED, None)
+    assert qualify(RULES, status="4.0.0", text="Nyaan").failure_type is S
     assert qualify(RULES, status=None, text="") == Qualification(U, R.UNDEFINED, None)
+    assert qualify(RULES, status=None, text="Nyaan") == Qualification(U, R.UNDEFINED, None)
+    for kind in (BounceKind.DSN, BounceKind.HEURISTIC):
+        assert qualify(RULES, status=None, text="Nyaan", kind=kind) == \
+            Qualification(S, R.UNDEFINED, None)
+    assert qualify(RULES, status=None, text="Nyaan", kind=BounceKind.DELAY) == \
+        Qualification(S, R.UNREACHABLE, None)
+    assert qualify(RULES, status=None, text="Nyaan", kind=BounceKind.UNKNOWN) == \
+        Qualification(U, R.UNDEFINED, None)
+    # a 2.x.x status is not a failure class
+    assert qualify((), status="2.0.0", text="Nyaan") == Qualification(U, R.UNDEFINED, None)
 
 
 def test_generic_status_gives_way_to_the_code_in_the_text() -> None:
@@ -225,7 +238,7 @@ def test_recipient_action_refines_the_kind() -> None:
         (554, "5.7.1 Message rejected as spam", (S, 20)),
         (421, "4.7.0 Try again later, closing connection", (S, 20)),
         (451, "4.3.0 Local error in processing", (S, 3)),
-        (550, "Requested action not taken", (U, 0)),
+        (550, "Requested action not taken", (S, 0)),
         (450, "Requested action not taken", (S, 3)),
         (550, "mailbox unavailable; see 5.1.1 in the docs", (H, 1)),
     ],
@@ -239,8 +252,8 @@ def test_smtp_reply_rules_and_edges() -> None:
     assert qualify_smtp_reply(250, "2.0.0 Ok").failure_type is IGN
     # A temporary reply is never hard, even when a rule says so.
     assert qualify_smtp_reply(450, "4.1.1 <a@example.org>: User unknown").failure_type is S
-    # Unmatched: 5xx undefined (to qualify) as a bounce would be, 4xx soft unreachable.
-    assert qualify_smtp_reply(554, "Nyaan") == Qualification(U, R.UNDEFINED, None)
+    # Unmatched: 5xx soft, reason 0 (to qualify) as a bounce would be, 4xx soft unreachable.
+    assert qualify_smtp_reply(554, "Nyaan") == Qualification(S, R.UNDEFINED, None)
     assert qualify_smtp_reply(554, "Nyaan") == qualify(default_rules(), status="5.0.0",
                                                        text="Nyaan")
     assert qualify_smtp_reply(451, "Nyaan") == Qualification(S, R.UNREACHABLE, None)
@@ -260,7 +273,7 @@ def test_smtp_reply_rules_and_edges() -> None:
         ("4.4.4", (S, R.UNREACHABLE)), ("5.2.2", (S, R.MAILBOX_FULL)),
         ("5.2.1", (S, R.ACCOUNT_DISABLED)), ("4.4.7", (S, R.UNREACHABLE)),
         ("5.3.4", (S, R.REFUSED)), ("5.7.1", (S, R.REFUSED)), ("4.0.0", (S, R.UNREACHABLE)),
-        ("5.0.0", (U, R.UNDEFINED)),
+        ("5.0.0", (S, R.UNDEFINED)),
     ],
 )
 def test_status_registry_without_text(status: str, expected: tuple[FailureType, R]) -> None:
