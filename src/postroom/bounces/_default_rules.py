@@ -21,7 +21,12 @@ Spec = tuple[str, FailureType, FailureReason, str, str | None, str | None]
 # An address (or a quoted name) between the subject and the verb: "recipient <a@b> is ...".
 _ADDR_SLOT = r"(?: <?[^\s<>@]+@[^\s<>]+>?| \"[^\"]{0,80}\")?"
 _USER_UNKNOWN = (
-    r"user(?:name)? (?:unknown|not found|does ?n[o']t exist|not exist|is unknown)"
+    # the meaning, not one wording: a word of non-existence or invalidity, then (at most two
+    # words on) the noun for a recipient — "invalid final delivery userid", "no valid
+    # recipients", "unknown local user"
+    r"\b(?:invalid|unknown|no valid|not a valid|non-?existent|no such)\s+(?:[\w-]+\s+){0,2}?"
+    r"(?:user(?:id|name)?s?|recipients?|mailbox(?:es)?|addressee)\b"
+    r"|user(?:name)? (?:unknown|not found|does ?n[o']t exist|not exist|is unknown)"
     r"|unknown (?:user|recipient|local[- ]?part|mailbox|alias|account|e-?mail)"
     r"|no such (?:user|mailbox|recipient|account|address|local user|person)"
     rf"|(?:recipient|mailbox|address|account|addressee|alias)(?: address)?{_ADDR_SLOT}(?: is)?"

@@ -305,3 +305,33 @@ def test_greylisting_phrases(text: str) -> None:
     verdict = qualify(RULES, status="4.0.0", text=text)
     assert (verdict.failure_type, verdict.reason, verdict.rule_id) == (S, R.REFUSED,
                                                                        "greylisted")
+
+
+@pytest.mark.parametrize("text", [
+    "550 Invalid final delivery userid: ann@example.org",
+    "554 No valid recipients for this message",
+    "550 unknown local user",
+    "550 Nonexistent mailbox ann@example.org",
+    "550 non-existent recipient",
+    "550 no such mailboxes",
+    "550 not a valid mail user",
+    "550 invalid recipients",
+    "550 unknown addressee",
+])
+def test_user_unknown_is_a_meaning_not_one_wording(text: str) -> None:
+    # non-existence or invalidity, then within two words a recipient noun
+    assert qualify(RULES, status=None, text=text) == Qualification(
+        H, R.USER_UNKNOWN, "user-unknown")
+
+
+@pytest.mark.parametrize(("text", "user_unknown"), [
+    ("550 invalid sender address syntax", False),  # no recipient noun
+    ("550 invalid data for one recipient", False),  # three words between: not together
+    ("550 invalid data for recipient", True),  # two words between
+    ("550 invalid-user", False),  # one token, not the phrase
+    ("550 unknownuser", False),  # not words
+    ("550 unknown users", True),
+])
+def test_user_unknown_needs_the_words_together(text: str, user_unknown: bool) -> None:
+    verdict = qualify(RULES, status=None, text=text)
+    assert (verdict.reason is R.USER_UNKNOWN) is user_unknown, verdict
