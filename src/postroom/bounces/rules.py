@@ -14,7 +14,8 @@ persist it, operators can edit it, and `postroom rules test TEXT` can show which
 3. RFC 3463 enhanced status codes by prefix;
 4. weak, generic wording ("rejected", "not accepted", "mailbox unavailable");
 5. the class of the status code: a 4.x.x report that gave up is "unreachable";
-6. (in `qualify`, not a rule) a failure no rule explains is soft, reason 0, "to qualify".
+6. (in `qualify`, not a rule) a bounce's failure no rule explains is soft, reason 0, "to
+   qualify".
 
 Types follow DESIGN.md §5 and the labelled corpus: only user unknown (and moved) and spam
 complaints are hard; refusals, unknown domains and disabled accounts are soft, so that five
@@ -123,13 +124,6 @@ def _effective_status(status: str | None, text: str) -> str | None:
 _FAILURE_KINDS = frozenset({BounceKind.DSN, BounceKind.HEURISTIC})
 
 
-def _is_failure(status: str | None, kind: BounceKind | None) -> bool:
-    """Whether the evidence says a delivery failed, whatever the text: a 4.x.x or 5.x.x status
-    (or the class of an SMTP reply code), or a bounce that reports a failure (a delay is
-    decided apart: unreachable)."""
-    return (status is not None and status[0] in "45") or kind in _FAILURE_KINDS
-
-
 def qualify(rules: Sequence[Rule], *, status: str | None, text: str,
             kind: BounceKind | None = None) -> Qualification:
     """Qualify one failure: the first matching rule wins.
@@ -141,12 +135,13 @@ def qualify(rules: Sequence[Rule], *, status: str | None, text: str,
     no rule explains it.
 
     No rule matched: the reason is "not defined" (0) and no rule id is given, so the text is
-    kept "to qualify". The type then follows the class of the evidence (ADR 0028): a failure
-    — a 4.x.x/5.x.x status, a 4xx/5xx reply, a bounce that reports a failed delivery — that
-    no phrase explains is soft. Only user unknown (and moved) and complaints are hard, and
-    only on positive evidence; an unexplained failure counts towards the five soft errors that
-    quarantine an address instead of quarantining it at once or being ignored. Without any
-    sign of a failure (a bare text, `rules test`): undefined.
+    kept "to qualify". The type then follows the class of the evidence (ADR 0028): a bounce
+    that reports a failed delivery (a DSN, a non-standard bounce) that no phrase and no status
+    explains is soft. Only user unknown (and moved) and complaints are hard, and only on
+    positive evidence; an unexplained failure counts towards the five soft errors that
+    quarantine an address instead of quarantining it at once or changing nothing. Without a
+    bounce (a bare text, `rules test`, a synchronous reply: see `qualify_smtp_reply`):
+    undefined.
     """
     if kind in (BounceKind.AUTOREPLY, BounceKind.SUCCESS):
         rule_id = "autoreply" if kind is BounceKind.AUTOREPLY else "success"
@@ -158,12 +153,12 @@ def qualify(rules: Sequence[Rule], *, status: str | None, text: str,
         return Qualification(H, R.DENYLISTED, "feedback")
     if found is not None:
         result = Qualification(found.failure_type, found.reason, found.id)
-    elif _is_failure(effective, kind):
+    elif kind in _FAILURE_KINDS:
         result = Qualification(S, R.UNDEFINED, None)  # class of the evidence: see docstring
     else:
         result = Qualification(U, R.UNDEFINED, None)
     if kind is BounceKind.DELAY:
-        if found is None or result.failure_type is U:
+        if result.failure_type is U:
             return Qualification(S, R.UNREACHABLE, result.rule_id)
         if result.failure_type is H:
             return Qualification(S, result.reason, result.rule_id)
@@ -175,10 +170,12 @@ def qualify_smtp_reply(code: int, text: str,
     """Qualify a synchronous SMTP reply with the same rules as bounces.
 
     The enhanced status code may sit anywhere in the text. A 4xx reply is temporary, so never
-    hard; without a more specific rule it is "unreachable". A 5xx without a rule is soft with
-    reason "not defined" (0), as a bounce with the same text would be: the message fails, the
-    text is kept "to qualify", and the failure counts as one soft error until a rule says
-    what it means. A 2xx is not a failure: ignored; any other code without a rule: undefined.
+    hard; without a more specific rule it is "unreachable". A 5xx without a rule is undefined
+    (DESIGN.md §5, reason 0): the message fails at once, the text is kept "to qualify", and
+    the address is left alone until a rule says what it means. (A bounce with the same text is
+    soft, see `qualify`: a soft reply would be retried, and RFC 5321 says a 5xx is not to be
+    repeated; a bounce decides no retry, only the address's error count.) A 2xx is not a
+    failure: ignored.
     """
     if 200 <= code < 300:
         return Qualification(IGN, R.ERROR_IGNORED, None)
@@ -190,8 +187,6 @@ def qualify_smtp_reply(code: int, text: str,
     temporary = 400 <= code < 500
     if found.failure_type is U and temporary:
         return Qualification(S, R.UNREACHABLE, found.rule_id)
-    if found.failure_type is U and found.rule_id is None and 500 <= code < 600:
-        return Qualification(S, R.UNDEFINED, None)  # a failure no rule explains (see qualify)
     if temporary and found.failure_type is H:
         return Qualification(S, found.reason, found.rule_id)
     return found

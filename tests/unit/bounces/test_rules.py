@@ -170,10 +170,11 @@ def test_user_unknown_at_rcpt_to_means_what_it_says() -> None:
 
 
 def test_no_match_takes_the_class_of_the_evidence_and_stays_to_qualify() -> None:
-    # A failure no rule explains is soft (one error towards quarantine), reason 0, no rule id
-    # (so its text is kept "to qualify"); without any sign of a failure it is undefined.
-    assert qualify(RULES, status="5.0.0", text="Nyaan") == Qualification(S, R.UNDEFINED, None)
-    assert qualify(RULES, status="4.0.0", text="Nyaan").failure_type is S
+    # A bounce's failure no rule explains is soft (one error towards quarantine), reason 0,
+    # no rule id (so its text is kept "to qualify"); a bare text is undefined.
+    assert qualify(RULES, status="5.0.0", text="Nyaan") == Qualification(U, R.UNDEFINED, None)
+    assert qualify(RULES, status="5.0.0", text="Nyaan", kind=BounceKind.DSN) == \
+        Qualification(S, R.UNDEFINED, None)
     assert qualify(RULES, status=None, text="") == Qualification(U, R.UNDEFINED, None)
     assert qualify(RULES, status=None, text="Nyaan") == Qualification(U, R.UNDEFINED, None)
     for kind in (BounceKind.DSN, BounceKind.HEURISTIC):
@@ -243,7 +244,7 @@ def test_recipient_action_refines_the_kind() -> None:
         (554, "5.7.1 Message rejected as spam", (S, 20)),
         (421, "4.7.0 Try again later, closing connection", (S, 20)),
         (451, "4.3.0 Local error in processing", (S, 3)),
-        (550, "Requested action not taken", (S, 0)),
+        (550, "Requested action not taken", (U, 0)),
         (450, "Requested action not taken", (S, 3)),
         (550, "mailbox unavailable; see 5.1.1 in the docs", (H, 1)),
     ],
@@ -257,8 +258,8 @@ def test_smtp_reply_rules_and_edges() -> None:
     assert qualify_smtp_reply(250, "2.0.0 Ok").failure_type is IGN
     # A temporary reply is never hard, even when a rule says so.
     assert qualify_smtp_reply(450, "4.1.1 <a@example.org>: User unknown").failure_type is S
-    # Unmatched: 5xx soft, reason 0 (to qualify) as a bounce would be, 4xx soft unreachable.
-    assert qualify_smtp_reply(554, "Nyaan") == Qualification(S, R.UNDEFINED, None)
+    # Unmatched: 5xx undefined (to qualify, not retried), 4xx soft unreachable.
+    assert qualify_smtp_reply(554, "Nyaan") == Qualification(U, R.UNDEFINED, None)
     assert qualify_smtp_reply(554, "Nyaan") == qualify(default_rules(), status="5.0.0",
                                                        text="Nyaan")
     assert qualify_smtp_reply(451, "Nyaan") == Qualification(S, R.UNREACHABLE, None)
@@ -278,12 +279,12 @@ def test_smtp_reply_rules_and_edges() -> None:
         ("4.4.4", (S, R.UNREACHABLE)), ("5.2.2", (S, R.MAILBOX_FULL)),
         ("5.2.1", (S, R.ACCOUNT_DISABLED)), ("4.4.7", (S, R.UNREACHABLE)),
         ("5.3.4", (S, R.REFUSED)), ("5.7.1", (S, R.REFUSED)), ("4.0.0", (S, R.UNREACHABLE)),
-        ("5.0.0", (S, R.UNDEFINED)),
+        ("5.0.0", (U, R.UNDEFINED)),
         # the rest of the registry (RFC 3463, RFC 7293, RFC 7505, IANA)
         ("5.1.0", (H, R.USER_UNKNOWN)), ("5.1.3", (H, R.USER_UNKNOWN)),
         ("5.1.4", (S, R.REFUSED)), ("5.1.6", (H, R.USER_UNKNOWN)),
         ("5.1.7", (S, R.REFUSED)), ("5.1.8", (S, R.REFUSED)),
-        ("5.2.0", (S, R.UNDEFINED)), ("5.2.3", (S, R.REFUSED)),
+        ("5.2.0", (U, R.UNDEFINED)), ("5.2.3", (S, R.REFUSED)),
         ("5.2.4", (S, R.UNREACHABLE)), ("5.3.0", (S, R.UNREACHABLE)),
         ("5.3.1", (S, R.UNREACHABLE)), ("4.3.2", (S, R.UNREACHABLE)),
         ("5.4.1", (S, R.UNREACHABLE)), ("4.4.6", (S, R.UNREACHABLE)),

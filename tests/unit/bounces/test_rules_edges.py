@@ -40,8 +40,7 @@ def test_every_default_rule_has_an_id_and_a_description() -> None:
 def test_a_rule_with_neither_pattern_nor_status_never_matches() -> None:
     empty = Rule("empty", None, None, H, R.USER_UNKNOWN, "matches nothing")
     assert not empty.matches(status="5.1.1", text="user unknown")
-    assert qualify((empty,), status="5.1.1", text="") == Qualification(S, R.UNDEFINED, None)
-    assert qualify((empty,), status=None, text="") == Qualification(U, R.UNDEFINED, None)
+    assert qualify((empty,), status="5.1.1", text="") == Qualification(U, R.UNDEFINED, None)
 
 
 @pytest.mark.parametrize(
@@ -104,13 +103,13 @@ def test_a_delay_keeps_the_rule_that_left_it_open() -> None:
         (455, "5.1.1 Requested action not taken",
          Qualification(S, R.UNREACHABLE, "status-temporary")),
         (450, "5.7.1 Nyaan", Qualification(S, R.UNREACHABLE, "status-temporary")),
-        (550, "4.2.2 Requested action not taken", Qualification(S, R.UNDEFINED, None)),
-        # no rule: a 4xx/5xx is a failure (soft, to qualify); 600 is no SMTP class
-        (500, "Nyaan", Qualification(S, R.UNDEFINED, None)),
-        (599, "Nyaan", Qualification(S, R.UNDEFINED, None)),
-        (600, "Nyaan", Qualification(U, R.UNDEFINED, None)),
-        (399, "Nyaan", Qualification(U, R.UNDEFINED, None)),
+        (550, "4.2.2 Requested action not taken", Qualification(U, R.UNDEFINED, None)),
+        # no rule: a 5xx is final and undefined (to qualify, never retried), a 4xx soft
+        (500, "Nyaan", Qualification(U, R.UNDEFINED, None)),
+        (599, "Nyaan", Qualification(U, R.UNDEFINED, None)),
         (400, "Nyaan", Qualification(S, R.UNREACHABLE, None)),
+        (499, "Nyaan", Qualification(S, R.UNREACHABLE, None)),
+        (500, "4.2.2 Nyaan", Qualification(U, R.UNDEFINED, None)),
         (550, "5.2.2 Requested action not taken",
          Qualification(S, R.MAILBOX_FULL, "status-mailbox-full")),
     ],
@@ -166,5 +165,9 @@ def test_malformed_status_fields_decide_nothing(status: str) -> None:
     assert qualify(RULES, status=status, text="Requested action not taken") == \
         Qualification(U, R.UNDEFINED, None)
     # ... but the bounce that carried it still reports a failure: soft, to qualify
-    assert qualify(RULES, status=status, text="Requested action not taken",
-                   kind=BounceKind.DSN) == Qualification(S, R.UNDEFINED, None)
+    for kind in (BounceKind.DSN, BounceKind.HEURISTIC):
+        assert qualify(RULES, status=status, text="Requested action not taken",
+                       kind=kind) == Qualification(S, R.UNDEFINED, None)
+    for kind in (BounceKind.UNKNOWN, None):
+        assert qualify(RULES, status=status, text="Requested action not taken",
+                       kind=kind) == Qualification(U, R.UNDEFINED, None)
