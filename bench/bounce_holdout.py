@@ -10,9 +10,10 @@ mail could have suggested, and keep what other families' mail (or no sample at a
   by rows of F is removed (a rule left with no phrase is removed), then F is qualified with
   that table through the shipped `qualify_bounce`. Rules keyed only to an RFC 3463 status
   (the registry) and phrases no row uses are kept: no sample suggested them.
-- Recipient extraction: each line/phrase pattern of the non-standard bounce reader
-  (`_heuristics._RECIPIENT_LINES`, `_RECIPIENT_PHRASES`) is removed in turn over the whole
-  corpus; a pattern whose removal loses rows of F only is removed when F is scored.
+- Recipient extraction: a line/phrase pattern of the non-standard bounce reader
+  (`_heuristics._RECIPIENT_LINES`, `_RECIPIENT_PHRASES`) is supported by the families that
+  lose a found recipient when it alone is removed, and by the families in whose text it finds
+  a labelled recipient; a pattern supported by F only is removed when F is scored.
 
 Families are the corpus's engines, grouped where engines share one code base or vendor
 (`VENDORS`), so that e.g. Sendmail is not scored with V5sendmail's phrases. Parser parts that
@@ -22,6 +23,7 @@ ablated: the report says so.
 
 from __future__ import annotations
 
+import email
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +34,8 @@ from pathlib import Path
 from tests.corpus.scoring import Label, Prediction, Score, score
 
 from postroom.bounces import _heuristics, default_rules, parse_bounce, qualify_bounce
+from postroom.bounces._text import clean_address
+from postroom.bounces.parse import _Context
 from postroom.bounces.rules import MAX_QUALIFIED, Rule
 
 __all__ = ["Holdout", "family_of", "holdout_scores", "split_alternatives"]
@@ -159,16 +163,32 @@ def _extracted(rows: dict[Path, list[Label]]) -> set[tuple[Path, int]]:
     return found
 
 
+def _matched(pattern: re.Pattern[str], name: str, text: str, wanted: set[str]) -> bool:
+    """Whether an extractor, on the lines of a bounce's text, finds a labelled recipient."""
+    for line in text.split("\n"):
+        found = ([m] if (m := pattern.match(line)) else []) if name == "_RECIPIENT_LINES" \
+            else list(pattern.finditer(line))
+        if any(clean_address(m.group(1)).lower() in wanted for m in found):
+            return True
+    return False
+
+
 def _extractor_support(rows: dict[Path, list[Label]]) -> dict[tuple[str, int], set[str]]:
-    """Extractor → families that lose a found recipient when it alone is removed."""
+    """Extractor → families whose mail supports it: the families that lose a found recipient
+    when it alone is removed, and the families in whose text it finds a labelled recipient
+    (so that two patterns that find the same rows do not shield each other)."""
     family = {path: family_of(labels[0].engine) for path, labels in rows.items()}
     baseline = _extracted(rows)
+    texts = {path: _Context(email.message_from_bytes(path.read_bytes())).text for path in rows}
     support: dict[tuple[str, int], set[str]] = {}
     for name in _EXTRACTORS:
-        for number in range(len(getattr(_heuristics, name))):
+        for number, pattern in enumerate(getattr(_heuristics, name)):
             with _without_extractors([(name, number)]):
                 lost = baseline - _extracted(rows)
-            support[(name, number)] = {family[path] for path, _ in lost}
+            support[(name, number)] = {family[path] for path, _ in lost} | {
+                family[path] for path, labels in rows.items()
+                if _matched(pattern, name, texts[path], set().union(
+                    *(label.recipients for label in labels)))}
     return support
 
 

@@ -21,7 +21,12 @@ Spec = tuple[str, FailureType, FailureReason, str, str | None, str | None]
 # An address (or a quoted name) between the subject and the verb: "recipient <a@b> is ...".
 _ADDR_SLOT = r"(?: <?[^\s<>@]+@[^\s<>]+>?| \"[^\"]{0,80}\")?"
 _USER_UNKNOWN = (
-    r"user(?:name)? (?:unknown|not found|does ?n[o']t exist|not exist|is unknown)"
+    # the meaning, not one wording: a word of non-existence or invalidity, then (at most two
+    # words on) the noun for a recipient — "invalid final delivery userid", "no valid
+    # recipients", "unknown local user"
+    r"\b(?:invalid|unknown|no valid|not a valid|non-?existent|no such)\s+(?:[\w-]+\s+){0,2}?"
+    r"(?:user(?:id|name)?s?|recipients?|mailbox(?:es)?|addressee)\b"
+    r"|user(?:name)? (?:unknown|not found|does ?n[o']t exist|not exist|is unknown)"
     r"|unknown (?:user|recipient|local[- ]?part|mailbox|alias|account|e-?mail)"
     r"|no such (?:user|mailbox|recipient|account|address|local user|person)"
     rf"|(?:recipient|mailbox|address|account|addressee|alias)(?: address)?{_ADDR_SLOT}(?: is)?"
@@ -208,10 +213,14 @@ DEFAULT_RULES: tuple[Spec, ...] = (
      "x.1.7"),
     ("status-sender-domain", S, R.REFUSED, "x.1.8: bad sender's system address", None,
      "x.1.8"),
+    ("status-ambiguous", S, R.REFUSED,
+     "x.1.4: destination mailbox address ambiguous (several mailboxes match)", None, "x.1.4"),
     ("status-disabled", S, R.ACCOUNT_DISABLED, "x.2.1: mailbox disabled", None, "x.2.1"),
     ("status-mailbox-full", S, R.MAILBOX_FULL, "x.2.2: mailbox full", None, "x.2.2"),
     ("status-too-big", S, R.REFUSED, "x.2.3: message length exceeds the mailbox limit", None,
      "x.2.3"),
+    ("status-list-expansion", S, R.UNREACHABLE, "x.2.4: mailing list expansion problem",
+     None, "x.2.4"),
     ("status-system-too-big", S, R.REFUSED, "x.3.4: message too big for the system", None,
      "x.3.4"),
     ("status-system", S, R.UNREACHABLE, "x.3.x: mail system fault", None, "x.3."),
@@ -221,6 +230,13 @@ DEFAULT_RULES: tuple[Spec, ...] = (
     ("status-network", S, R.UNREACHABLE, "x.4.x: network or routing fault", None, "x.4."),
     ("status-protocol", S, R.REFUSED, "x.5.x: protocol or syntax refusal", None, "x.5."),
     ("status-content", S, R.REFUSED, "x.6.x: content or media refused", None, "x.6."),
+    ("status-account-disabled", S, R.ACCOUNT_DISABLED,
+     "x.7.13: user account disabled (IANA registry, RFC 3463 extension)", None, "x.7.13"),
+    ("status-owner-changed", H, R.USER_UNKNOWN,
+     "x.7.17: mailbox owner has changed (RFC 7293): the address is someone else's now", None,
+     "x.7.17"),
+    ("status-domain-owner-changed", S, R.INVALID_DOMAIN,
+     "x.7.18: domain owner has changed (RFC 7293)", None, "x.7.18"),
     ("status-security", S, R.REFUSED, "x.7.x: security or policy refusal", None, "x.7."),
     # 4. Weak wording: only when nothing more specific matched.
     ("mailbox-unavailable", S, R.REFUSED,

@@ -67,6 +67,9 @@ _RECIPIENT_LINES = tuple(re.compile(p, re.I) for p in (
     rf"|not\s|does not|user|mailbox|is\s|was\s|could|failed|rejected)",
     # Exchange: "Display Name (address)" alone on its line
     rf"^\s*[^<>()@\n]{{1,80}}\(({_A})\)\s*$",
+    # An SMTP reply about one address (RFC 5321 reply code, the address, then why):
+    # "554 <a@b>... reason", "550 <a@b>: reason", "550 5.1.1 a@b: reason"
+    rf"^\s*[245]\d\d(?: +[245]\.\d{{1,3}}\.\d{{1,3}})? +<?({_A})>?(?:\.\.\.|:)\s*\S",
 ))
 # Phrases that name the recipient inside a sentence.
 _RECIPIENT_PHRASES = tuple(re.compile(p, re.I) for p in (

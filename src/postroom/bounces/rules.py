@@ -13,7 +13,9 @@ persist it, operators can edit it, and `postroom rules test TEXT` can show which
    policy status (x.7.x, x.2.0), it is a filter hiding behind that wording and is refused;
 3. RFC 3463 enhanced status codes by prefix;
 4. weak, generic wording ("rejected", "not accepted", "mailbox unavailable");
-5. the class of the status code: a 4.x.x report that gave up is "unreachable".
+5. the class of the status code: a 4.x.x report that gave up is "unreachable";
+6. (in `qualify`, not a rule) a bounce's failure no rule explains is soft, reason 0, "to
+   qualify".
 
 Types follow DESIGN.md §5 and the labelled corpus: only user unknown (and moved) and spam
 complaints are hard; refusals, unknown domains and disabled accounts are soft, so that five
@@ -119,6 +121,9 @@ def _effective_status(status: str | None, text: str) -> str | None:
     return status
 
 
+_FAILURE_KINDS = frozenset({BounceKind.DSN, BounceKind.HEURISTIC})
+
+
 def qualify(rules: Sequence[Rule], *, status: str | None, text: str,
             kind: BounceKind | None = None) -> Qualification:
     """Qualify one failure: the first matching rule wins.
@@ -127,7 +132,16 @@ def qualify(rules: Sequence[Rule], *, status: str | None, text: str,
     text is its "feedback-type: ..." line: the feedback rules decide (an authentication-failure
     report is not the recipient's complaint), and without one it is a spam complaint
     (denylisted, hard). A delay is temporary by definition: never hard, and unreachable when
-    no rule explains it. No match otherwise: undefined (0), "to qualify".
+    no rule explains it.
+
+    No rule matched: the reason is "not defined" (0) and no rule id is given, so the text is
+    kept "to qualify". The type then follows the class of the evidence (ADR 0028): a bounce
+    that reports a failed delivery (a DSN, a non-standard bounce) that no phrase and no status
+    explains is soft. Only user unknown (and moved) and complaints are hard, and only on
+    positive evidence; an unexplained failure counts towards the five soft errors that
+    quarantine an address instead of quarantining it at once or changing nothing. Without a
+    bounce (a bare text, `rules test`, a synchronous reply: see `qualify_smtp_reply`):
+    undefined.
     """
     if kind in (BounceKind.AUTOREPLY, BounceKind.SUCCESS):
         rule_id = "autoreply" if kind is BounceKind.AUTOREPLY else "success"
@@ -137,8 +151,12 @@ def qualify(rules: Sequence[Rule], *, status: str | None, text: str,
     found = next((rule for rule in rules if rule.matches(status=effective, text=text)), None)
     if kind is BounceKind.ARF and found is None:
         return Qualification(H, R.DENYLISTED, "feedback")
-    result = (Qualification(found.failure_type, found.reason, found.id) if found is not None
-              else Qualification(U, R.UNDEFINED, None))
+    if found is not None:
+        result = Qualification(found.failure_type, found.reason, found.id)
+    elif kind in _FAILURE_KINDS:
+        result = Qualification(S, R.UNDEFINED, None)  # class of the evidence: see docstring
+    else:
+        result = Qualification(U, R.UNDEFINED, None)
     if kind is BounceKind.DELAY:
         if result.failure_type is U:
             return Qualification(S, R.UNREACHABLE, result.rule_id)
@@ -152,10 +170,12 @@ def qualify_smtp_reply(code: int, text: str,
     """Qualify a synchronous SMTP reply with the same rules as bounces.
 
     The enhanced status code may sit anywhere in the text. A 4xx reply is temporary, so never
-    hard; without a more specific rule it is "unreachable". A 5xx without a rule is undefined,
-    as a bounce with the same text would be (DESIGN.md §5, reason 0): the message fails, the
-    text is kept "to qualify", and the address is left alone until a rule says what it means.
-    A 2xx is not a failure: ignored.
+    hard; without a more specific rule it is "unreachable". A 5xx without a rule is undefined
+    (DESIGN.md §5, reason 0): the message fails at once, the text is kept "to qualify", and
+    the address is left alone until a rule says what it means. (A bounce with the same text is
+    soft, see `qualify`: a soft reply would be retried, and RFC 5321 says a 5xx is not to be
+    repeated; a bounce decides no retry, only the address's error count.) A 2xx is not a
+    failure: ignored.
     """
     if 200 <= code < 300:
         return Qualification(IGN, R.ERROR_IGNORED, None)

@@ -318,3 +318,36 @@ def test_ses_json_with_raw_control_characters_and_trailing_text() -> None:
     plain = parse_bounce(("From: no-reply@sns.amazonaws.com\nSubject: AWS Notification\n\n"
                           + inner + "--\n").encode())
     assert plain.recipients == wrapped.recipients
+
+
+@pytest.mark.parametrize("line", [
+    "554 <{a}>... Remote protocol error: connection reset",
+    "550 <{a}>: Recipient address rejected: mailbox full",
+    "550 {a}: mailbox unavailable",
+    "550 5.1.2 <{a}>... Host unknown",
+])
+def test_a_transcript_line_of_a_reply_about_one_address_names_a_recipient(line: str) -> None:
+    # RFC 5321 reply code (maybe an enhanced status), the address, then "..." or ":" and why:
+    # each such line in a transcript is one recipient with its own explanation.
+    data = ("From: MAILER-DAEMON@mx.example.org\nSubject: Returned mail: see transcript\n\n"
+            "   ----- Transcript of session follows -----\n"
+            "550 <bob@example.net>... User unknown\n"
+            + line.format(a="carol@example.com") + "\n")
+    parsed = parse_bounce(data.encode())
+    assert [r.recipient for r in parsed.recipients] == ["bob@example.net", "carol@example.com"]
+    assert "User unknown" in parsed.recipients[0].diagnostic
+    assert line.split(" ")[-1] in parsed.recipients[1].diagnostic
+    assert "User unknown" not in parsed.recipients[1].diagnostic
+
+
+@pytest.mark.parametrize("line", [
+    "550 carol@example.com is here",  # no "..." or ":" after the address
+    "5500 <carol@example.com>: nope",  # not a reply code
+    "650 <carol@example.com>: nope",  # not an SMTP reply class
+    "550 <carol@example.com>:",  # nothing said about it
+])
+def test_lines_that_are_not_a_reply_about_an_address(line: str) -> None:
+    data = ("From: MAILER-DAEMON@mx.example.org\nSubject: Returned mail: see transcript\n\n"
+            "550 <bob@example.net>... User unknown\n" + line + "\n")
+    parsed = parse_bounce(data.encode())
+    assert [r.recipient for r in parsed.recipients] == ["bob@example.net"]

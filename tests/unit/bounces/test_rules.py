@@ -83,7 +83,12 @@ SAMPLES: dict[str, tuple[str | None, str]] = {
     "status-no-route": ("5.4.4", "550 5.4.4 Unable to route"),
     "status-sender": ("5.1.7", "553 5.1.7 Bad sender's mailbox address syntax"),
     "status-sender-domain": ("5.1.8", "501 5.1.8 Bad sender's system address"),
+    "status-ambiguous": ("5.1.4", "550 5.1.4 Destination mailbox address ambiguous"),
     "status-disabled": ("5.2.1", "550 5.2.1 Mailbox cannot be used"),
+    "status-list-expansion": ("5.2.4", "550 5.2.4 Mailing list expansion problem"),
+    "status-account-disabled": ("5.7.13", "525 5.7.13 Please contact your administrator"),
+    "status-owner-changed": ("5.7.17", "550 5.7.17 Mailbox owner has changed"),
+    "status-domain-owner-changed": ("5.7.18", "550 5.7.18 Domain owner has changed"),
     "status-mailbox-full": ("4.2.2", "452 4.2.2 Please try again later"),
     "status-too-big": ("5.2.3", "552 5.2.3 Sorry, that is more than I accept"),
     "status-system-too-big": ("5.3.4", "552 5.3.4 Error: exceeded the allowed length"),
@@ -164,9 +169,23 @@ def test_user_unknown_at_rcpt_to_means_what_it_says() -> None:
     assert qualify(RULES, status="5.1.1", text=at_data).rule_id == "user-unknown-status"
 
 
-def test_no_match_is_undefined_to_qualify() -> None:
+def test_no_match_takes_the_class_of_the_evidence_and_stays_to_qualify() -> None:
+    # A bounce's failure no rule explains is soft (one error towards quarantine), reason 0,
+    # no rule id (so its text is kept "to qualify"); a bare text is undefined.
     assert qualify(RULES, status="5.0.0", text="Nyaan") == Qualification(U, R.UNDEFINED, None)
+    assert qualify(RULES, status="5.0.0", text="Nyaan", kind=BounceKind.DSN) == \
+        Qualification(S, R.UNDEFINED, None)
     assert qualify(RULES, status=None, text="") == Qualification(U, R.UNDEFINED, None)
+    assert qualify(RULES, status=None, text="Nyaan") == Qualification(U, R.UNDEFINED, None)
+    for kind in (BounceKind.DSN, BounceKind.HEURISTIC):
+        assert qualify(RULES, status=None, text="Nyaan", kind=kind) == \
+            Qualification(S, R.UNDEFINED, None)
+    assert qualify(RULES, status=None, text="Nyaan", kind=BounceKind.DELAY) == \
+        Qualification(S, R.UNREACHABLE, None)
+    assert qualify(RULES, status=None, text="Nyaan", kind=BounceKind.UNKNOWN) == \
+        Qualification(U, R.UNDEFINED, None)
+    # a 2.x.x status is not a failure class
+    assert qualify((), status="2.0.0", text="Nyaan") == Qualification(U, R.UNDEFINED, None)
 
 
 def test_generic_status_gives_way_to_the_code_in_the_text() -> None:
@@ -239,7 +258,7 @@ def test_smtp_reply_rules_and_edges() -> None:
     assert qualify_smtp_reply(250, "2.0.0 Ok").failure_type is IGN
     # A temporary reply is never hard, even when a rule says so.
     assert qualify_smtp_reply(450, "4.1.1 <a@example.org>: User unknown").failure_type is S
-    # Unmatched: 5xx undefined (to qualify) as a bounce would be, 4xx soft unreachable.
+    # Unmatched: 5xx undefined (to qualify, not retried), 4xx soft unreachable.
     assert qualify_smtp_reply(554, "Nyaan") == Qualification(U, R.UNDEFINED, None)
     assert qualify_smtp_reply(554, "Nyaan") == qualify(default_rules(), status="5.0.0",
                                                        text="Nyaan")
@@ -261,6 +280,19 @@ def test_smtp_reply_rules_and_edges() -> None:
         ("5.2.1", (S, R.ACCOUNT_DISABLED)), ("4.4.7", (S, R.UNREACHABLE)),
         ("5.3.4", (S, R.REFUSED)), ("5.7.1", (S, R.REFUSED)), ("4.0.0", (S, R.UNREACHABLE)),
         ("5.0.0", (U, R.UNDEFINED)),
+        # the rest of the registry (RFC 3463, RFC 7293, RFC 7505, IANA)
+        ("5.1.0", (H, R.USER_UNKNOWN)), ("5.1.3", (H, R.USER_UNKNOWN)),
+        ("5.1.4", (S, R.REFUSED)), ("5.1.6", (H, R.USER_UNKNOWN)),
+        ("5.1.7", (S, R.REFUSED)), ("5.1.8", (S, R.REFUSED)),
+        ("5.2.0", (U, R.UNDEFINED)), ("5.2.3", (S, R.REFUSED)),
+        ("5.2.4", (S, R.UNREACHABLE)), ("5.3.0", (S, R.UNREACHABLE)),
+        ("5.3.1", (S, R.UNREACHABLE)), ("4.3.2", (S, R.UNREACHABLE)),
+        ("5.4.1", (S, R.UNREACHABLE)), ("4.4.6", (S, R.UNREACHABLE)),
+        ("5.5.3", (S, R.REFUSED)), ("5.6.1", (S, R.REFUSED)), ("5.7.0", (S, R.REFUSED)),
+        ("5.7.13", (S, R.ACCOUNT_DISABLED)), ("5.7.17", (H, R.USER_UNKNOWN)),
+        ("5.7.18", (S, R.INVALID_DOMAIN)), ("5.7.26", (S, R.REFUSED)),
+        ("5.7.27", (S, R.REFUSED)), ("4.7.13", (S, R.ACCOUNT_DISABLED)),
+        ("2.1.5", (IGN, R.ERROR_IGNORED)),
     ],
 )
 def test_status_registry_without_text(status: str, expected: tuple[FailureType, R]) -> None:
@@ -292,3 +324,33 @@ def test_greylisting_phrases(text: str) -> None:
     verdict = qualify(RULES, status="4.0.0", text=text)
     assert (verdict.failure_type, verdict.reason, verdict.rule_id) == (S, R.REFUSED,
                                                                        "greylisted")
+
+
+@pytest.mark.parametrize("text", [
+    "550 Invalid final delivery userid: ann@example.org",
+    "554 No valid recipients for this message",
+    "550 unknown local user",
+    "550 Nonexistent mailbox ann@example.org",
+    "550 non-existent recipient",
+    "550 no such mailboxes",
+    "550 not a valid mail user",
+    "550 invalid recipients",
+    "550 unknown addressee",
+])
+def test_user_unknown_is_a_meaning_not_one_wording(text: str) -> None:
+    # non-existence or invalidity, then within two words a recipient noun
+    assert qualify(RULES, status=None, text=text) == Qualification(
+        H, R.USER_UNKNOWN, "user-unknown")
+
+
+@pytest.mark.parametrize(("text", "user_unknown"), [
+    ("550 invalid sender address syntax", False),  # no recipient noun
+    ("550 invalid data for one recipient", False),  # three words between: not together
+    ("550 invalid data for recipient", True),  # two words between
+    ("550 invalid-user", False),  # one token, not the phrase
+    ("550 unknownuser", False),  # not words
+    ("550 unknown users", True),
+])
+def test_user_unknown_needs_the_words_together(text: str, user_unknown: bool) -> None:
+    verdict = qualify(RULES, status=None, text=text)
+    assert (verdict.reason is R.USER_UNKNOWN) is user_unknown, verdict

@@ -104,6 +104,12 @@ def test_a_delay_keeps_the_rule_that_left_it_open() -> None:
          Qualification(S, R.UNREACHABLE, "status-temporary")),
         (450, "5.7.1 Nyaan", Qualification(S, R.UNREACHABLE, "status-temporary")),
         (550, "4.2.2 Requested action not taken", Qualification(U, R.UNDEFINED, None)),
+        # no rule: a 5xx is final and undefined (to qualify, never retried), a 4xx soft
+        (500, "Nyaan", Qualification(U, R.UNDEFINED, None)),
+        (599, "Nyaan", Qualification(U, R.UNDEFINED, None)),
+        (400, "Nyaan", Qualification(S, R.UNREACHABLE, None)),
+        (499, "Nyaan", Qualification(S, R.UNREACHABLE, None)),
+        (500, "4.2.2 Nyaan", Qualification(U, R.UNDEFINED, None)),
         (550, "5.2.2 Requested action not taken",
          Qualification(S, R.MAILBOX_FULL, "status-mailbox-full")),
     ],
@@ -158,3 +164,10 @@ def test_the_recipient_status_is_evidence() -> None:
 def test_malformed_status_fields_decide_nothing(status: str) -> None:
     assert qualify(RULES, status=status, text="Requested action not taken") == \
         Qualification(U, R.UNDEFINED, None)
+    # ... but the bounce that carried it still reports a failure: soft, to qualify
+    for kind in (BounceKind.DSN, BounceKind.HEURISTIC):
+        assert qualify(RULES, status=status, text="Requested action not taken",
+                       kind=kind) == Qualification(S, R.UNDEFINED, None)
+    for kind in (BounceKind.UNKNOWN, None):
+        assert qualify(RULES, status=status, text="Requested action not taken",
+                       kind=kind) == Qualification(U, R.UNDEFINED, None)
