@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from postroom.app import Postroom
 from postroom.bounces.quarantine import AddressEvent, AddressStatus
 from postroom.domain.models import LogUpdate, Target
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.storage.sql import SqlStore
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -32,10 +32,10 @@ def store(capture: Callable[..., CaptureServer], make_postroom: Callable[..., Po
           database_url: str, tmp_path: Path) -> tuple[SqlStore, int]:
     postroom = make_postroom(database_url, capture(), bcc=False, clock=lambda: T0)
     rows = [{"email": f"r{i:03d}@example.com"} for i in range(60)]
-    postroom.import_recipients(write_csv(tmp_path / "r.csv", rows))
-    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n"})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).ok
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "Hello\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
     postroom.store.move_delivery(delivery.id, DeliveryState.SENDING, T0)
     return postroom.store, delivery.id
 

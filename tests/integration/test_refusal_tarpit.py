@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.domain.outcomes import Outcome, Verdict
-from postroom.service import Postroom
 from postroom.settings import SmtpRelay
 from postroom.testing.smtp_server import CaptureServer
 from postroom.transport.pipelined import PipelinedConnection
@@ -58,14 +58,14 @@ def _timed_delivery(make_postroom: Callable[..., Postroom], postfix: Postfix, tm
                              relay=_PostfixRelay(postfix.port), bcc=False)  # type: ignore[arg-type]
     rows = [{"email": f"ghost{i:04d}@{DOMAIN}" if refused and i % REFUSED_EVERY == 3
              else f"{name}{i:04d}@{REMOTE}"} for i in range(RECIPIENTS)]
-    postroom.import_recipients(write_csv(tmp_path / f"{name}.csv", rows))
-    postroom.create_template("t", {"subject": "Hello", "text": "Hi\n",
-                                   "from_address": f"news@{DOMAIN}",
-                                   "errors_to": f"bounces@{DOMAIN}"})
-    delivery, _ = postroom.create_delivery("t")
-    postroom.analyze(delivery.id)
+    postroom.recipients.import_recipients(write_csv(tmp_path / f"{name}.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hello", "text": "Hi\n",
+                                             "from_address": f"news@{DOMAIN}",
+                                             "errors_to": f"bounces@{DOMAIN}"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    postroom.deliveries.analyze(delivery.id)
     started = time.perf_counter()
-    summary = postroom.send(delivery.id)
+    summary = asyncio.run(postroom.sending.send(delivery.id))
     return time.perf_counter() - started, summary.sent, summary.failed
 
 
