@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from postroom.app.deliveries import MAX_LOGS
 from postroom.app.templates import load_template_file
 from postroom.cli.common import console, emit_json, progress_bar
 from postroom.domain.states import LogStatus
@@ -140,7 +141,7 @@ def demo(
         with progress_bar("sending", analysis.pending, enabled=not as_json) as advance:
             summary = asyncio.run(postroom.sending.send(delivery.id, progress=advance))
         report = postroom.reports.report(delivery.id).to_json()
-        logs = postroom.deliveries.logs(delivery.id, limit=10 * recipients + 10)
+        logs = postroom.deliveries.logs(delivery.id, limit=min(10 * recipients + 10, MAX_LOGS))
         check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE_ADDRESS)
         if check.sent_logs == 0:
             check.problems.append("no message was sent")
