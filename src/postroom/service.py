@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from postroom.accounts.actor import Actor
 from postroom.accounts.audit import AuditLog
+from postroom.accounts.bcc import check_email_bcc_kept
 from postroom.accounts.guard import GuardedView, guarded
 from postroom.accounts.service import AccountsService
 from postroom.compose.charsets import charset_for
@@ -279,6 +280,8 @@ class Postroom:
     def update_template(self, name: str, data: dict[str, Any]) -> Template:
         current = self.store.get_template(name)
         props = current.properties.override(data)
+        check_email_bcc_kept(was_on=current.properties.email_bcc, now_on=props.email_bcc,
+                             where=f"template {name!r}")
         _refuse_problems(name, props, self.settings.templates)
         return self.store.update_template(name, props, self.clock())
 
@@ -321,6 +324,8 @@ class Postroom:
         """Copy a template's properties, apply overrides, and set the audience."""
         source = self.store.get_template(template)
         props = source.properties.override(overrides or {})
+        check_email_bcc_kept(was_on=source.properties.email_bcc, now_on=props.email_bcc,
+                             where=f"a delivery from template {template!r}")
         for text in filters or []:
             parse_filter(text)
         if filters and list_file:
