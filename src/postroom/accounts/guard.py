@@ -16,6 +16,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from postroom.accounts import policy
@@ -67,6 +68,8 @@ def _arguments(function: Callable[..., Any], args: tuple[Any, ...],
 
 def _target(arguments: Mapping[str, Any]) -> str:
     for value in arguments.values():
+        if isinstance(value, PurePath):
+            return value.name
         if isinstance(value, str | int) and not isinstance(value, bool):
             return str(value)
     return ""
