@@ -167,7 +167,7 @@ def demo(
         with progress_bar("sending", analysis.pending, enabled=not as_json) as advance:
             summary = asyncio.run(app.sending.send(delivery.id, progress=advance))
         report = app.reports.report(delivery.id).to_json()
-        logs = postroom.store.list_logs(delivery.id, limit=10 * recipients + 10)
+        logs = app.deliveries.logs(delivery.id, limit=10 * recipients + 10)
         check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE_ADDRESS)
         if check.sent_logs == 0:
             check.problems.append("no message was sent")
@@ -177,7 +177,7 @@ def demo(
                     ARCHIVE_ADDRESS in m.rcpt_tos and log.message_id and
                     log.message_id.encode() in m.data for m in archive.messages):
                 check.problems.append(f"refused message to {log.email} has an archive copy")
-        postroom.store.close()
+        postroom.close()
     result = {"import": imported.to_json(), "analysis": analysis.to_json(), "report": report,
               "archive_check": {"ok": check.ok, "sent_logs": check.sent_logs,
                                 "refused_logs": check.failed_logs,
