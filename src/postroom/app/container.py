@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from postroom.accounts.actor import Actor
+from postroom.accounts.audit import AuditLog
+from postroom.accounts.guard import GuardedView, guarded
+from postroom.accounts.service import AccountsService
 from postroom.app.archive import ArchiveService
 from postroom.app.context import AppContext
 from postroom.app.deliveries import DeliveryService
@@ -25,12 +29,13 @@ from postroom.app.templates import TemplateService
 from postroom.delivery.plan import Planner
 from postroom.inbound.service import BounceService
 from postroom.settings import Settings
+from postroom.storage.accounts import AccountStore
 from postroom.storage.sql import SqlStore
 
 __all__ = ["SERVICES", "Postroom"]
 
 SERVICES = ("recipients", "templates", "deliveries", "sending", "proofs", "links", "archive",
-            "bounces", "quarantine", "reports", "operations")
+            "bounces", "quarantine", "reports", "operations", "accounts")
 
 
 class Postroom:
@@ -52,6 +57,14 @@ class Postroom:
         self.quarantine = QuarantineService(ctx)
         self.operations = OperationsService(ctx)
         self.reports = ReportService(ctx, self.operations)
+        self.accounts = AccountsService(AccountStore(ctx.store.engine),
+                                        clock=lambda: ctx.clock())
+        self.audit_log = AuditLog(self.accounts.store, lambda: ctx.clock())
+
+    def acting_as(self, actor: Actor) -> GuardedView:
+        """This container as `actor` may use it: each service call checked against the
+        permission table, run as the actor, and audited (accounts/guard.py)."""
+        return guarded(self, actor, self.audit_log)
 
     @property
     def store(self) -> SqlStore:
