@@ -235,11 +235,14 @@ def _inline_fields(text: str) -> str | None:
 
 
 def _context_for(text: str, address: str) -> str:
-    """The human-readable lines about one recipient: the diagnostic when the DSN has none,
-    and where in the SMTP session it failed (Postfix says so only there)."""
+    """The human-readable lines about one recipient (its own block, not the first
+    recipient's): the diagnostic when the DSN has none, and where in the SMTP session it
+    failed (Postfix says so only there)."""
     found = recipients_from_text(text, exclude=(), failed=[address], fallback=(),
                                  action="failed")
-    return found[0].diagnostic if found else text.strip()[:4000]
+    key = address.lower()
+    mine = next((r.diagnostic for r in found if (r.recipient or "").lower() == key), None)
+    return mine if mine is not None else text.strip()[:4000]  # not its own block: all of it
 
 
 def _provider_report(ctx: _Context) -> ParsedBounce | None:

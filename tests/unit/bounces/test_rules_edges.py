@@ -171,3 +171,12 @@ def test_malformed_status_fields_decide_nothing(status: str) -> None:
     for kind in (BounceKind.UNKNOWN, None):
         assert qualify(RULES, status=status, text="Requested action not taken",
                        kind=kind) == Qualification(U, R.UNDEFINED, None)
+
+
+def test_a_reply_status_past_what_the_rules_read_still_counts() -> None:
+    # The reply's enhanced code is taken from the whole reply; the rules read the first
+    # MAX_QUALIFIED characters. A code of the reply's own class is kept as it is.
+    text = "550 " + "x" * 4100 + " 5.1.1"
+    assert qualify_smtp_reply(550, text) == Qualification(
+        H, R.USER_UNKNOWN, "status-user-unknown")
+    assert qualify_smtp_reply(450, text) == Qualification(S, R.UNREACHABLE, "status-temporary")
