@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -57,8 +56,10 @@ def routes(console: Console) -> list[BaseRoute]:
         by_state = Counter(str(d.state) for d in deliveries)
         sending = [d for d in deliveries if str(d.state) == "sending"]
         progress = {d.id: await ctx.call(s.reports.report, d.id) for d in sending[:10]}
-        archive: Any = (await ctx.call(s.archive.status)
-                        if ctx.can("archive:read") else None)
+        archive: dict[str, int] = {}
+        if ctx.can("archive:read"):
+            rows = (await ctx.call(s.archive.status)).deliveries
+            archive = {k: sum(row[k] for row in rows) for k in ("pending", "failed")}
         bounces = (await ctx.call(s.bounces.list_bounces, limit=10)
                    if ctx.can("bounces:read") else [])
         return ctx.render("dashboard.html", by_state=sorted(by_state.items()),

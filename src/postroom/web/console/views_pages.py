@@ -37,6 +37,12 @@ def _field_of(problem: str) -> str:
     return ""
 
 
+def _last_error(row: dict[str, Any]) -> str:
+    """The latest failed copy's reply among the recent ones archive.status gives."""
+    return next((r["reply"] for r in row.get("recent", []) if r["state"] == "failed"
+                 and r["reply"]), "")
+
+
 def routes(console: Console) -> list[BaseRoute]:
     # -- recipients ---------------------------------------------------------------------------
 
@@ -152,7 +158,7 @@ def routes(console: Console) -> list[BaseRoute]:
         if status not in statuses:
             raise InputError(f"status: one of {', '.join(statuses)}")
         rows = await ctx.call(ctx.services.quarantine.list_addresses, statuses=[status],
-                              limit=PAGE * 5)
+                              limit=PAGE * 2)
         return ctx.render("quarantine.html", rows=rows, status=status, statuses=statuses,
                           released=None)
 
@@ -163,14 +169,18 @@ def routes(console: Console) -> list[BaseRoute]:
             raise InputError("no address to release")
         count = await ctx.call(ctx.services.quarantine.release_addresses, [address])
         rows = await ctx.call(ctx.services.quarantine.list_addresses, statuses=["quarantine"],
-                              limit=PAGE * 5)
+                              limit=PAGE * 2)
         return ctx.render("quarantine.html", rows=rows, status="quarantine",
                           statuses=["quarantine", "denylisted", "with_errors"],
                           released=(address, count))
 
     async def archive(ctx: Ctx) -> Response:
         status = await ctx.call(ctx.services.archive.status)
-        return ctx.render("archive.html", status=status)
+        sent: dict[int, int] = {}
+        for row in status.deliveries[:PAGE]:
+            report = await ctx.call(ctx.services.reports.report, row["delivery"])
+            sent[row["delivery"]] = report.by_status.get("sent", 0)
+        return ctx.render("archive.html", status=status, sent=sent, last_error=_last_error)
 
     async def bounces(ctx: Ctx) -> Response:
         s = ctx.services
