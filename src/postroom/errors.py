@@ -7,6 +7,8 @@
     │       └── TemplateLimitError                    ... within its CPU or size bounds
     ├── NotFoundError(PostroomError, LookupError)     a named object does not exist
     ├── PermissionDenied(PostroomError, PermissionError) the actor lacks a permission
+    ├── AuthenticationFailed(PostroomError, PermissionError) bad password or token, disabled user
+    │   └── LoginThrottled                            too many failures from this name and place
     ├── StateError(PostroomError, RuntimeError)       an operation is illegal in the current state
     │   └── ReadOnlyError                             the built-in template cannot be changed
     ├── TransportError(PostroomError, ConnectionError) an SMTP relay could not be used
@@ -19,9 +21,11 @@ Outcomes of sending (accepted, refused, deferred) are values, not exceptions: se
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "ConfigError",
     "DatabaseUnavailable",
     "InputError",
+    "LoginThrottled",
     "NotFoundError",
     "PermissionDenied",
     "PostroomError",
@@ -72,6 +76,19 @@ class PermissionDenied(PostroomError, PermissionError):
         self.permission = permission
         self.actor = actor
         self.role = role
+
+
+class AuthenticationFailed(PostroomError, PermissionError):
+    """A log-in or API token was refused. The message never says whether the name exists."""
+
+
+class LoginThrottled(AuthenticationFailed):
+    """Too many failed log-ins for this name from this address; try again after `retry_after`
+    seconds."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"too many failed log-ins; try again in {int(retry_after) + 1} s")
+        self.retry_after = retry_after
 
 
 class StateError(PostroomError, RuntimeError):

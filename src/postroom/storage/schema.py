@@ -30,23 +30,27 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "UtcDateTime",
     "address_status",
+    "api_tokens",
     "archive_checkpoints",
     "archive_ledger",
     "archive_ledger_head",
     "archive_outbox",
     "as_utc",
     "audience_members",
+    "audit_log",
     "bounce_results",
     "bounces",
     "deliveries",
     "delivery_logs",
     "instance_secrets",
+    "login_throttle",
     "metadata",
     "mirror_pages",
     "qualification_rules",
     "recipients",
     "templates",
     "unqualified_texts",
+    "users",
     "workers",
 ]
 
@@ -333,6 +337,58 @@ bounce_results = Table(
     Column("rule_id", String(64)),
     Column("attributed_by", String(16), nullable=False, default=""),  # verp | message-id
     Column("applied", Boolean, nullable=False, default=False),
+)
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", String(255), nullable=False),  # argon2id, "" when none set
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the token
+    Column("name", String(100), nullable=False, default=""),
+    Column("role", String(32)),  # narrower role than the user's; None: the user's own
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_used_at", UtcDateTime()),
+    Column("revoked_at", UtcDateTime()),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UtcDateTime(), nullable=False, index=True),
+    Column("actor", String(64), nullable=False, index=True),
+    Column("role", String(32), nullable=False),
+    Column("origin", String(16), nullable=False),  # cli | api | console | system
+    Column("remote", String(64)),
+    Column("action", String(64), nullable=False, index=True),  # "<concern>.<method>"
+    Column("target", String(255), nullable=False, default=""),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("outcome", String(16), nullable=False),  # ok | denied | error
+    Column("detail", Text, nullable=False, default=""),
+)
+
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("key", String(64), primary_key=True),  # sha256 of name + remote
+    Column("failures", Integer, nullable=False),
+    Column("first_failure_at", UtcDateTime(), nullable=False),
+    Column("locked_until", UtcDateTime()),
 )
 
 
