@@ -117,24 +117,31 @@ class Console:
                                             headers={"HX-Redirect": "/console/login"}))
                 return self.login_redirect(request)
             ctx = Ctx(request, session, self.postroom.acting_as(session.actor), self)
-            if request.method == "POST":
-                refusal = await self.refuse_forgery(request, session)
-                if refusal is not None:
-                    return refusal
             try:
-                return await handler(ctx)
-            except PermissionDenied as exc:
-                return ctx.render("error.html", status_code=403, title="Not allowed",
-                                  message=str(exc))
-            except NotFoundError as exc:
-                return ctx.render("error.html", status_code=404, title="Not found",
-                                  message=str(exc))
-            except (InputError, StateError) as exc:
-                return ctx.render("error.html", status_code=400 if isinstance(exc, InputError)
-                                  else 409, title="Refused", message=str(exc))
-            except PostroomError as exc:
-                return ctx.render("error.html", status_code=500, title="Error", message=str(exc))
+                if request.method == "POST":
+                    refusal = await self.refuse_forgery(request, session)
+                    if refusal is not None:
+                        return refusal
+                return await self.guarded(handler, ctx)
+            finally:
+                await request.close()  # uploaded files' temporary copies
         return endpoint
+
+    async def guarded(self, handler: Handler, ctx: Ctx) -> Response:
+        """The handler's page, or the service's refusal as a page with its status."""
+        try:
+            return await handler(ctx)
+        except PermissionDenied as exc:
+            return ctx.render("error.html", status_code=403, title="Not allowed",
+                              message=str(exc))
+        except NotFoundError as exc:
+            return ctx.render("error.html", status_code=404, title="Not found",
+                              message=str(exc))
+        except (InputError, StateError) as exc:
+            return ctx.render("error.html", status_code=400 if isinstance(exc, InputError)
+                              else 409, title="Refused", message=str(exc))
+        except PostroomError as exc:
+            return ctx.render("error.html", status_code=500, title="Error", message=str(exc))
 
     async def refuse_forgery(self, request: Request, session: Session | None) -> Response | None:
         """403 unless the POST comes from the console's own origin with the session's token."""
@@ -146,7 +153,7 @@ class Console:
             return None
         offered = request.headers.get("x-csrf-token")
         if offered is None:
-            form = await request.form(max_fields=MAX_FORM_FIELDS)
+            form = await request.form(max_fields=MAX_FORM_FIELDS, max_files=1)
             value = form.get("csrf")
             offered = value if isinstance(value, str) else None
         if not csrf_ok(session, offered):

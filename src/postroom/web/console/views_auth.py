@@ -26,7 +26,7 @@ def routes(console: Console) -> list[BaseRoute]:
         refusal = await console.refuse_forgery(request, None)
         if refusal is not None:
             return refusal
-        form = await request.form(max_fields=10)
+        form = await request.form(max_fields=10, max_files=0)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         if not name or not password or len(name) + len(password) > MAX_CREDENTIAL:
             return console.render("login.html", status_code=400, name=name[:100],

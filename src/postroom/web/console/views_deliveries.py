@@ -114,8 +114,9 @@ def routes(console: Console) -> list[BaseRoute]:
         delivery_id = _id(ctx)
         status = ctx.request.query_params.get("status") or None
         delivery = await ctx.call(ctx.services.deliveries.get_delivery, delivery_id)
-        rows = await ctx.call(ctx.services.deliveries.logs, delivery_id, status=status)
-        return ctx.render("logs.html", d=delivery, logs=rows[:LOG_PAGE], total=len(rows),
+        rows = await ctx.call(ctx.services.deliveries.logs, delivery_id, status=status,
+                              limit=LOG_PAGE)
+        return ctx.render("logs.html", d=delivery, logs=rows, more=len(rows) == LOG_PAGE,
                           status=status or "", statuses=list(LogStatus))
 
     return [

@@ -1,0 +1,166 @@
+"""The console's pages, sessions and forgery checks through Starlette's TestClient, on SQLite
+with a real capture SMTP server (the browser flows are in tests/browser/test_console.py)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():  # Starlette asks for `httpx2`, not in the offline index
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+from postroom.testing.smtp_server import CaptureServer
+from postroom.web.app import create_app
+from tests.conftest import write_csv
+
+PASSWORD = "correct horse battery staple"
+ORIGIN = {"Origin": "http://testserver"}
+
+
+@pytest.fixture
+def postroom(make_postroom: Callable[..., Any], capture: Callable[..., CaptureServer],
+             sqlite_url: str, tmp_path: Path) -> Any:
+    postroom = make_postroom(sqlite_url, capture(), bcc=False)
+    postroom.accounts.create_user("admin", "admin", PASSWORD)
+    postroom.accounts.create_user("vera", "viewer", PASSWORD)
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
+        {"email": "kim@example.org", "first_name": "<script>alert(1)</script>"}]))
+    return postroom
+
+
+@pytest.fixture
+def client(postroom: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(postroom), follow_redirects=False) as client:
+        yield client
+
+
+def log_in(client: TestClient, name: str = "admin") -> str:
+    response = client.post("/console/login", data={"name": name, "password": PASSWORD},
+                           headers=ORIGIN)
+    assert response.status_code == 303, response.text
+    return csrf_of(client)
+
+
+def csrf_of(client: TestClient) -> str:
+    page = client.get("/console/").text
+    marker = '"X-CSRF-Token": "'
+    return page[page.index(marker) + len(marker):].split('"', 1)[0]
+
+
+def test_pages_need_a_session(client: TestClient) -> None:
+    for path in ("/console/", "/console/deliveries", "/console/recipients"):
+        response = client.get(path)
+        assert response.status_code == 303 and response.headers["location"] == "/console/login"
+    assert client.get("/console/deliveries", headers={"HX-Request": "true"}).status_code == 401
+
+
+def test_log_in_sets_a_strict_http_only_cookie_and_log_out_ends_it(client: TestClient) -> None:
+    response = client.post("/console/login", data={"name": "admin", "password": PASSWORD},
+                           headers=ORIGIN)
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    csrf = csrf_of(client)
+    session = client.cookies["postroom_session"]
+    assert client.post("/console/logout", data={"csrf": csrf},
+                       headers=ORIGIN).status_code == 303
+    client.cookies.set("postroom_session", session)              # replaying the old cookie
+    assert client.get("/console/").status_code == 303
+
+
+def test_wrong_password_and_unknown_name_get_the_same_refusal(client: TestClient) -> None:
+    wrong = client.post("/console/login", data={"name": "admin", "password": "nope"},
+                        headers=ORIGIN)
+    unknown = client.post("/console/login", data={"name": "nobody", "password": "nope"},
+                          headers=ORIGIN)
+    assert wrong.status_code == unknown.status_code == 401
+    assert "wrong name or password" in wrong.text and "wrong name or password" in unknown.text
+    assert "postroom_session" not in client.cookies
+
+
+def test_repeated_failures_throttle_the_log_in(client: TestClient) -> None:
+    for _ in range(10):
+        response = client.post("/console/login", data={"name": "admin", "password": "x"},
+                               headers=ORIGIN)
+    assert response.status_code == 401
+    right = client.post("/console/login", data={"name": "admin", "password": PASSWORD},
+                        headers=ORIGIN)
+    assert right.status_code == 401 and "postroom_session" not in client.cookies
+
+
+def test_a_post_needs_the_consoles_origin_and_the_sessions_csrf_token(
+        client: TestClient) -> None:
+    assert client.post("/console/login", data={"name": "admin",
+                                               "password": PASSWORD}).status_code == 403
+    assert client.post("/console/login", data={"name": "admin", "password": PASSWORD},
+                       headers={"Origin": "http://evil.example"}).status_code == 403
+    csrf = log_in(client)
+    data = {"name": "t1", "copy_of": "default"}
+    assert client.post("/console/templates", data=data, headers=ORIGIN).status_code == 403
+    assert client.post("/console/templates", data={**data, "csrf": "x" * 43},
+                       headers=ORIGIN).status_code == 403
+    assert client.post("/console/templates", data={**data, "csrf": csrf},
+                       headers={"Origin": "http://evil.example"}).status_code == 403
+    ok = client.post("/console/templates", data={**data, "csrf": csrf}, headers=ORIGIN)
+    assert ok.status_code == 303 and ok.headers["location"] == "/console/templates/t1"
+    # htmx sends the token as a header; the Referer stands in for a missing Origin
+    assert client.post("/console/templates", data={"name": "t2", "copy_of": "default"},
+                       headers={"X-CSRF-Token": csrf,
+                                "Referer": "http://testserver/console/templates"}
+                       ).status_code == 303
+
+
+def test_every_page_renders_with_a_csp_and_escapes_recipient_data(client: TestClient) -> None:
+    log_in(client)
+    for path in ("/console/", "/console/deliveries", "/console/recipients",
+                 "/console/recipients/history?email=kim@example.org", "/console/templates",
+                 "/console/templates/default", "/console/quarantine", "/console/archive",
+                 "/console/bounces"):
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.text)
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "<script>alert(1)" not in response.text, path
+    assert "&lt;script&gt;alert(1)" in client.get("/console/recipients").text
+    assert client.get("/console/static/htmx-2.0.4.min.js").status_code == 200
+
+
+def test_the_preview_is_sandboxed_and_shows_the_recipients_data_escaped(
+        client: TestClient) -> None:
+    log_in(client)
+    response = client.get("/console/templates/default/preview",
+                          params={"recipient": "kim@example.org", "part": "html"})
+    assert response.status_code == 200
+    policy = response.headers["content-security-policy"]
+    assert "sandbox" in policy and "script-src" not in policy
+    assert "frame-ancestors 'self'" in policy
+    assert "&lt;script&gt;alert(1)" in response.text
+
+
+def test_a_viewer_is_refused_by_the_service_layer_and_sees_no_manage_forms(
+        client: TestClient, postroom: Any) -> None:
+    csrf = log_in(client, "vera")
+    page = client.get("/console/templates").text
+    assert 'id="create-template"' not in page
+    response = client.post("/console/templates", data={"name": "x", "csrf": csrf},
+                           headers=ORIGIN)
+    assert response.status_code == 403 and "templates:manage" in response.text
+    assert [t.name for t in postroom.templates.list_templates()] == ["default"]
+
+
+def test_bad_input_gets_a_clear_refusal_not_a_500(client: TestClient) -> None:
+    csrf = log_in(client)
+    assert client.get("/console/deliveries/abc").status_code == 400
+    assert client.get("/console/deliveries/999").status_code == 404
+    assert client.get("/console/templates/nope").status_code == 404
+    bad = client.post("/console/deliveries", data={"template": "nope", "csrf": csrf},
+                      headers=ORIGIN)
+    assert bad.status_code == 404
+    assert client.get("/console/quarantine?status=bogus").status_code == 400
+    empty = client.post("/console/recipients/import", data={"csrf": csrf}, headers=ORIGIN)
+    assert empty.status_code == 400 and "choose a CSV file" in empty.text
