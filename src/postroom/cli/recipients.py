@@ -22,7 +22,7 @@ def import_(
     row was refused."""
     postroom = state(ctx).postroom()
     with progress_bar("importing", None, enabled=not as_json) as advance:
-        report = postroom.import_recipients(file, encoding=encoding, progress=advance)
+        report = postroom.recipients.import_recipients(file, encoding=encoding, progress=advance)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -39,5 +39,5 @@ def import_(
 @app.command("count")
 def count(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """How many recipients the database holds."""
-    total = state(ctx).postroom().store.count_recipients()
+    total = state(ctx).postroom().recipients.count_recipients()
     emit_json({"recipients": total}) if as_json else console.print(f"{total} recipients")

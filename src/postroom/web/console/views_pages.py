@@ -10,6 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute
 
+from postroom.domain.outcomes import FailureReason
 from postroom.errors import InputError, TemplateError
 from postroom.web.console.app import PREVIEW_POLICY, Console, Ctx, redirect, route, secured
 
@@ -48,10 +49,9 @@ def routes(console: Console) -> list[BaseRoute]:
 
     async def recipients(ctx: Ctx) -> Response:
         search = _q(ctx, "q")
-        rows = await ctx.call(ctx.services.recipients.list_recipients, search=search or None,
-                              limit=PAGE)
-        total = await ctx.call(ctx.services.recipients.count_recipients)
-        return ctx.render("recipients.html", rows=rows, total=total, q=search, report=None)
+        found = await ctx.call(ctx.services.recipients.list_recipients, search=search or None,
+                               limit=PAGE)
+        return ctx.render("recipients.html", page=found, q=search, report=None)
 
     async def import_csv(ctx: Ctx) -> Response:
         form = await _form(ctx, files=1)
@@ -68,15 +68,15 @@ def routes(console: Console) -> list[BaseRoute]:
                         raise InputError(f"the file is over {MAX_UPLOAD // 2**20} MB")
                     out.write(chunk)
             report = await ctx.call(ctx.services.recipients.import_recipients, path)
-        rows = await ctx.call(ctx.services.recipients.list_recipients, search=None, limit=PAGE)
-        total = await ctx.call(ctx.services.recipients.count_recipients)
-        return ctx.render("recipients.html", rows=rows, total=total, q="", report=report,
+        found = await ctx.call(ctx.services.recipients.list_recipients, limit=PAGE)
+        return ctx.render("recipients.html", page=found, q="", report=report,
                           filename=upload.filename)
 
     async def history(ctx: Ctx) -> Response:
         email = _q(ctx, "email")
         found = await ctx.call(ctx.services.recipients.recipient_history, email)
-        return ctx.render("recipient.html", email=email, history=found)
+        return ctx.render("recipient.html", email=email, history=found,
+                          reason_label=lambda code: FailureReason(code).label)
 
     # -- templates ----------------------------------------------------------------------------
 
@@ -125,8 +125,8 @@ def routes(console: Console) -> list[BaseRoute]:
         by_field: dict[str, list[str]] = {}
         for problem in problems:
             by_field.setdefault(_field_of(problem), []).append(problem)
-        samples = await ctx.call(ctx.services.recipients.list_recipients, search=None,
-                                 limit=20)
+        samples = (await ctx.call(ctx.services.recipients.list_recipients,
+                                  limit=20)).recipients
         return ctx.render("template.html", status_code=status_code, t=found, value=value,
                           problems=by_field, saved=saved, samples=samples)
 
@@ -138,6 +138,9 @@ def routes(console: Console) -> list[BaseRoute]:
             raise InputError("part: html or text")
         shown = await ctx.call(ctx.services.templates.preview, name,
                                recipient=_q(ctx, "recipient") or None)
+        if shown.problems:
+            return secured(Response("\n".join(shown.problems), status_code=422,
+                                    media_type="text/plain; charset=utf-8"), PREVIEW_POLICY)
         if part == "text":
             return secured(Response(shown.text, media_type="text/plain; charset=utf-8"),
                            PREVIEW_POLICY)
