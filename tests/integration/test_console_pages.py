@@ -164,3 +164,53 @@ def test_bad_input_gets_a_clear_refusal_not_a_500(client: TestClient) -> None:
     assert client.get("/console/quarantine?status=bogus").status_code == 400
     empty = client.post("/console/recipients/import", data={"csrf": csrf}, headers=ORIGIN)
     assert empty.status_code == 400 and "choose a CSV file" in empty.text
+
+
+def test_template_problems_are_shown_next_to_their_field(client: TestClient) -> None:
+    csrf = log_in(client)
+    client.post("/console/templates", data={"name": "t1", "csrf": csrf}, headers=ORIGIN)
+    response = client.post("/console/templates/t1", headers=ORIGIN, data={
+        "csrf": csrf, "subject": "Hello", "html": "<p>{% if %}</p>", "text": "fine"})
+    assert response.status_code == 400
+    page = response.text
+    problems = page[page.index('data-field="html"'):]
+    assert "html, line 1" in problems[:500]
+    assert page.index('name="html"') < page.index('data-field="html"') < page.index(
+        'name="text"')                                   # under the HTML field, not elsewhere
+    assert "{% if %}" in page                             # what was typed is kept
+
+
+def test_on_postgresql_a_send_is_left_to_workers_and_the_page_follows(
+        make_postroom: Callable[..., Any], capture: Callable[..., CaptureServer],
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.conftest import _postgres_url
+
+    urls = _postgres_url()
+    url = next(urls)
+    try:
+        relay = capture()
+        postroom = make_postroom(url, relay, bcc=False)
+        postroom.accounts.create_user("admin", "admin", PASSWORD)
+        postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
+            {"email": f"p{i}@example.org"} for i in range(5)]))
+        postroom.templates.create_template("t", {"subject": "Hi", "html": "<p>Hi</p>",
+                                                 "from_address": "news@shop.example"})
+        delivery, _ = postroom.deliveries.create_delivery("t")
+        with TestClient(create_app(postroom), follow_redirects=False) as client:
+            csrf = log_in(client)
+            started = client.post(f"/console/deliveries/{delivery.id}/send",
+                                  headers={**ORIGIN, "X-CSRF-Token": csrf})
+            assert started.status_code == 200 and 'id="state">sending<' in started.text
+            assert 'hx-trigger="every 1s"' in started.text      # the page polls
+            assert relay.messages == []                         # nothing sent by the server
+            halt = asyncio.Event()
+            asyncio.run(postroom.sending.work(halt, until_idle=True))
+            followed = client.get(f"/console/deliveries/{delivery.id}/progress")
+            assert 'id="state">finished<' in followed.text
+            assert 'id="count-sent">5<' in followed.text
+            assert "hx-trigger" not in followed.text            # polling stops
+            postroom.close()
+    finally:
+        urls.close()
