@@ -159,7 +159,7 @@ class GuardedView:
         if policy.audited(key) and key in SNAPSHOTS:
             try:
                 before = SNAPSHOTS[key](self._container, arguments)
-            except PostroomError:  # nothing there: the call itself will say so
+            except (PostroomError, AttributeError):  # nothing there: the call will say so
                 before = None
         return _Call(arguments, before)
 
