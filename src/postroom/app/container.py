@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from functools import cached_property
 
 from postroom.accounts.actor import Actor
 from postroom.accounts.audit import AuditLog
@@ -65,20 +64,6 @@ class Postroom:
     def acting_as(self, actor: Actor) -> GuardedView:
         """This container as `actor` may use it: each service call checked against the
         permission table, run as the actor, and audited (accounts/guard.py)."""
-        return guarded(self, actor, self.audit_log)
-
-    @cached_property
-    def accounts(self) -> AccountsService:
-        """Users, API tokens, log-in and the audit listing."""
-        return AccountsService(AccountStore(self.context.store.engine),
-                               clock=lambda: self.context.clock())
-
-    @cached_property
-    def audit_log(self) -> AuditLog:
-        return AuditLog(self.accounts.store, lambda: self.context.clock())
-
-    def acting_as(self, actor: Actor) -> GuardedView:
-        """This container as `actor` may use it: every service call checked and audited."""
         return guarded(self, actor, self.audit_log)
 
     @property
