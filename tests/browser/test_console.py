@@ -126,6 +126,10 @@ def test_import_a_csv_with_bad_rows_and_see_them_reported(site: Site, page: Any,
     page.click("text=Search")
     assert page.locator("table >> text=farah@example.org").count() == 1
     shot(page, "recipients")
+    page.click("text=farah@example.org")
+    assert page.locator("h1").inner_text() == "farah@example.org"
+    assert page.locator("#address-status").inner_text() == "valid"
+    shot(page, "recipient")
 
 
 def test_create_a_template_and_preview_it_as_two_recipients(site: Site, page: Any) -> None:
@@ -215,6 +219,16 @@ def test_release_a_quarantined_address(site: Site, page: Any, tmp_path: Path) ->
     row.locator("button", has_text="Release").click()
     assert "gone@example.org: released" in page.locator("#released").inner_text()
     assert pr.quarantine.get_address("gone@example.org").status == "valid"
+    page.click("nav >> text=Bounces")
+    page.fill("textarea[name=text]", "550 5.1.1 <kim@example.org>: Recipient address "
+              "rejected: User unknown in virtual mailbox table")
+    page.click("#test-rule")
+    assert "hard" in page.locator("#tested").inner_text()
+    shot(page, "bounces")
+    page.click("nav >> text=Audit")
+    row = page.locator("tr", has_text="quarantine.release_addresses")
+    assert "admin" in row.inner_text() and "console" in row.inner_text()
+    shot(page, "audit")
 
 
 def test_a_viewer_sees_no_send_button(site: Site, page: Any) -> None:

@@ -120,7 +120,7 @@ def test_every_page_renders_with_a_csp_and_escapes_recipient_data(client: TestCl
     for path in ("/console/", "/console/deliveries", "/console/recipients",
                  "/console/recipients/history?email=kim@example.org", "/console/templates",
                  "/console/templates/default", "/console/quarantine", "/console/archive",
-                 "/console/bounces"):
+                 "/console/bounces", "/console/audit"):
         response = client.get(path)
         assert response.status_code == 200, (path, response.text)
         policy = response.headers["content-security-policy"]
@@ -214,3 +214,22 @@ def test_on_postgresql_a_send_is_left_to_workers_and_the_page_follows(
             postroom.close()
     finally:
         urls.close()
+
+
+def test_an_operator_cannot_turn_email_bcc_off(client: TestClient, postroom: Any) -> None:
+    postroom.accounts.create_user("otto", "operator", PASSWORD)
+    postroom.templates.create_template("archived", {
+        "subject": "Hi", "html": "<p>Hi</p>", "from_address": "news@shop.example",
+        "email_bcc": True})
+    csrf = log_in(client, "otto")
+    editor = client.get("/console/templates/archived").text
+    assert 'id="bcc-locked"' in editor                   # the switch is shown, locked on
+    refused = client.post("/console/deliveries", headers=ORIGIN, data={
+        "csrf": csrf, "template": "archived", "email_bcc": "off"})
+    assert refused.status_code == 403 and "archive:manage" in refused.text
+    assert postroom.deliveries.list_deliveries() == []
+    made = client.post("/console/deliveries", headers=ORIGIN, data={
+        "csrf": csrf, "template": "archived", "email_bcc": ""})
+    assert made.status_code == 303
+    [delivery] = postroom.deliveries.list_deliveries()
+    assert delivery.properties.email_bcc is True

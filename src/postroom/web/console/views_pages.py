@@ -10,6 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute
 
+from postroom.accounts.records import AuditFilter
 from postroom.domain.outcomes import FailureReason
 from postroom.errors import InputError, TemplateError
 from postroom.web.console.app import PREVIEW_POLICY, Console, Ctx, redirect, route, secured
@@ -204,7 +205,18 @@ def routes(console: Console) -> list[BaseRoute]:
                           unqualified=await ctx.call(s.bounces.list_unqualified),
                           tested=tested, text=text)
 
+    async def audit(ctx: Ctx) -> Response:
+        actor = _q(ctx, "actor") or None
+        action = _q(ctx, "action") or None
+        before = _q(ctx, "before")
+        entries = await ctx.call(ctx.services.accounts.audit,
+                                 AuditFilter(actor=actor, action=action), limit=PAGE,
+                                 before_id=int(before) if before.isdigit() else None)
+        return ctx.render("audit.html", entries=entries, actor=actor or "",
+                          action=action or "", more=len(entries) == PAGE)
+
     return [
+        route(console, "/audit", audit),
         route(console, "/recipients", recipients),
         route(console, "/recipients/import", import_csv, ["POST"]),
         route(console, "/recipients/history", history),
