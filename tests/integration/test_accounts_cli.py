@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from postroom.settings import Settings
 from postroom.testing.smtp_server import CaptureServer
+from postroom.wiring import build
 from tests.integration.test_cli import Cli
 
 PASSWORD = "long enough password"
@@ -78,3 +80,26 @@ def test_users_tokens_and_the_audit_log(cli: Cli, tmp_path: Path) -> None:
                                  for row in conn.execute(text(f"SELECT * FROM {table}"))])
     engine.dispose()
     assert PASSWORD not in everything and token not in everything and token[3:] not in everything
+
+
+def test_the_demo_makes_an_admin_whose_password_it_prints_once(cli: Cli, tmp_path: Path) -> None:
+    out = cli.json("demo", "--dir", str(tmp_path / "demo"), "--recipients", "3")
+    console = out["console"]
+    assert console["user"] == "admin" and len(console["password"]) >= 16
+    assert console["serve"].endswith("postroom.toml serve") and console["url"].startswith("http")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'demo' / 'postroom.db'}")
+    postroom = build(settings)
+    try:
+        admin = postroom.accounts.authenticate_password("admin", console["password"],
+                                                        remote=None)
+        assert admin.role == "admin"
+        actions = [e.action for e in reversed(postroom.accounts.audit())]
+        assert actions[:3] == ["accounts.create_user", "recipients.import_recipients",
+                               "templates.create_template"]
+        assert "sending.send" in actions
+    finally:
+        postroom.close()
+    listed = subprocess.run(
+        [sys.executable, "-m", "postroom", "--config", str(tmp_path / "demo" / "postroom.toml"),
+         "users", "list", "--json"], capture_output=True, text=True, env=cli.env, timeout=120)
+    assert [u["name"] for u in json.loads(listed.stdout)] == ["admin"]
