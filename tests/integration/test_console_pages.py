@@ -233,3 +233,53 @@ def test_an_operator_cannot_turn_email_bcc_off(client: TestClient, postroom: Any
     assert made.status_code == 303
     [delivery] = postroom.deliveries.list_deliveries()
     assert delivery.properties.email_bcc is True
+
+
+def test_pause_resume_and_stop_a_send_running_in_the_server(
+        make_postroom: Callable[..., Any], capture: Callable[..., CaptureServer],
+        sqlite_url: str, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from postroom.testing.smtp_server import Hold, Script
+
+    gate = threading.Event()
+    relay = capture(script=Script().on_data(lambda _: True, Hold(gate)))
+    postroom = make_postroom(sqlite_url, relay, bcc=False)
+    postroom.accounts.create_user("sam", "sender", PASSWORD)
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
+        {"email": f"p{i}@example.org"} for i in range(30)]))
+    postroom.templates.create_template("t", {"subject": "Hi", "html": "<p>Hi</p>",
+                                             "from_address": "news@shop.example"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    url = f"/console/deliveries/{delivery.id}"
+    try:
+        with TestClient(create_app(postroom), follow_redirects=False) as client:
+            csrf = log_in(client, "sam")
+            post = {"headers": {**ORIGIN, "X-CSRF-Token": csrf}}
+            sending = client.post(f"{url}/send", **post).text
+            assert 'id="state">sending<' in sending and 'id="pause"' in sending
+            paused = client.post(f"{url}/pause", **post).text
+            assert 'id="state">paused<' in paused and 'id="resume"' in paused
+            assert "hx-trigger" not in paused                    # nothing to follow
+            resumed = client.post(f"{url}/resume", **post).text
+            assert 'id="state">sending<' in resumed and 'hx-trigger="every 1s"' in resumed
+            stopped = client.post(f"{url}/stop", **post).text
+            assert 'id="state">stopped<' in stopped and 'id="resume"' not in stopped
+            gate.set()
+            deadline = time.monotonic() + 20
+            while postroom.deliveries.pending_count(delivery.id) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            console = client.app.routes[-1].app.state.console  # type: ignore[attr-defined]
+            while console.tasks and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not console.tasks
+    finally:
+        gate.set()
+    report = postroom.reports.report(delivery.id)
+    assert str(report.delivery.state) == "stopped"
+    assert report.by_status.get("pending", 0) == 0
+    assert report.by_status.get("cancelled", 0) > 0               # the rest were never sent
+    actions = [e.action for e in postroom.accounts.audit(limit=50)]
+    for action in ("deliveries.pause", "deliveries.resume", "deliveries.stop"):
+        assert action in actions
