@@ -172,6 +172,10 @@ def test_delivery_with_email_bcc_prepare_proof_send_live(site: Site, page: Any) 
     page.wait_for_selector("#analysis-result")
     assert page.locator("#targets").inner_text() == str(len(PEOPLE))
     assert page.locator("#to-send").inner_text() == str(len(PEOPLE))
+    page.fill("input[name=to]", "not an address")
+    page.click("#send-proof")                        # refused: said in the page, no reload
+    assert "Refused" in page.locator("#flash [role=alert]").inner_text()
+    assert page.locator("#analysis-result").count() == 1
     page.fill("input[name=to]", "proof@shop.example")
     page.click("#send-proof")
     page.wait_for_selector("#proof-report")

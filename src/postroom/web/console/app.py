@@ -128,20 +128,28 @@ class Console:
         return endpoint
 
     async def guarded(self, handler: Handler, ctx: Ctx) -> Response:
-        """The handler's page, or the service's refusal as a page with its status."""
+        """The handler's page, or the service's refusal with its status: a page, or for an
+        htmx request a message htmx puts in the page's ``#flash`` (HX-Retarget)."""
         try:
             return await handler(ctx)
         except PermissionDenied as exc:
-            return ctx.render("error.html", status_code=403, title="Not allowed",
-                              message=str(exc))
+            return self.refusal(ctx, 403, "Not allowed", exc)
         except NotFoundError as exc:
-            return ctx.render("error.html", status_code=404, title="Not found",
-                              message=str(exc))
-        except (InputError, StateError) as exc:
-            return ctx.render("error.html", status_code=400 if isinstance(exc, InputError)
-                              else 409, title="Refused", message=str(exc))
+            return self.refusal(ctx, 404, "Not found", exc)
+        except InputError as exc:
+            return self.refusal(ctx, 400, "Refused", exc)
+        except StateError as exc:
+            return self.refusal(ctx, 409, "Refused", exc)
         except PostroomError as exc:
-            return ctx.render("error.html", status_code=500, title="Error", message=str(exc))
+            return self.refusal(ctx, 500, "Error", exc)
+
+    def refusal(self, ctx: Ctx, status: int, title: str, exc: Exception) -> Response:
+        if ctx.request.headers.get("hx-request"):
+            response = ctx.render("_flash.html", status_code=status, title=title,
+                                  message=str(exc))
+            response.headers.update({"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"})
+            return response
+        return ctx.render("error.html", status_code=status, title=title, message=str(exc))
 
     async def refuse_forgery(self, request: Request, session: Session | None) -> Response | None:
         """403 unless the POST comes from the console's own origin with the session's token."""
