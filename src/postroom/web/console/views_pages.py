@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse, Response
@@ -95,7 +96,7 @@ def routes(console: Console) -> list[BaseRoute]:
             await ctx.call(ctx.services.templates.create_template, name, {
                 "subject": "Hello {{ recipient.first_name }}",
                 "html": "<p>Hello {{ recipient.first_name }}</p>"})
-        return redirect(f"/console/templates/{name}")
+        return redirect(f"/console/templates/{quote(name, safe='')}")
 
     async def template(ctx: Ctx) -> Response:
         name = ctx.request.path_params["name"]
