@@ -283,3 +283,25 @@ def test_pause_resume_and_stop_a_send_running_in_the_server(
     actions = [e.action for e in postroom.accounts.audit(limit=50)]
     for action in ("deliveries.pause", "deliveries.resume", "deliveries.stop"):
         assert action in actions
+
+
+def test_add_test_and_delete_a_qualification_rule(client: TestClient, postroom: Any) -> None:
+    csrf = log_in(client)
+    reply = "550 5.7.1 Message rejected by ACME Shield policy #4711"
+    added = client.post("/console/bounces/rules", headers=ORIGIN, data={
+        "csrf": csrf, "rule_id": "acme-shield", "pattern": "ACME Shield", "status": "",
+        "failure_type": "hard", "reason": "20", "position": "1", "description": "ACME"})
+    assert added.status_code == 200 and "rule acme-shield added at position 1" in added.text
+    tested = client.post("/console/bounces/test-rule", headers=ORIGIN,
+                         data={"csrf": csrf, "text": reply})
+    assert "Rule <b>acme-shield</b>" in tested.text
+    bad = client.post("/console/bounces/rules", headers=ORIGIN, data={
+        "csrf": csrf, "rule_id": "broken", "pattern": "(", "failure_type": "hard",
+        "reason": "20"})
+    assert bad.status_code == 400 and "not a valid regular expression" in bad.text
+    gone = client.post("/console/bounces/rules/delete", headers=ORIGIN,
+                       data={"csrf": csrf, "rule_id": "acme-shield"})
+    assert gone.status_code == 200
+    assert "acme-shield" not in [r.id for r in postroom.bounces.rules()]
+    actions = [e.action for e in postroom.accounts.audit(limit=20)]
+    assert "bounces.add_rule" in actions and "bounces.delete_rule" in actions

@@ -93,7 +93,7 @@ class Console:
         self.env = Environment(loader=FileSystemLoader(_HERE / "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True),
                                trim_blocks=True, lstrip_blocks=True)
-        self.tasks: set[asyncio.Task[Any]] = set()  # sends running in this process
+        self.tasks: dict[int, asyncio.Task[Any]] = {}  # sends running here, by delivery
         self.send_errors: dict[int, str] = {}  # the last in-process send's failure, by delivery
 
     # -- responses ---------------------------------------------------------------------------

@@ -93,13 +93,13 @@ def routes(console: Console) -> list[BaseRoute]:
 
     async def send(ctx: Ctx) -> Response:
         delivery_id = _id(ctx)
-        if _in_process(console):
-            await ctx.call(ctx.services.deliveries.start, delivery_id)
+        await ctx.call(ctx.services.deliveries.start, delivery_id)  # analysis errors: now
+        running = console.tasks.get(delivery_id)
+        if _in_process(console) and (running is None or running.done()):
+            console.send_errors.pop(delivery_id, None)
             task = asyncio.create_task(ctx.services.sending.send(delivery_id))
-            console.tasks.add(task)
+            console.tasks[delivery_id] = task
             task.add_done_callback(_finished(console, delivery_id))
-        else:
-            await ctx.call(ctx.services.deliveries.start, delivery_id)
         return await progress(ctx)
 
     def control(method: str) -> Any:
@@ -144,7 +144,8 @@ def _progress_values(ctx: Ctx, delivery: Any, report: Any) -> dict[str, Any]:
 
 def _finished(console: Console, delivery_id: int) -> Any:
     def done(task: asyncio.Task[Any]) -> None:
-        console.tasks.discard(task)
+        if console.tasks.get(delivery_id) is task:
+            del console.tasks[delivery_id]
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("sending delivery #%s failed: %s", delivery_id, exc)

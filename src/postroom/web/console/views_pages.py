@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute
 
 from postroom.accounts.records import AuditFilter
-from postroom.domain.outcomes import FailureReason
+from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.errors import InputError, TemplateError
 from postroom.web.console.app import PREVIEW_POLICY, Console, Ctx, redirect, route, secured
 
@@ -187,24 +187,44 @@ def routes(console: Console) -> list[BaseRoute]:
             sent[row["delivery"]] = report.by_status.get("sent", 0)
         return ctx.render("archive.html", status=status, sent=sent, last_error=_last_error)
 
-    async def bounces(ctx: Ctx) -> Response:
+    async def bounces_page(ctx: Ctx, *, tested: Any = None, text: str = "",
+                           note: str = "") -> Response:
         s = ctx.services
-        rows = await ctx.call(s.bounces.list_bounces, limit=PAGE)
-        rules = await ctx.call(s.bounces.rules)
-        unqualified = await ctx.call(s.bounces.list_unqualified)
-        return ctx.render("bounces.html", bounces=rows, rules=rules, unqualified=unqualified,
-                          tested=None, text="")
-
-    async def test_rule(ctx: Ctx) -> Response:
-        form = await _form(ctx)
-        text = str(form.get("text", ""))[:10_000]
-        s = ctx.services
-        tested = await ctx.call(s.bounces.test_rule, text)
         return ctx.render("bounces.html", bounces=await ctx.call(s.bounces.list_bounces,
                                                                  limit=PAGE),
                           rules=await ctx.call(s.bounces.rules),
                           unqualified=await ctx.call(s.bounces.list_unqualified),
-                          tested=tested, text=text)
+                          tested=tested, text=text, note=note,
+                          types=[str(t) for t in FailureType], reasons=list(FailureReason))
+
+    async def bounces(ctx: Ctx) -> Response:
+        return await bounces_page(ctx)
+
+    async def test_rule(ctx: Ctx) -> Response:
+        form = await _form(ctx)
+        text = str(form.get("text", ""))[:10_000]
+        tested = await ctx.call(ctx.services.bounces.test_rule, text)
+        return await bounces_page(ctx, tested=tested, text=text)
+
+    async def add_rule(ctx: Ctx) -> Response:
+        form = await _form(ctx)
+        position, reason = str(form.get("position", "")), str(form.get("reason", ""))
+        if not reason.isdigit() or (position and not position.isdigit()):
+            raise InputError("reason and position are numbers")
+        row = await ctx.call(ctx.services.bounces.add_rule,
+                             rule_id=str(form.get("rule_id", "")).strip(),
+                             pattern=str(form.get("pattern", "")),
+                             status=str(form.get("status", "")).strip(),
+                             failure_type=str(form.get("failure_type", "")),
+                             reason=int(reason), description=str(form.get("description", "")),
+                             position=int(position) if position else None)
+        return await bounces_page(ctx, note=f"rule {row.id} added at position {row.position}")
+
+    async def delete_rule(ctx: Ctx) -> Response:
+        form = await _form(ctx)
+        rule_id = str(form.get("rule_id", ""))
+        await ctx.call(ctx.services.bounces.delete_rule, rule_id)
+        return await bounces_page(ctx, note=f"rule {rule_id} deleted")
 
     async def audit(ctx: Ctx) -> Response:
         actor = _q(ctx, "actor") or None
@@ -232,4 +252,6 @@ def routes(console: Console) -> list[BaseRoute]:
         route(console, "/archive", archive),
         route(console, "/bounces", bounces),
         route(console, "/bounces/test-rule", test_rule, ["POST"]),
+        route(console, "/bounces/rules", add_rule, ["POST"]),
+        route(console, "/bounces/rules/delete", delete_rule, ["POST"]),
     ]
