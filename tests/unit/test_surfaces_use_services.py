@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "postroom"
-SURFACES = sorted([*PACKAGE.glob("cli/*.py"), *PACKAGE.glob("web/*.py")])
+SURFACES = sorted([*PACKAGE.glob("cli/*.py"), *PACKAGE.glob("web/**/*.py")])
 # The container's attributes that are not services; `store` is for wiring, tests and benches.
 FORBIDDEN = {"store", "context"}
 

@@ -109,7 +109,7 @@ def _serve_command(directory: Path) -> str:
 
 def _console_url() -> str:
     web = WebSettings()
-    return f"http://{web.host}:{web.port}/"
+    return f"http://{web.host}:{web.port}/console/"
 
 
 def write_config(directory: Path) -> None:

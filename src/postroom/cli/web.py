@@ -14,7 +14,7 @@ def serve(
     host: str | None = typer.Option(None, help="Listen address (default: web.host)."),
     port: int | None = typer.Option(None, help="Port (default: web.port)."),
 ) -> None:
-    """Serve mirror pages and one-click unsubscribe over HTTP."""
+    """Serve the console (/console/), mirror pages and one-click unsubscribe over HTTP."""
     import uvicorn
 
     from postroom.web.app import create_app

@@ -22,10 +22,11 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Message
 
 from postroom.app import Postroom
+from postroom.web.console import create_console
 from postroom.web.metrics import metrics_registry, render_metrics
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -170,4 +171,6 @@ def create_app(postroom: Postroom) -> Starlette:
         Route("/u/{token}", unsubscribe, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Mount("/console", app=create_console(
+            postroom, https=postroom.settings.web.base_url.startswith("https:"))),
     ])
