@@ -22,6 +22,10 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from postroom.accounts.actor import Actor
+from postroom.accounts.audit import AuditLog
+from postroom.accounts.guard import GuardedView, guarded
+from postroom.accounts.service import AccountsService
 from postroom.compose.charsets import charset_for
 from postroom.compose.personalize import compile_content
 from postroom.compose.template_limits import TemplateLimits
@@ -55,6 +59,7 @@ from postroom.errors import InputError, NotFoundError, StateError, TemplateError
 from postroom.inbound.service import BounceService
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.settings import Settings
+from postroom.storage.accounts import AccountStore
 from postroom.storage.metrics import StoreMetrics, oldest_pending_archive, read_metrics
 from postroom.storage.retrying import RetryingStore
 from postroom.storage.sql import SqlStore
@@ -242,6 +247,19 @@ class Postroom:
             self.store, secret=self.planner.links.secret,
             clock=lambda: self.clock(),  # read at each call: tests move `clock`
             attribution_window=timedelta(days=self.settings.quarantine.attribution_window_days))
+
+    @cached_property
+    def accounts(self) -> AccountsService:
+        """Users, API tokens, log-in and the audit listing."""
+        return AccountsService(AccountStore(self.store.engine), clock=lambda: self.clock())
+
+    @cached_property
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self.accounts.store, lambda: self.clock())
+
+    def acting_as(self, actor: Actor) -> GuardedView:
+        """This container as `actor` may use it: every service call checked and audited."""
+        return guarded(self, actor, self.audit_log)
 
     # -- recipients ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -90,7 +91,11 @@ class AccountsService:
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
         self._throttle = throttle
-        self._dummy = self._hasher.hash(secrets.token_hex(16))  # equal time for unknown names
+
+    @cached_property
+    def _dummy(self) -> str:
+        """Verified against for an unknown name, so that it takes as long as a known one."""
+        return self._hasher.hash(secrets.token_hex(16))
 
     # log-in
 
