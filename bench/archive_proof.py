@@ -14,6 +14,7 @@ of `send` (which drains the archive outbox before it returns). Prints JSON; writ
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import resource
@@ -56,9 +57,9 @@ def _message(log_id: int, delivery_id: int, salt: str) -> bytes:
 def prepare_verify(work: Path, copies: int) -> tuple[str, Path, int]:
     url = f"sqlite:///{work / 'bench.db'}"
     postroom = build(Settings(database_url=url))
-    postroom.create_template("t", {"subject": "s", "text": "t",
+    postroom.templates.create_template("t", {"subject": "s", "text": "t",
                                    "from_address": "news@news.example"})
-    delivery, _ = postroom.create_delivery("t")
+    delivery, _ = postroom.deliveries.create_delivery("t")
     now = datetime.now(UTC)
     maildir = work / "Maildir"
     for sub in ("cur", "new", "tmp"):
@@ -113,14 +114,14 @@ def send_once(work: Path, recipients: int, ledger: bool, relay: Sink,
     csv = work / "people.csv"
     csv.write_text("email,first_name\n" + "".join(f"p{i}@example.net,P{i}\n"
                                                   for i in range(recipients)))
-    postroom.import_recipients(csv)
-    postroom.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
+    postroom.recipients.import_recipients(csv)
+    postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
                                    "text": "Dear {{ recipient.first_name }}\n" + "x" * 2000,
                                    "from_address": "news@news.example", "email_bcc": True})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).ok
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
     started = time.perf_counter()
-    summary = postroom.send(delivery.id)
+    summary = asyncio.run(postroom.sending.send(delivery.id))
     seconds = time.perf_counter() - started
     entries = postroom.store.ledger_head().count
     postroom.store.close()

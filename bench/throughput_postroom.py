@@ -12,6 +12,7 @@ send, report, archive_flush.
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import json
 import resource
@@ -37,7 +38,7 @@ from throughput_data import (  # noqa: E402
     write_audience,
 )
 
-from postroom.service import Postroom  # noqa: E402
+from postroom.app import Postroom  # noqa: E402
 from postroom.settings import (  # noqa: E402
     ArchiveSettings,
     DefaultsSettings,
@@ -101,14 +102,14 @@ def prepare(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str,
     csv_seconds = time.perf_counter() - started
     postroom = _service(spec)
     try:
-        import_seconds, imported = _timed(None, lambda: postroom.import_recipients(
+        import_seconds, imported = _timed(None, lambda: postroom.recipients.import_recipients(
             audience.path))
         _quarantine(postroom, audience.quarantined)
-        postroom.create_template(TEMPLATE, {
+        postroom.templates.create_template(TEMPLATE, {
             "subject": jinja(SUBJECT), "html": jinja(HTML), "text": jinja(TEXT),
             "format": "multipart", "email_bcc": bool(spec["bcc"])})
-        delivery, _ = postroom.create_delivery(TEMPLATE, name="throughput bench")
-        analyze_seconds, report = _timed(profile, lambda: postroom.analyze(delivery.id))
+        delivery, _ = postroom.deliveries.create_delivery(TEMPLATE, name="throughput bench")
+        analyze_seconds, report = _timed(profile, lambda: postroom.deliveries.analyze(delivery.id))
     finally:
         postroom.store.close()
     problems = list(report.errors)
@@ -134,16 +135,17 @@ def send(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str, An
     bcc = bool(spec["bcc"])
 
     def run() -> tuple[Any, int]:
-        summary = postroom.send(delivery_id)
+        summary = asyncio.run(postroom.sending.send(delivery_id))
         pending = summary.archive_pending
         if bcc and pending:  # the archive must be complete before the clock stops
-            pending = postroom.archive_flush(delivery_id=delivery_id, wait_seconds=600.0)
+            pending = asyncio.run(postroom.archive.flush(delivery_id=delivery_id,
+                                                         wait_seconds=600.0))
         return summary, pending
 
     try:
         seconds, (summary, archive_pending) = _timed(profile, run)
-        report = postroom.report(delivery_id)
-        sizes = [log.size for log in postroom.logs(delivery_id, status="sent", limit=500)
+        report = postroom.reports.report(delivery_id)
+        sizes = [log.size for log in postroom.deliveries.logs(delivery_id, status="sent", limit=500)
                  if log.size]
     finally:
         postroom.store.close()

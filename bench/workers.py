@@ -70,8 +70,8 @@ def _csv(folder: Path, count: int) -> Path:
 def measure(config: Path, folder: Path, workers: int, bcc: bool) -> tuple[int, float]:
     """Start `workers` workers, hand them a fresh delivery; (messages, seconds)."""
     postroom = build(_load(config))
-    delivery, _ = postroom.create_delivery("bench", name=f"{workers} worker(s)")
-    report = postroom.analyze(delivery.id)
+    delivery, _ = postroom.deliveries.create_delivery("bench", name=f"{workers} worker(s)")
+    report = postroom.deliveries.analyze(delivery.id)
     assert report.ok, report.errors
     procs = [subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(config),
                                "worker"], env=_child_env(),
@@ -80,7 +80,7 @@ def measure(config: Path, folder: Path, workers: int, bcc: bool) -> tuple[int, f
     try:
         time.sleep(3)  # started, registered, idle
         start = time.monotonic()
-        postroom.start(delivery.id)
+        postroom.deliveries.start(delivery.id)
         while True:
             done = postroom.store.get_delivery(delivery.id).state is DeliveryState.FINISHED
             pending = postroom.store.archive_counts(delivery.id).get(delivery.id, {}).get(
@@ -94,7 +94,7 @@ def measure(config: Path, folder: Path, workers: int, bcc: bool) -> tuple[int, f
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    sent = postroom.report(delivery.id).by_status.get("sent", 0)
+    sent = postroom.reports.report(delivery.id).by_status.get("sent", 0)
     postroom.store.close()
     return sent, seconds
 
@@ -122,8 +122,8 @@ def main() -> int:
             with Sink(folder, "relay") as relay, Sink(folder, "archive") as archive:
                 config = _config(folder, url, relay, archive, options.connections)
                 postroom = build(_load(config))
-                postroom.import_recipients(_csv(folder, options.recipients))
-                postroom.create_template("bench", {
+                postroom.recipients.import_recipients(_csv(folder, options.recipients))
+                postroom.templates.create_template("bench", {
                     "subject": jinja(SUBJECT), "html": jinja(HTML), "text": jinja(TEXT),
                     "email_bcc": options.bcc, "inline_css": False})
                 postroom.store.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from postroom.service import Postroom
+from postroom.app import Postroom
 from postroom.settings import ArchiveSettings, SendingSettings, Settings, SmtpRelay
 from postroom.testing.smtp_server import CaptureServer
 from postroom.wiring import build, utc_now

@@ -9,6 +9,9 @@ from datetime import UTC, datetime, timedelta
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from postroom.app.container import Postroom
+from postroom.app.context import AppContext
+from postroom.app.templates import ensure_builtin
 from postroom.archive.signing import Signer
 from postroom.archive.sinks import DirectorySink, ImapSink, JournalTransport
 from postroom.archive.stores import parse_imap_url
@@ -20,7 +23,6 @@ from postroom.delivery.plan import Links, Planner
 from postroom.domain.addresses import allow_test_domains
 from postroom.errors import ConfigError, InputError
 from postroom.inbound.service import rule_from_row, rule_to_row
-from postroom.service import Postroom
 from postroom.settings import DkimKey, Settings, SmtpRelay, TlsMode, mask_url
 from postroom.storage.ledger import LedgerConfig
 from postroom.storage.retrying import retry_database
@@ -167,12 +169,14 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
         rules=lambda: [rule_from_row(row) for row in store.list_rules()],
         templates=settings.templates,
     )
-    return Postroom(
-        store,
-        settings,
+    postroom = Postroom(AppContext(
+        store=store,
+        settings=settings,
         planner=planner,
         connect=_host_connector(settings),
         router=Router(settings.routing, relay=HostPort(settings.smtp.host, settings.smtp.port)),
         connect_archive=_archive_connector(settings, clock),
         clock=clock,
-    )
+    ))
+    ensure_builtin(store, clock())
+    return postroom

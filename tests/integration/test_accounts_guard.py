@@ -15,8 +15,8 @@ from postroom.accounts.audit import AuditLog
 from postroom.accounts.guard import guarded
 from postroom.accounts.permissions import permissions_of
 from postroom.accounts.records import AuditFilter
+from postroom.app import Postroom
 from postroom.errors import PermissionDenied
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer
 
 PASSWORD = "a password of some length"

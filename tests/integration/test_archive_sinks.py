@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.archive.ledger_ops import verify_ledger
 from postroom.archive.stores import imap_copies, parse_imap_url, tree_copies
 from postroom.archive.verify import Scope, verify_archive
 from postroom.domain.states import LogStatus
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
 from tests.integration.dovecot import Dovecot, dovecot_instance
@@ -27,13 +28,13 @@ BOX_USER = "pr-archive-imap"
 
 def _delivery(postroom: Postroom, tmp_path: Path, n: int) -> int:
     rows = [{"email": f"p{i}@example.net", "first_name": f"P{i}"} for i in range(n)]
-    postroom.import_recipients(write_csv(tmp_path / "people.csv", rows))
-    postroom.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
+    postroom.recipients.import_recipients(write_csv(tmp_path / "people.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
                                    "text": "Hi {{ recipient.first_name }}",
                                    "from_address": "news@postroom.example", "email_bcc": True,
                                    "max_retries": 0})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).ok
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
     return delivery.id
 
 
@@ -47,7 +48,7 @@ def test_directory_sink_writes_one_file_per_copy_and_retries_while_it_cannot(
     options = {"sink": "directory", "directory": root, "drain_seconds": 0.5}
     postroom = make_postroom(database_url, relay, archive_options=options)
     delivery_id = _delivery(postroom, tmp_path, 30)
-    postroom.send(delivery_id)
+    asyncio.run(postroom.sending.send(delivery_id))
     sent = {log.id: log for log in postroom.store.list_logs(delivery_id, limit=100)
             if log.status is LogStatus.SENT}
     assert 10 < len(sent) < 30
@@ -55,7 +56,7 @@ def test_directory_sink_writes_one_file_per_copy_and_retries_while_it_cannot(
     assert postroom.store.ledger_head().count == 0
 
     root.unlink()  # the administrator fixes the mount
-    assert postroom.archive_flush(wait_seconds=10) == 0
+    assert asyncio.run(postroom.archive.flush(wait_seconds=10)) == 0
     files = sorted(root.rglob("*"))
     emls = [f for f in files if f.is_file()]
     assert len(emls) == len(sent) and not [f for f in emls if f.name.startswith(".")]
@@ -94,7 +95,7 @@ def test_imap_sink_appends_each_copy_once(
                "imap_password": imap_box.password, "connections": 2}
     postroom = make_postroom(sqlite_url, relay, archive_options=options)
     delivery_id = _delivery(postroom, tmp_path, 20)
-    postroom.send(delivery_id)
+    asyncio.run(postroom.sending.send(delivery_id))
     sent = [log for log in postroom.store.list_logs(delivery_id, limit=100)
             if log.status is LogStatus.SENT]
     assert postroom.store.archive_pending(delivery_id) == 0
@@ -116,7 +117,7 @@ def test_journal_format_wraps_each_copy_and_the_ledger_hashes_the_original(
     postroom = make_postroom(database_url, relay, archive=archive,
                              archive_options={"format": "journal"})
     delivery_id = _delivery(postroom, tmp_path, 6)
-    postroom.send(delivery_id)
+    asyncio.run(postroom.sending.send(delivery_id))
     originals = {m.data for m in relay.messages}
     reports = [m.data for m in archive.messages]
     assert len(reports) == 6 and not originals & set(reports)
@@ -195,7 +196,7 @@ def test_directory_sink_workers_killed_while_archiving_lose_no_copy(
     assert codes == [0] * workers and kills >= 1
     assert unused.messages == []  # every copy went to the directory, none to a relay
 
-    report = postroom.report(delivery_id)
+    report = postroom.reports.report(delivery_id)
     sent = report.by_status.get(LogStatus.SENT, 0)
     assert sent == count
     check = verify_archive(postroom.store, tree_copies(root, max_bytes=1 << 20),

@@ -3,6 +3,7 @@ serves it over IMAP, and the archive is tampered with the way it could be in rea
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import json
 import os
@@ -15,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.archive.reconcile import fingerprint
 from postroom.archive.stores import tree_copies
 from postroom.archive.verify import Scope, VerifyReport, verify_archive
 from postroom.domain.states import LogStatus
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
 from tests.integration.dovecot import Dovecot, dovecot_instance
@@ -91,16 +92,16 @@ def test_verify_through_imap_finds_the_missing_the_altered_and_the_unexpected(
     accepted = [f"alice+{i}@{DOMAIN}" for i in range(8)]
     refused = [f"ghost{i}@{DOMAIN}" for i in range(3)]  # 550 user unknown at RCPT
     rows = [{"email": e, "first_name": e.split("@")[0]} for e in accepted + refused]
-    postroom.import_recipients(write_csv(tmp_path / "people.csv", rows))
-    postroom.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
+    postroom.recipients.import_recipients(write_csv(tmp_path / "people.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
                                    "text": "Hi {{ recipient.first_name }}\n",
                                    "html": "<p>Hi {{ recipient.first_name }}</p>",
                                    "from_address": f"news@{DOMAIN}",
                                    "errors_to": f"bounces@{DOMAIN}", "email_bcc": True,
                                    "max_retries": 0})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).ok
-    postroom.send(delivery.id)
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
+    asyncio.run(postroom.sending.send(delivery.id))
     logs = postroom.store.list_logs(delivery.id, limit=100)
     assert sorted(log.email for log in logs if log.status is LogStatus.SENT) == sorted(accepted)
     assert {log.email for log in logs if log.status is LogStatus.FAILED} == set(refused)

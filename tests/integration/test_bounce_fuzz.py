@@ -13,6 +13,7 @@ numbers, transfer encodings, charsets and nesting, and hands them to the store a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import quopri
 import re
@@ -25,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from postroom.app import Postroom
 from postroom.domain.states import LogStatus
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
 
@@ -41,14 +42,14 @@ class World:
     """What the attacker knows, and what must never change."""
 
     def __init__(self, postroom: Postroom, relay: CaptureServer, tmp_path: Path):
-        postroom.create_template("t", {"subject": "Hello", "text": "Hi\n",
+        postroom.templates.create_template("t", {"subject": "Hello", "text": "Hi\n",
                                        "from_address": f"news@{DOMAIN}",
                                        "errors_to": ERRORS_TO})
         targets = write_csv(tmp_path / "r.csv", [{"email": e} for e in [ATTACKER, *VICTIMS]])
-        delivery, _ = postroom.create_delivery("t", list_file=targets)
-        assert postroom.send(delivery.id).sent == 4
+        delivery, _ = postroom.deliveries.create_delivery("t", list_file=targets)
+        assert asyncio.run(postroom.sending.send(delivery.id)).sent == 4
         self.postroom = postroom
-        self.logs = {log.email: log.id for log in postroom.logs(delivery.id)}
+        self.logs = {log.email: log.id for log in postroom.deliveries.logs(delivery.id)}
         own = next(m for m in relay.messages if ATTACKER in m.rcpt_tos)
         found = re.search(rb"^Message-ID: (<[^>]+>)", own.data, re.M | re.I)
         assert found is not None

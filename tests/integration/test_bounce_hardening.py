@@ -6,6 +6,7 @@ one else's address, and a poison message must fail alone without stopping the re
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.compose.tokens import verp_address
 from postroom.domain.outcomes import FailureReason
 from postroom.domain.states import LogStatus
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer, Script
 from tests.conftest import write_csv
 
@@ -58,12 +59,12 @@ def _send(postroom: Postroom, relay: CaptureServer, tmp_path: Path,
           emails: list[str]) -> dict[str, int]:
     """Send one delivery; returns each address's log id."""
     name = f"t{time.monotonic_ns()}"
-    postroom.create_template(name, {"subject": "Hello", "text": "Hi\n",
+    postroom.templates.create_template(name, {"subject": "Hello", "text": "Hi\n",
                                     "from_address": f"news@{DOMAIN}", "errors_to": ERRORS_TO})
     targets = write_csv(tmp_path / f"{name}.csv", [{"email": e} for e in emails])
-    delivery, _ = postroom.create_delivery(name, list_file=targets)
-    assert postroom.send(delivery.id).sent == len(emails)
-    return {log.email: log.id for log in postroom.logs(delivery.id)}
+    delivery, _ = postroom.deliveries.create_delivery(name, list_file=targets)
+    assert asyncio.run(postroom.sending.send(delivery.id)).sent == len(emails)
+    return {log.email: log.id for log in postroom.deliveries.logs(delivery.id)}
 
 
 def _received_message_id(relay: CaptureServer, address: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.states import LogStatus
 from postroom.inbound.sources import from_files, from_maildir
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer, Script
 from tests.conftest import write_csv
 from tests.integration.postfix import DOMAIN, REMOTE, Postfix, postfix_instance
@@ -24,11 +25,11 @@ def _delivery(postroom: Postroom, tmp_path: Path, emails: list[str], **props: ob
     rows = [{"email": e, "first_name": e.split("@")[0]} for e in emails]
     targets = write_csv(tmp_path / f"r{time.monotonic_ns()}.csv", rows)
     name = f"t{time.monotonic_ns()}"
-    postroom.create_template(name, {"subject": "Hello {{ recipient.first_name }}",
+    postroom.templates.create_template(name, {"subject": "Hello {{ recipient.first_name }}",
                                     "text": "Hi {{ recipient.first_name }}\n",
                                     "from_address": f"news@{DOMAIN}",
                                     "errors_to": f"bounces@{DOMAIN}", **props})
-    delivery, _ = postroom.create_delivery(name, list_file=targets)  # exactly these
+    delivery, _ = postroom.deliveries.create_delivery(name, list_file=targets)  # exactly these
     return delivery.id
 
 
@@ -54,9 +55,9 @@ def test_postfix_end_to_end_sync_rejection_and_real_dsn(
     emails = [f"alice@{DOMAIN}", f"ghost-user@{DOMAIN}", f"carol@{REMOTE}", f"dave@{REMOTE}"]
     delivery_id = _delivery(postroom, tmp_path, emails)
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
-    logs = {log.email: log for log in postroom.logs(delivery_id)}
+    logs = {log.email: log for log in postroom.deliveries.logs(delivery_id)}
     # Refused at RCPT by Postfix: a synchronous hard failure, user unknown, quarantined.
     ghost = logs[f"ghost-user@{DOMAIN}"]
     assert ghost.status is LogStatus.FAILED and ghost.failure_type is FailureType.HARD
@@ -81,7 +82,7 @@ def test_postfix_end_to_end_sync_rejection_and_real_dsn(
         row = postroom.store.get_address(address)
         assert row is not None and row.status == "quarantine"
     again = _delivery(postroom, tmp_path, emails)
-    report = postroom.analyze(again)
+    report = postroom.deliveries.analyze(again)
     assert report.pending == 2 and report.to_json()["excluded"] == {"quarantine": 2}
 
 
@@ -100,8 +101,8 @@ def postroom(make_postroom: Callable[..., Postroom], capture: Callable[..., Capt
 
 def _sent_to(postroom: Postroom, tmp_path: Path, email: str) -> int:
     delivery_id = _delivery(postroom, tmp_path, [email])
-    assert postroom.send(delivery_id).sent == 1
-    [log] = postroom.logs(delivery_id)
+    assert asyncio.run(postroom.sending.send(delivery_id)).sent == 1
+    [log] = postroom.deliveries.logs(delivery_id)
     return log.id
 
 
@@ -199,19 +200,19 @@ def test_a_pending_retry_is_not_sent_once_its_address_is_quarantined(
     postroom = make_postroom(sqlite_url, relay, bcc=False,
                              sending={"quick_retries": 0, "wait_for_retries_seconds": 0})
     first = _delivery(postroom, tmp_path, ["jo@example.org", "kim@example.org"])
-    assert postroom.send(first).deferred == 1  # jo: retry in an hour
+    assert asyncio.run(postroom.sending.send(first)).deferred == 1  # jo: retry in an hour
     second = _delivery(postroom, tmp_path, ["jo@example.org"])
-    postroom.send(second)  # user unknown: hard, quarantined
+    asyncio.run(postroom.sending.send(second))  # user unknown: hard, quarantined
     assert postroom.store.get_address("jo@example.org").status == "quarantine"  # type: ignore[union-attr]
     attempts = len(relay.rcpt_attempts)
     later = postroom.clock() + timedelta(hours=2)
     postroom.clock = lambda: later
-    postroom.send(first)
+    asyncio.run(postroom.sending.send(first))
     assert len(relay.rcpt_attempts) == attempts, "not tried again"
-    jo = next(log for log in postroom.logs(first) if log.email == "jo@example.org")
+    jo = next(log for log in postroom.deliveries.logs(first) if log.email == "jo@example.org")
     assert jo.status is LogStatus.FAILED and jo.failure_reason is FailureReason.QUARANTINE
     assert jo.failure_type is FailureType.HARD and "quarantine" in jo.detail
-    assert postroom.pending_count(first) == 0
+    assert postroom.deliveries.pending_count(first) == 0
 
 
 def test_same_bounce_twice_counts_once_and_a_crash_loses_nothing(
@@ -268,10 +269,10 @@ def test_soft_errors_quarantine_at_five_with_24h_spacing(
         moment = start + timedelta(days=day, minutes=1)
         postroom.clock = lambda moment=moment: moment
         delivery_id = _delivery(postroom, tmp_path, ["flaky@example.org"])
-        report = postroom.analyze(delivery_id)
+        report = postroom.deliveries.analyze(delivery_id)
         if day < 5:
             assert report.pending == 1
-            postroom.send(delivery_id)
+            asyncio.run(postroom.sending.send(delivery_id))
             row = postroom.store.get_address("flaky@example.org")
             assert row is not None and row.error_count == day + 1
         else:  # five soft errors a day apart: quarantined, excluded with reason 9
@@ -292,12 +293,12 @@ def test_resend_targets_failed_recipients_not_in_quarantine(
                              sending={"quick_retries": 0, "wait_for_retries_seconds": 0})
     emails = ["ok@example.org", "unknown@example.org", "blocked@example.org"]
     delivery_id = _delivery(postroom, tmp_path, emails, max_retries=0)  # soft fails at once
-    postroom.send(delivery_id)
-    follow_up = postroom.resend(delivery_id)
-    report = postroom.analyze(follow_up.id)
+    asyncio.run(postroom.sending.send(delivery_id))
+    follow_up = postroom.deliveries.resend(delivery_id)
+    report = postroom.deliveries.analyze(follow_up.id)
     # user unknown is hard: quarantined, so not targeted; the refused one (soft) is.
     assert report.targets == 1 and report.pending == 1
-    refused = postroom.resend(delivery_id, reasons=[int(FailureReason.REFUSED)])
-    assert postroom.analyze(refused.id).pending == 1
+    refused = postroom.deliveries.resend(delivery_id, reasons=[int(FailureReason.REFUSED)])
+    assert postroom.deliveries.analyze(refused.id).pending == 1
     with pytest.raises(Exception, match="no failed recipient"):
-        postroom.resend(delivery_id, reasons=[int(FailureReason.MAILBOX_FULL)])
+        postroom.deliveries.resend(delivery_id, reasons=[int(FailureReason.MAILBOX_FULL)])

@@ -3,6 +3,7 @@ IDN and SMTPUTF8, DKIM through the archive — against real SMTP servers and the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import time
@@ -20,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from postroom.app import Postroom
 from postroom.domain.states import LogStatus
-from postroom.service import Postroom
 from postroom.settings import DkimKey
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import ARCHIVE, write_csv
@@ -50,12 +51,12 @@ def _html_part(message: EmailMessage) -> bytes:
 
 def _setup(postroom: Postroom, tmp_path: Path, rows: list[dict[str, str]],
            **props: Any) -> int:
-    postroom.import_recipients(write_csv(tmp_path / f"r{time.monotonic_ns()}.csv", rows))
+    postroom.recipients.import_recipients(write_csv(tmp_path / f"r{time.monotonic_ns()}.csv", rows))
     name = f"t{time.monotonic_ns()}"
-    postroom.create_template(name, {"subject": "News for {{ recipient.first_name }}",
+    postroom.templates.create_template(name, {"subject": "News for {{ recipient.first_name }}",
                                     "html": HTML, "from_address": "news@shop.example",
                                     **props})
-    delivery, _ = postroom.create_delivery(name)
+    delivery, _ = postroom.deliveries.create_delivery(name)
     return delivery.id
 
 
@@ -79,13 +80,13 @@ def web(postroom: Postroom) -> Iterator[httpx.Client]:
 def test_mirror_page_is_the_html_the_recipient_got(postroom: Postroom, relay: CaptureServer,
                                                    tmp_path: Path, web: httpx.Client) -> None:
     delivery_id = _setup(postroom, tmp_path, [{"email": "ann@example.org", "first_name": "Ann"}])
-    assert postroom.send(delivery_id).sent == 1
+    assert asyncio.run(postroom.sending.send(delivery_id)).sent == 1
     [received] = relay.messages
     message = _parse(received.data)
     html = _html_part(message)
     assert b'style="color: #123456;"' in html  # CSS was inlined
-    [log] = postroom.logs(delivery_id)
-    url = postroom.mirror_url(log.id)
+    [log] = postroom.deliveries.logs(delivery_id)
+    url = postroom.links.mirror_url(log.id)
     assert url.encode() in html  # the link in the message is the page's URL
     client = web
     path = httpx.URL(url).path
@@ -102,7 +103,7 @@ def test_mirror_page_is_the_html_the_recipient_got(postroom: Postroom, relay: Ca
     later = postroom.clock() + timedelta(days=31)
     postroom.clock = lambda: later
     assert client.get(path).status_code == 410
-    assert postroom.purge_mirrors() == 1
+    assert postroom.links.purge_mirrors() == 1
     assert client.get(path).status_code == 404
 
 
@@ -114,22 +115,22 @@ def test_mirror_modes(postroom: Postroom, tmp_path: Path, web: httpx.Client, mod
     html = HTML if uses_link else "<p>Hello {{ recipient.first_name }}</p>"
     delivery_id = _setup(postroom, tmp_path, [{"email": "bo@example.org", "first_name": "Bo"}],
                          html=html, mirror_mode=mode, list_unsubscribe=False)
-    postroom.send(delivery_id)
-    [log] = postroom.logs(delivery_id)
+    asyncio.run(postroom.sending.send(delivery_id))
+    [log] = postroom.deliveries.logs(delivery_id)
     assert log.status is LogStatus.SENT
     if expect_page:
-        url = postroom.mirror_url(log.id)
+        url = postroom.links.mirror_url(log.id)
         page = web.get(httpx.URL(url).path)
         assert page.status_code == 200 and b"Hello Bo" in page.content
     else:
         with pytest.raises(LookupError):
-            postroom.mirror_url(log.id)
+            postroom.links.mirror_url(log.id)
 
 
 def test_mirror_link_with_mode_never_fails_analysis(postroom: Postroom, tmp_path: Path) -> None:
     delivery_id = _setup(postroom, tmp_path, [{"email": "c@example.org", "first_name": "C"}],
                          mirror_mode="never")
-    report = postroom.analyze(delivery_id)
+    report = postroom.deliveries.analyze(delivery_id)
     assert not report.ok and "mirror_url" in report.errors[0]
 
 
@@ -139,7 +140,7 @@ def test_one_click_unsubscribe_opts_out_and_forged_tokens_change_nothing(
     rows = [{"email": "dee@example.org", "first_name": "Dee"},
             {"email": "eve@example.org", "first_name": "Eve"}]
     delivery_id = _setup(postroom, tmp_path, rows)
-    postroom.send(delivery_id)
+    asyncio.run(postroom.sending.send(delivery_id))
     by_rcpt = {m.rcpt_tos[0]: _parse(m.data) for m in relay.messages}
     header = str(by_rcpt["dee@example.org"]["List-Unsubscribe"])
     assert str(by_rcpt["dee@example.org"]["List-Unsubscribe-Post"]) == \
@@ -166,7 +167,7 @@ def test_one_click_unsubscribe_opts_out_and_forged_tokens_change_nothing(
     assert done.status_code == 200 and not done.cookies
     # The next analysis excludes the recipient.
     again = _setup(postroom, tmp_path, rows)
-    report = postroom.analyze(again)
+    report = postroom.deliveries.analyze(again)
     assert report.pending == 1 and report.to_json()["excluded"] == {"opted out": 1}
 
 
@@ -178,8 +179,9 @@ def test_proofs_are_numbered_never_archived_and_not_reported(
     postroom = make_postroom(sqlite_url, relay, archive=archive)
     delivery_id = _setup(postroom, tmp_path, [{"email": "fay@example.org", "first_name": "Fay"}],
                          email_bcc=True)
-    first = postroom.proof(delivery_id, to=["qa@shop.example", "boss@shop.example"])
-    second = postroom.proof(delivery_id, to=["qa@shop.example"])
+    first = asyncio.run(postroom.proofs.proof(delivery_id,
+                                              to=["qa@shop.example", "boss@shop.example"]))
+    second = asyncio.run(postroom.proofs.proof(delivery_id, to=["qa@shop.example"]))
     assert (first.number, second.number) == (1, 2) and first.sample == "fay@example.org"
     subjects = [str(_parse(m.data)["Subject"]) for m in relay.messages]
     assert subjects == ["Proof #1 News for Fay"] * 2 + ["Proof #2 News for Fay"]
@@ -189,9 +191,9 @@ def test_proofs_are_numbered_never_archived_and_not_reported(
     assert b"/m/proof" in html and b"/u/proof" in html  # links are inactive in proofs
     time.sleep(0.3)
     assert archive.messages == []
-    assert postroom.report(delivery_id).to_json()["total"] == 0
+    assert postroom.reports.report(delivery_id).to_json()["total"] == 0
     # The real send afterwards is archived and counted as usual.
-    assert postroom.send(delivery_id).sent == 1
+    assert asyncio.run(postroom.sending.send(delivery_id)).sent == 1
     assert len(archive.messages) == 1
 
 
@@ -199,17 +201,17 @@ def test_charset_failures_static_and_per_recipient(postroom: Postroom, relay: Ca
                                                     tmp_path: Path) -> None:
     euro = _setup(postroom, tmp_path, [{"email": "g@example.org", "first_name": "G"}],
                   subject="Only 5 € today", charset="iso-8859-1")
-    report = postroom.analyze(euro)
+    report = postroom.deliveries.analyze(euro)
     assert not report.ok
     assert any("€" in e and "subject" in e for e in report.errors), report.errors
     rows = [{"email": "lukasz@example.org", "first_name": "Łukasz"},
             {"email": "jose@example.org", "first_name": "José"}]
     latin = _setup(postroom, tmp_path, rows, charset="iso-8859-1")
-    result = postroom.analyze(latin)  # g@ (from the first delivery), José and Łukasz
+    result = postroom.deliveries.analyze(latin)  # g@ (from the first delivery), José and Łukasz
     assert result.ok and result.pending == 2 and result.failed == 1
-    summary = postroom.send(latin)
+    summary = asyncio.run(postroom.sending.send(latin))
     assert summary.sent == 2
-    logs = {log.email: log for log in postroom.logs(latin)}
+    logs = {log.email: log for log in postroom.deliveries.logs(latin)}
     assert logs["lukasz@example.org"].status is LogStatus.FAILED
     assert "Ł" in logs["lukasz@example.org"].detail
     assert "iso-8859-1" in logs["lukasz@example.org"].detail
@@ -226,7 +228,7 @@ def test_idn_domains_go_out_as_a_labels_and_utf8_local_parts_need_smtputf8(
     rows = [{"email": "hans@bücher.example", "first_name": "Hans"},
             {"email": "jörg@bücher.example", "first_name": "Jörg"}]
     delivery_id = _setup(postroom, tmp_path, rows)
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     assert summary.sent == 2  # aiosmtpd offers SMTPUTF8
     rcpts = sorted(m.rcpt_tos[0] for m in relay.messages)
     assert rcpts == ["hans@xn--bcher-kva.example", "jörg@xn--bcher-kva.example"]
@@ -243,9 +245,9 @@ def test_utf8_local_part_fails_alone_when_the_relay_lacks_smtputf8(
     rows = [{"email": "hans@bücher.example", "first_name": "Hans"},
             {"email": "jörg@bücher.example", "first_name": "Jörg"}]
     delivery_id = _setup(postroom, tmp_path, rows)
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     assert summary.sent == 1 and summary.failed == 1
-    failed = postroom.logs(delivery_id, status="failed")
+    failed = postroom.deliveries.logs(delivery_id, status="failed")
     assert [log.email for log in failed] == ["jörg@bücher.example"]
     assert "SMTPUTF8" in failed[0].detail
     assert failed[0].failure_type == "ignored", "our relay's limit is not the address's fault"
@@ -286,7 +288,7 @@ def test_dkim_signature_verifies_before_and_after_the_archive(
                              [{"email": "ivy@example.org", "first_name": "Ivy"}],
                              email_bcc=True, charset="iso-2022-jp",
                              subject="こんにちは {{ recipient.first_name }}")
-        assert postroom.send(delivery_id).sent == 1
+        assert asyncio.run(postroom.sending.send(delivery_id)).sent == 1
     finally:
         postroom.store.close()
 
@@ -326,7 +328,7 @@ def test_dkim_signature_time_is_the_send_clock_not_the_system_clock(
     try:
         delivery_id = _setup(postroom, tmp_path,
                              [{"email": "ivy@example.org", "first_name": "Ivy"}])
-        assert postroom.send(delivery_id).sent == 1
+        assert asyncio.run(postroom.sending.send(delivery_id)).sent == 1
     finally:
         postroom.store.close()
 
@@ -344,9 +346,9 @@ def test_health_form_posts_and_html_escaping(
     postroom: Postroom, relay: CaptureServer, tmp_path: Path, web: httpx.Client,
 ) -> None:
     delivery_id = _setup(postroom, tmp_path, [{"email": "kim@example.org", "first_name": "Kim"}])
-    postroom.send(delivery_id)
-    [log] = postroom.logs(delivery_id)
-    path = httpx.URL(postroom.mirror_url(log.id)).path
+    asyncio.run(postroom.sending.send(delivery_id))
+    [log] = postroom.deliveries.logs(delivery_id)
+    path = httpx.URL(postroom.links.mirror_url(log.id)).path
     health = web.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert web.get(path).content == _html_part(_parse(relay.messages[0].data))

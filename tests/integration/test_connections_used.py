@@ -3,13 +3,14 @@ single-domain audience through the relay, a relay slow per message (issue 10, po
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.domain.states import DeliveryState
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer, Script, Sleep
 from tests.conftest import write_csv
 
@@ -24,11 +25,11 @@ def test_every_configured_connection_carries_mail(
                              sending={"connections": connections},
                              shaping={"default": {"max_connections": connections}})
     rows = [{"email": f"u{i:03d}@one.example"} for i in range(connections * 6)]
-    postroom.import_recipients(write_csv(tmp_path / "one.csv", rows))
-    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n"})
-    delivery, _ = postroom.create_delivery("t")
+    postroom.recipients.import_recipients(write_csv(tmp_path / "one.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "Hello\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
 
-    summary = postroom.send(delivery.id)
+    summary = asyncio.run(postroom.sending.send(delivery.id))
 
     assert summary.state is DeliveryState.FINISHED and summary.sent == connections * 6
     # Counted by the server from connect to close.

@@ -4,6 +4,7 @@ stay within what the report marks in doubt, the archive holds one copy per sent 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -13,9 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from postroom.app import Postroom
 from postroom.domain.models import ArchiveState
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Drop, Script
 from tests.conftest import ARCHIVE
@@ -76,7 +77,7 @@ def test_workers_killed_at_random_moments_lose_nothing(
     assert codes == [0] * workers
     assert not any(kills), f"the delivery finished before every kill happened: {kills}"
 
-    report = postroom.report(delivery_id)
+    report = postroom.reports.report(delivery_id)
     assert report.by_status == {LogStatus.SENT: RECIPIENTS}, "every log final, all sent"
     received = Counter(m.rcpt_tos[0] for m in relay.messages)
     assert len(received) == RECIPIENTS, "every recipient's message arrived"
@@ -124,7 +125,7 @@ def test_archive_down_for_half_and_a_flaky_relay_reconcile_exactly(
         if done >= count // 2 and not archives:  # ...for the first half of the delivery
             archives.append(capture(port=archive_port))
 
-    summary = postroom.send(delivery_id, progress=progress)
+    summary = asyncio.run(postroom.sending.send(delivery_id, progress=progress))
     assert summary.state is DeliveryState.FINISHED and archives
     archive = archives[0]
     assert summary.archive_pending == 0
@@ -136,5 +137,5 @@ def test_archive_down_for_half_and_a_flaky_relay_reconcile_exactly(
     check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE)
     assert check.ok, check.problems
     assert check.archive_received == check.sent_logs == count
-    doubt = postroom.report(delivery_id).doubt
+    doubt = postroom.reports.report(delivery_id).doubt
     assert doubt.events > 0, "the dropped connections were counted in doubt"

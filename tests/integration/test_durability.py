@@ -6,6 +6,7 @@ An accepted message is recorded (with its archive copy) while another connection
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from postroom.app import Postroom
 from postroom.delivery.shaping import DomainLimits, ShapingSettings
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.settings import ArchiveSettings, SendingSettings, Settings, SmtpRelay
 from postroom.storage.retrying import RetryingStore
 from postroom.storage.schema import archive_outbox, delivery_logs
@@ -105,7 +106,7 @@ def test_accepted_messages_are_recorded_while_another_connection_stalls(
         shaping=ShapingSettings(default=DomainLimits(messages_per_connection=1))))
     stores.append(postroom.store)
     delivery_id = started_delivery(postroom, tmp_path, 8)
-    sending = threading.Thread(target=postroom.send, args=(delivery_id,))
+    sending = threading.Thread(target=lambda: asyncio.run(postroom.sending.send(delivery_id)))
     sending.start()
     try:
         accepted = _settled_count(relay, at_least=7, timeout=60)  # the free connection's
@@ -153,7 +154,7 @@ def test_archive_flush_against_two_archiving_workers_never_deadlocks(
                 archives[0].stop()
             elif round_ == 10:
                 archives.append(capture(port=archive_port))
-            postroom.archive_flush(wait_seconds=0.3)
+            asyncio.run(postroom.archive.flush(wait_seconds=0.3))
         _wait(lambda: postroom.store.get_delivery(delivery_id).state is DeliveryState.FINISHED
               and postroom.store.archive_pending(delivery_id) == 0, 180,
               "every copy archived")
@@ -170,8 +171,8 @@ def test_archive_flush_against_two_archiving_workers_never_deadlocks(
     assert check.ok, check.problems
     copies = Counter(m.data for m in received)
     twice = sum(n - 1 for n in copies.values())
-    assert twice <= postroom.report(delivery_id).doubt.archive
-    assert postroom.health().ok, postroom.health().problems
+    assert twice <= postroom.reports.report(delivery_id).doubt.archive
+    assert postroom.operations.health().ok, postroom.operations.health().problems
 
 
 def test_two_workers_outlive_a_postgresql_restart_and_a_third_waits_for_it(
@@ -207,7 +208,7 @@ def test_two_workers_outlive_a_postgresql_restart_and_a_third_waits_for_it(
         for w in workers:
             stop_worker(w)
     assert "database back" in _text(tmp_path / "w2.log")
-    report = postroom.report(delivery_id)
+    report = postroom.reports.report(delivery_id)
     assert report.by_status == {LogStatus.SENT: count}, "every log final, all sent"
     received = Counter(m.rcpt_tos for m in relay.messages)
     assert len(received) == count, "nothing lost"

@@ -6,14 +6,15 @@ delivery runs through the real engine, store (SQLite and PostgreSQL) and SMTP cl
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
 
+from postroom.app import Postroom
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Drop, Script, is_rejected
 from tests.conftest import ARCHIVE, write_csv
@@ -28,16 +29,16 @@ def _people(n: int) -> list[dict[str, str]]:
 
 def _delivery(postroom: Postroom, tmp_path: Path, rows: list[dict[str, str]], *,
               bcc: bool = True, **extra: object) -> int:
-    postroom.import_recipients(write_csv(tmp_path / "people.csv", rows))
-    postroom.create_template("t", {
+    postroom.recipients.import_recipients(write_csv(tmp_path / "people.csv", rows))
+    postroom.templates.create_template("t", {
         "subject": "Hello {{ recipient.first_name }} ({{ recipient.tier }})",
         "html": "<p>Dear {{ recipient.first_name }} {{ recipient.last_name }}</p>",
         "text": "Dear {{ recipient.first_name }}, your tier is {{ recipient.tier }}.\n",
         "from_address": "news@postroom.example", "errors_to": "bounces@postroom.example",
         "email_bcc": bcc, **extra,
     })
-    delivery, _ = postroom.create_delivery("t")
-    report = postroom.analyze(delivery.id)
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    report = postroom.deliveries.analyze(delivery.id)
     assert report.ok, report.errors
     return delivery.id
 
@@ -61,7 +62,7 @@ def test_archive_holds_exactly_the_accepted_messages(
     # that it fails within this run.
     delivery_id = _delivery(postroom, tmp_path, _people(N), max_retries=0)
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
     logs = _all_logs(postroom, delivery_id)
     emails = [log.email for log in logs]
@@ -90,7 +91,7 @@ def test_archive_holds_exactly_the_accepted_messages(
             assert log.smtp_reply.startswith("550 5.1.1") and log.failure_type == "hard"
         elif log.email in at_data:
             assert log.smtp_reply.startswith("554 5.7.1")
-    report = postroom.report(delivery_id).to_json()
+    report = postroom.reports.report(delivery_id).to_json()
     assert report["by_status"] == {"sent": len(sent), "failed": len(failed)}
     assert report["archive"] == {"pending": 0, "archived": len(sent), "failed": 0}
     # The recipient's message carries the SHA-256 recorded in its log.
@@ -111,22 +112,22 @@ def test_archive_relay_down_does_not_block_recipients_and_nothing_is_lost(
                              archive_options={"drain_seconds": 0.5})
     delivery_id = _delivery(postroom, tmp_path, _people(200))
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
     assert summary.sent == 200 and len(relay.messages) == 200
     assert summary.state is DeliveryState.FINISHED
     assert summary.archive_pending == 200
-    assert postroom.report(delivery_id).archive["pending"] == 200
+    assert postroom.reports.report(delivery_id).archive["pending"] == 200
 
     archive.start()  # back on the same port
-    left = postroom.archive_flush(wait_seconds=10)
+    left = asyncio.run(postroom.archive.flush(wait_seconds=10))
     assert left == 0
     check = check_archive(_all_logs(postroom, delivery_id), relay.messages, archive.messages,
                           bcc_address=ARCHIVE)
     assert check.ok, check.problems
     assert len(archive.messages) == 200
     # A second flush sends nothing again.
-    assert postroom.archive_flush(wait_seconds=1) == 0
+    assert asyncio.run(postroom.archive.flush(wait_seconds=1)) == 0
     assert len(archive.messages) == 200
 
 
@@ -139,7 +140,7 @@ def test_archive_relay_returning_during_the_run_gets_every_copy(
     postroom = make_postroom(sqlite_url, relay, archive=archive)
     delivery_id = _delivery(postroom, tmp_path, _people(100))
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
     assert summary.sent == 100 and summary.archive_pending == 0
     check = check_archive(_all_logs(postroom, delivery_id), relay.messages, archive.messages,
@@ -166,7 +167,7 @@ def test_temporary_failures_are_retried_and_sent_and_archived_once(
     postroom = make_postroom(database_url, relay, archive=archive)
     delivery_id = _delivery(postroom, tmp_path, people)
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
     assert summary.state is DeliveryState.FINISHED
     logs = {log.email: log for log in _all_logs(postroom, delivery_id)}
@@ -197,17 +198,17 @@ def test_retries_left_for_a_later_run_are_sent_by_it(
                              sending={"quick_retries": 0, "wait_for_retries_seconds": 0})
     delivery_id = _delivery(postroom, tmp_path, people)
 
-    first = postroom.send(delivery_id)
+    first = asyncio.run(postroom.sending.send(delivery_id))
     assert first.sent == 9 and first.deferred == 1
     assert first.state is DeliveryState.SENDING
-    pending = postroom.logs(delivery_id, status="pending")
+    pending = postroom.deliveries.logs(delivery_id, status="pending")
     assert [log.email for log in pending] == [slow]
     assert pending[0].next_attempt_at is not None
 
     # Make the retry due now, as the clock would after the retry period.
     later = postroom.clock() + (pending[0].next_attempt_at - postroom.clock()) * 2
     postroom.clock = lambda: later
-    second = postroom.send(delivery_id)
+    second = asyncio.run(postroom.sending.send(delivery_id))
     assert second.sent == 1 and second.state is DeliveryState.FINISHED
     assert len(relay.received_for(slow)) == 1
     assert len(archive.messages) == 10
@@ -224,7 +225,7 @@ def test_header_injection_from_recipient_data_adds_no_header_and_no_recipient(
              "last_name": "X\nCc: other@example.com", "tier": "gold\r\nX-Injected: 1"}]
     delivery_id = _delivery(postroom, tmp_path, rows)
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
     assert summary.sent == 1
     [message] = relay.messages
@@ -250,7 +251,8 @@ def test_bcc_off_sends_no_copy(
     postroom = make_postroom(sqlite_url, relay, archive=archive)
     delivery_id = _delivery(postroom, tmp_path, _people(20), bcc=False)
 
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
 
     assert summary.sent == 20 and archive.messages == []
-    assert postroom.report(delivery_id).archive == {"pending": 0, "archived": 0, "failed": 0}
+    assert postroom.reports.report(delivery_id).archive == {"pending": 0, "archived": 0,
+                                                            "failed": 0}

@@ -6,6 +6,7 @@ tampered with by editing the tables directly, as an insider with database access
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import re
@@ -16,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from postroom.app import Postroom
 from postroom.archive.ledger_ops import verify_ledger
 from postroom.archive.signing import Signer, new_private_key_hex
 from postroom.domain.states import LogStatus
-from postroom.service import Postroom
 from postroom.storage.schema import archive_checkpoints, archive_ledger, archive_outbox
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -32,13 +33,13 @@ def _people(n: int) -> list[dict[str, str]]:
 
 
 def _delivery(postroom: Postroom, tmp_path: Path, n: int) -> int:
-    postroom.import_recipients(write_csv(tmp_path / "people.csv", _people(n)))
-    postroom.create_template("t", {
+    postroom.recipients.import_recipients(write_csv(tmp_path / "people.csv", _people(n)))
+    postroom.templates.create_template("t", {
         "subject": "Hello {{ recipient.first_name }}", "text": "Dear {{ recipient.first_name }}",
         "from_address": "news@postroom.example", "errors_to": "bounces@postroom.example",
         "email_bcc": True, "max_retries": 0})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).ok
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
     return delivery.id
 
 
@@ -55,7 +56,7 @@ def test_every_archived_copy_is_entered_once_and_the_chain_verifies(
     postroom = make_postroom(database_url, relay, archive=archive,
                              archive_options=_ledger_options())
     delivery_id = _delivery(postroom, tmp_path, 60)
-    postroom.send(delivery_id)
+    asyncio.run(postroom.sending.send(delivery_id))
 
     sent = {log.id: log for log in postroom.store.list_logs(delivery_id, limit=1000)
             if log.status is LogStatus.SENT}
@@ -93,7 +94,7 @@ def test_ledger_verify_names_an_edited_deleted_or_swapped_entry(
     relay, archive = capture(), capture()
     postroom = make_postroom(database_url, relay, archive=archive,
                              archive_options=_ledger_options())
-    postroom.send(_delivery(postroom, tmp_path, 20))
+    asyncio.run(postroom.sending.send(_delivery(postroom, tmp_path, 20)))
     assert verify_ledger(postroom.store, PUBLIC).ok
     engine = postroom.store.engine
     c = archive_ledger.c
@@ -153,7 +154,7 @@ def test_concurrent_archivers_append_one_chain(
     sender = make_postroom(database_url, relay, archive=archive,
                            archive_options=_ledger_options(drain_seconds=0))
     delivery_id = _delivery(sender, tmp_path, 400)
-    sender.send(delivery_id)
+    asyncio.run(sender.sending.send(delivery_id))
     assert sender.store.archive_pending(delivery_id) == 400
     archive.start()
     workers = [make_postroom(database_url, relay, archive=archive,
@@ -163,7 +164,7 @@ def test_concurrent_archivers_append_one_chain(
 
     def flush(postroom: Postroom) -> None:
         try:
-            postroom.archive_flush(wait_seconds=10)
+            asyncio.run(postroom.archive.flush(wait_seconds=10))
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 
@@ -191,7 +192,7 @@ def test_checkpoint_on_demand_and_no_key_no_checkpoint(
 ) -> None:
     relay, archive = capture(), capture()
     postroom = make_postroom(sqlite_url, relay, archive=archive)  # no ledger key
-    postroom.send(_delivery(postroom, tmp_path, 5))
+    asyncio.run(postroom.sending.send(_delivery(postroom, tmp_path, 5)))
     assert postroom.store.ledger_head().count == 5
     assert postroom.store.ledger_checkpoints() == []
     checkpoint = postroom.store.ledger_checkpoint(Signer(SEED), postroom.clock())
@@ -211,12 +212,12 @@ def test_verify_a_directory_duplicates_proofs_other_deliveries_and_strangers(
     relay, archive = capture(reject_ratio=0.3), capture()
     postroom = make_postroom(database_url, relay, archive=archive)
     first = _delivery(postroom, tmp_path, 20)
-    postroom.send(first)
-    postroom.create_template("u", {"subject": "Other", "text": "Other",
+    asyncio.run(postroom.sending.send(first))
+    postroom.templates.create_template("u", {"subject": "Other", "text": "Other",
                                    "from_address": "news@postroom.example", "email_bcc": True})
-    second, _ = postroom.create_delivery("u")
-    assert postroom.analyze(second.id).ok
-    postroom.send(second.id)
+    second, _ = postroom.deliveries.create_delivery("u")
+    assert postroom.deliveries.analyze(second.id).ok
+    asyncio.run(postroom.sending.send(second.id))
     store = tmp_path / "archive"
     for i, message in enumerate(archive.messages):
         day = store / "2026" / "01" / f"{i % 3 + 1:02d}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from postroom.app import Postroom
 from postroom.domain.outcomes import FailureReason
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Script
 from tests.conftest import ARCHIVE, write_csv
@@ -16,11 +17,11 @@ from tests.conftest import ARCHIVE, write_csv
 
 def _setup(postroom: Postroom, tmp_path: Path, n: int) -> int:
     rows = [{"email": f"p{i:03d}@example.com", "first_name": f"P{i}"} for i in range(n)]
-    postroom.import_recipients(write_csv(tmp_path / "p.csv", rows))
-    postroom.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
+    postroom.recipients.import_recipients(write_csv(tmp_path / "p.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
                                    "text": "Hello {{ recipient.first_name }}\n",
                                    "email_bcc": True})
-    delivery, _ = postroom.create_delivery("t")
+    delivery, _ = postroom.deliveries.create_delivery("t")
     return delivery.id
 
 
@@ -37,15 +38,15 @@ def test_pause_during_send_then_resume_sends_each_message_once(
         nonlocal done
         done += n
         if done == 50:
-            postroom.pause(delivery_id)
+            postroom.deliveries.pause(delivery_id)
 
-    first = postroom.send(delivery_id, progress=pause_after_50)
+    first = asyncio.run(postroom.sending.send(delivery_id, progress=pause_after_50))
     assert first.state is DeliveryState.PAUSED
     assert 50 <= first.sent < 300
-    assert postroom.pending_count(delivery_id) == 300 - first.sent
+    assert postroom.deliveries.pending_count(delivery_id) == 300 - first.sent
 
-    postroom.resume(delivery_id)
-    second = postroom.send(delivery_id)
+    postroom.deliveries.resume(delivery_id)
+    second = asyncio.run(postroom.sending.send(delivery_id))
     assert second.state is DeliveryState.FINISHED
     assert first.sent + second.sent == 300
     assert len(relay.messages) == 300
@@ -68,14 +69,14 @@ def test_stop_during_send_cancels_the_rest(
         nonlocal done
         done += n
         if done == 40:
-            postroom.stop(delivery_id)
+            postroom.deliveries.stop(delivery_id)
 
-    summary = postroom.send(delivery_id, progress=stop_after_40)
+    summary = asyncio.run(postroom.sending.send(delivery_id, progress=stop_after_40))
     assert summary.state is DeliveryState.STOPPED
-    report = postroom.report(delivery_id).to_json()
+    report = postroom.reports.report(delivery_id).to_json()
     assert report["by_status"]["sent"] == len(relay.messages) == summary.sent
     assert report["by_status"]["cancelled"] == 300 - summary.sent
-    assert postroom.pending_count(delivery_id) == 0
+    assert postroom.deliveries.pending_count(delivery_id) == 0
     # Messages in flight when the delivery stopped were recorded as sent, and archived.
     logs = postroom.store.list_logs(delivery_id, limit=1000)
     check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE)
@@ -90,13 +91,13 @@ def test_pending_messages_fail_when_validity_ends(
     postroom = make_postroom(sqlite_url, relay, bcc=False,
                              sending={"quick_retries": 0, "wait_for_retries_seconds": 0})
     _setup(postroom, tmp_path, 5)
-    delivery, _ = postroom.create_delivery("t", overrides={"email_bcc": False})
-    first = postroom.send(delivery.id)
+    delivery, _ = postroom.deliveries.create_delivery("t", overrides={"email_bcc": False})
+    first = asyncio.run(postroom.sending.send(delivery.id))
     assert first.deferred == 5 and first.state is DeliveryState.SENDING
 
     six_days_later = postroom.clock() + timedelta(days=6)
     postroom.clock = lambda: six_days_later
-    second = postroom.send(delivery.id)
+    second = asyncio.run(postroom.sending.send(delivery.id))
     assert second.state is DeliveryState.FINISHED and second.sent == 0
     logs = postroom.store.list_logs(delivery.id)
     assert {log.status for log in logs} == {LogStatus.FAILED}
@@ -110,15 +111,17 @@ def test_failed_reanalysis_keeps_the_previous_logs(
     relay = capture()
     postroom = make_postroom(sqlite_url, relay)
     rows = [{"email": f"p{i}@example.com", "city": "Faro"} for i in range(10)]
-    postroom.import_recipients(write_csv(tmp_path / "p.csv", rows))
-    postroom.create_template("t", {"subject": "News from {{ recipient.city }}", "text": "x\n"})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).pending == 10
-    assert postroom.analyze(delivery.id).pending == 10  # ready → analyzing again
+    postroom.recipients.import_recipients(write_csv(tmp_path / "p.csv", rows))
+    postroom.templates.create_template("t", {"subject": "News from {{ recipient.city }}",
+                                             "text": "x\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).pending == 10
+    assert postroom.deliveries.analyze(delivery.id).pending == 10  # ready → analyzing again
     # A new recipient without the `city` field breaks the subject for that recipient.
-    postroom.import_recipients(write_csv(tmp_path / "q.csv", [{"email": "new@example.com"}]))
+    postroom.recipients.import_recipients(write_csv(tmp_path / "q.csv",
+                                                    [{"email": "new@example.com"}]))
 
-    report = postroom.analyze(delivery.id)
+    report = postroom.deliveries.analyze(delivery.id)
 
     assert not report.ok
     assert any("recipient.city" in e and "new@example.com" in e for e in report.errors)

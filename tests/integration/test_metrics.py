@@ -3,6 +3,7 @@ on both stores: one Postroom sends, another one (as another process would) serve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from postroom.service import Postroom
+from postroom.app import Postroom
 from postroom.settings import WebSettings
 from postroom.testing.smtp_server import CaptureServer, Script
 from postroom.wiring import utc_now
@@ -43,10 +44,10 @@ def test_metrics_come_from_the_store_and_health_watches_the_archive_backlog(
     sender = make_postroom(database_url, relay, archive=archive_down, clock=clock,
                            archive_options={"drain_seconds": 0})
     rows = [{"email": f"r{n}@example.com", "first_name": f"R{n}"} for n in range(3)]
-    sender.import_recipients(write_csv(tmp_path / "r.csv", rows))
-    sender.create_template("t", {"subject": "Hi", "text": "Hello\n", "email_bcc": True})
-    delivery, _ = sender.create_delivery("t")
-    assert sender.send(delivery.id).sent == 3
+    sender.recipients.import_recipients(write_csv(tmp_path / "r.csv", rows))
+    sender.templates.create_template("t", {"subject": "Hi", "text": "Hello\n", "email_bcc": True})
+    delivery, _ = sender.deliveries.create_delivery("t")
+    assert asyncio.run(sender.sending.send(delivery.id)).sent == 3
 
     other = make_postroom(database_url, relay, archive=archive_down, clock=clock,
                           web=WebSettings(health_token=SecretStr(TOKEN)))
@@ -74,4 +75,4 @@ def test_metrics_come_from_the_store_and_health_watches_the_archive_backlog(
         [problem] = health.json()["problems"]
         assert "oldest pending archive copy" in problem
         assert "archive.max_pending_age_minutes" in problem
-    assert not sender.health().ok
+    assert not sender.operations.health().ok

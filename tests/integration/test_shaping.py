@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from postroom.app import Postroom
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.testing.smtp_server import CaptureServer, Received, Script, Sleep
 from tests.conftest import write_csv
 
@@ -29,9 +30,9 @@ def _most_at_once(sessions: dict[str, list[float]]) -> int:
 
 def _delivery(postroom: Postroom, tmp_path: Path, domains: dict[str, int]) -> int:
     rows = [{"email": f"u{i:02d}@{domain}"} for domain, n in domains.items() for i in range(n)]
-    postroom.import_recipients(write_csv(tmp_path / "s.csv", rows))
-    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n"})
-    delivery, _ = postroom.create_delivery("t")
+    postroom.recipients.import_recipients(write_csv(tmp_path / "s.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "Hello\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
     return delivery.id
 
 
@@ -51,7 +52,7 @@ def test_each_domain_is_held_to_its_own_limits(
                  "domains": {"narrow.example": {"max_connections": 1,
                                                 "messages_per_connection": 5}}})
     delivery_id = _delivery(postroom, tmp_path, {"narrow.example": 30, "wide.example": 60})
-    assert postroom.send(delivery_id).state is DeliveryState.FINISHED
+    assert asyncio.run(postroom.sending.send(delivery_id)).state is DeliveryState.FINISHED
     assert relay.messages == [], "static routes take both domains past the relay"
     assert len(narrow.messages) == 30 and len(wide.messages) == 60
 
@@ -78,7 +79,7 @@ def test_an_idle_connection_to_a_domain_counts_against_its_limit(
         routing={"routes": {"own.example": f"127.0.0.1:{domain.port}"}},
         shaping={"default": {"max_connections": 2}})
     delivery_id = _delivery(postroom, tmp_path, {"own.example": 200})
-    assert postroom.send(delivery_id).state is DeliveryState.FINISHED
+    assert asyncio.run(postroom.sending.send(delivery_id)).state is DeliveryState.FINISHED
     assert len(domain.messages) == 200
     assert domain.most_connections <= 2
 
@@ -95,10 +96,10 @@ def test_a_domain_answering_4xx_is_slowed_down_and_the_report_says_so(
         shaping={"default": {"max_connections": 4},
                  "slowdown": {"min_failures": 5, "window": 10, "ratio": 0.5}})
     delivery_id = _delivery(postroom, tmp_path, {"busy.example": 12, "fine.example": 12})
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     assert summary.sent == 12 and summary.deferred == 12
     assert [s.domain for s in summary.slowed] == ["busy.example"]
-    report = postroom.report(delivery_id).to_json()
+    report = postroom.reports.report(delivery_id).to_json()
     [slowed] = report["slowed_domains"]
     assert slowed["domain"] == "busy.example" and "temporary" in slowed["reason"]
 
@@ -112,11 +113,11 @@ def test_an_hourly_limit_postpones_what_it_cannot_send_now(
         sqlite_url, relay, bcc=False,
         shaping={"domains": {"metered.example": {"messages_per_hour": 60}}})
     delivery_id = _delivery(postroom, tmp_path, {"metered.example": 4, "free.example": 4})
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     # One minute's worth (one message) goes at once, the rest waits for the budget.
     assert summary.sent == 5 and summary.postponed == 3
     assert summary.state is DeliveryState.SENDING
-    waiting = postroom.logs(delivery_id, status=LogStatus.PENDING)
+    waiting = postroom.deliveries.logs(delivery_id, status=LogStatus.PENDING)
     assert len(waiting) == 3 and all("hourly limit of metered.example" in log.detail
                                      for log in waiting)
     assert all(log.attempts == 0 for log in waiting), "a postponed message is no attempt"

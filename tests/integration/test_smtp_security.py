@@ -11,8 +11,8 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+from postroom.app import Postroom
 from postroom.domain.outcomes import Verdict
-from postroom.service import Postroom
 from postroom.settings import SmtpRelay, TlsMode
 from postroom.testing.smtp_server import CaptureServer
 from postroom.transport.routing import RoutingSettings
@@ -109,18 +109,19 @@ def test_routes_use_starttls_when_offered_and_required_tls_refuses_cleartext(
         "strict-ok.example": {"host": f"127.0.0.1:{offers.port}", "tls": "required"},
     }})
     domains = ("offers", "requires", "lacks", "strict", "strict-ok")
-    postroom.import_recipients(write_csv(tmp_path / "r.csv", [
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
         {"email": f"u@{name}.example"} for name in domains]))
-    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n"})
-    delivery, _ = postroom.create_delivery("t")
-    summary = postroom.send(delivery.id)
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "Hello\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    summary = asyncio.run(postroom.sending.send(delivery.id))
     assert summary.sent == 4
     assert [(m.rcpt_tos, m.tls) for m in requires.messages] == [(("u@requires.example",), True)]
     assert sorted((m.rcpt_tos, m.tls) for m in offers.messages) == [
         (("u@offers.example",), True), (("u@strict-ok.example",), True)]
     assert [(m.rcpt_tos, m.tls) for m in lacks.messages] == [(("u@lacks.example",), False)]
     assert lacks_too.messages == [] and lacks_too.rcpt_attempts == []
-    [strict] = [log for log in postroom.logs(delivery.id) if log.email == "u@strict.example"]
+    [strict] = [log for log in postroom.deliveries.logs(delivery.id)
+                if log.email == "u@strict.example"]
     assert strict.status.value == "pending" and "does not offer STARTTLS" in strict.detail
 
 

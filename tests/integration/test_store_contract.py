@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from postroom.app import Postroom
 from postroom.domain.models import ArchiveResult, ArchiveState, LogUpdate
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.storage.sql import SqlStore, open_store
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -28,10 +28,10 @@ def sending(capture: Callable[..., CaptureServer], make_postroom: Callable[..., 
     """A delivery in state `sending` with 50 pending logs."""
     postroom = make_postroom(database_url, capture(), archive=capture(), clock=lambda: T0)
     rows = [{"email": f"c{i:02d}@example.com"} for i in range(50)]
-    postroom.import_recipients(write_csv(tmp_path / "c.csv", rows))
-    postroom.create_template("t", {"subject": "Hi", "text": "Hello\n", "email_bcc": True})
-    delivery, _ = postroom.create_delivery("t")
-    assert postroom.analyze(delivery.id).ok
+    postroom.recipients.import_recipients(write_csv(tmp_path / "c.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "Hello\n", "email_bcc": True})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
     postroom.store.move_delivery(delivery.id, DeliveryState.SENDING, T0)
     return postroom, delivery.id
 

@@ -4,13 +4,14 @@ ok / not ok. A real uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from postroom.service import Postroom
+from postroom.app import Postroom
 from postroom.settings import WebSettings
 from postroom.testing.smtp_server import CaptureServer
 from postroom.web.app import MAX_BODY_BYTES
@@ -39,13 +40,13 @@ def web(postroom: Postroom) -> Iterator[httpx.Client]:
 
 
 def _sent(postroom: Postroom, tmp_path: Path, html: str, **fields: str) -> int:
-    postroom.import_recipients(write_csv(tmp_path / "r.csv", [
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
         {"email": "kim@example.org", "first_name": "Kim", **fields}]))
-    postroom.create_template("t", {"subject": "Hi", "html": html,
+    postroom.templates.create_template("t", {"subject": "Hi", "html": html,
                                    "from_address": "news@shop.example"})
-    delivery, _ = postroom.create_delivery("t")
-    postroom.send(delivery.id)
-    [log] = postroom.logs(delivery.id)
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    asyncio.run(postroom.sending.send(delivery.id))
+    [log] = postroom.deliveries.logs(delivery.id)
     return log.id
 
 
@@ -111,7 +112,7 @@ def test_pages_carry_security_headers_and_script_links_are_dead(
     log_id = _sent(postroom, tmp_path,
                    '<a href="{{ recipient.site }}">my site</a> <a href="{{ mirror_url }}">web</a>',
                    site="javascript:alert(document.domain)")
-    mirror = web.get(httpx.URL(postroom.mirror_url(log_id)).path)
+    mirror = web.get(httpx.URL(postroom.links.mirror_url(log_id)).path)
     assert mirror.status_code == 200 and 'href="javascript:alert' in mirror.text
     unsubscribe_path = httpx.URL(postroom.planner.links.unsubscribe_url(log_id)).path
     for response in (mirror, web.get(unsubscribe_path), web.get("/m/1.forged")):

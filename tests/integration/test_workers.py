@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from postroom.app import Postroom
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.service import Postroom
 from postroom.storage.schema import delivery_logs
 from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Drop, Script, Sleep
@@ -69,8 +70,8 @@ def test_two_workers_share_a_delivery_and_sigterm_stops_them_cleanly(
     sent = sum(n for status, _, _, n in postroom.store.log_counts(delivery_id)
                if status == LogStatus.SENT)
     assert sent == len(relay.messages) < 400
-    assert postroom.report(delivery_id).doubt.logs == 0
-    stopped = [w for w in postroom.workers() if w.kind == "worker"]
+    assert postroom.reports.report(delivery_id).doubt.logs == 0
+    stopped = [w for w in postroom.operations.workers() if w.kind == "worker"]
     assert len(stopped) == 2 and all(w.stopped_at is not None for w in stopped)
     assert all(w.sent > 0 for w in stopped), "both workers took part"
 
@@ -96,18 +97,18 @@ def test_consecutive_transport_failures_pause_the_delivery(
     postroom = make_postroom(database_url, down, archive=archive,
                              sending={"pause_after_transport_failures": 6, "connections": 2})
     delivery_id = started_delivery(postroom, tmp_path, 50)
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     assert summary.state is DeliveryState.PAUSED
     assert "6 transport failures in a row" in summary.paused_reason
     assert summary.sent == 0 and summary.failed == 0
-    assert postroom.pending_count(delivery_id) == 50, "no recipient burnt"
+    assert postroom.deliveries.pending_count(delivery_id) == 50, "no recipient burnt"
     assert postroom.store.get_delivery(delivery_id).last_error == summary.paused_reason
     assert postroom.store.address_counts() == {}, "a relay outage says nothing of addresses"
 
     relay = capture(port=port)
-    postroom.resume(delivery_id)
+    postroom.deliveries.resume(delivery_id)
     assert postroom.store.get_delivery(delivery_id).last_error == ""
-    assert postroom.send(delivery_id).state is DeliveryState.FINISHED
+    assert asyncio.run(postroom.sending.send(delivery_id)).state is DeliveryState.FINISHED
     assert len({m.rcpt_tos for m in relay.messages}) == len(relay.messages) == 50
     _archive_ok(postroom, delivery_id, relay, archive)
 
@@ -122,11 +123,11 @@ def test_a_message_accepted_but_unanswered_is_resent_and_counted_in_doubt(
     relay, archive = capture(script=script), capture()
     postroom = make_postroom(sqlite_url, relay, archive=archive)
     delivery_id = started_delivery(postroom, tmp_path, 20)
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     assert summary.state is DeliveryState.FINISHED and summary.in_doubt == 2
     twice = [rcpts for rcpts, n in Counter(m.rcpt_tos for m in relay.messages).items() if n > 1]
     assert sorted(twice) == [("r00003@example.com",), ("r00007@example.com",)]
-    doubt = postroom.report(delivery_id).doubt
+    doubt = postroom.reports.report(delivery_id).doubt
     assert (doubt.logs, doubt.events, doubt.review) == (2, 2, 0)
     assert len(twice) <= doubt.logs
     assert len(archive.messages) == 20  # one copy per sent log, duplicates or not
@@ -141,14 +142,14 @@ def test_at_most_once_sets_unanswered_messages_aside_until_an_operator_decides(
     postroom = make_postroom(sqlite_url, relay, archive=archive,
                              sending={"in_doubt": "review"})
     delivery_id = started_delivery(postroom, tmp_path, 10)
-    summary = postroom.send(delivery_id)
+    summary = asyncio.run(postroom.sending.send(delivery_id))
     assert summary.state is DeliveryState.SENDING, "waits for the operator"
     assert len(relay.messages) == 10, "not resent"
-    [log] = postroom.logs(delivery_id, status=LogStatus.REVIEW)
+    [log] = postroom.deliveries.logs(delivery_id, status=LogStatus.REVIEW)
     assert log.email == "r00004@example.com" and "in doubt" in log.detail
-    assert postroom.resolve_review(delivery_id, resend=False) == 1
+    assert postroom.deliveries.resolve_review(delivery_id, resend=False) == 1
     assert postroom.store.get_delivery(delivery_id).state is DeliveryState.FINISHED
-    assert postroom.report(delivery_id).by_status == {"sent": 9, "failed": 1}
+    assert postroom.reports.report(delivery_id).by_status == {"sent": 9, "failed": 1}
 
 
 def test_workers_and_health_commands(

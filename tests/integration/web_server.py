@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from postroom.service import Postroom
+from postroom.app import Postroom
 from postroom.web.app import create_app
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from postroom.service import Postroom
+from postroom.app import Postroom
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import ARCHIVE, write_csv
 
@@ -52,11 +52,11 @@ def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
 def started_delivery(postroom: Postroom, tmp_path: Path, count: int) -> int:
     """A delivery with Email BCC to `count` recipients, analyzed and set `sending`."""
     rows = [{"email": f"r{i:05d}@example.com", "first_name": f"R{i}"} for i in range(count)]
-    postroom.import_recipients(write_csv(tmp_path / "r.csv", rows))
-    postroom.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", rows))
+    postroom.templates.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
                                    "text": "Dear {{ recipient.first_name }},\nnews.\n",
                                    "html": "<p>Dear {{ recipient.first_name }}, news.</p>",
                                    "email_bcc": True})
-    delivery, _ = postroom.create_delivery("t")
-    postroom.start(delivery.id)
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    postroom.deliveries.start(delivery.id)
     return delivery.id

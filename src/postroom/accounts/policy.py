@@ -62,6 +62,8 @@ REQUIRED: MappingProxyType[str, P | None] = MappingProxyType({
     "archive.ledger_head": P.ARCHIVE_READ,
     "archive.ledger_checkpoints": P.ARCHIVE_READ,
     "archive.ledger_checkpoint": P.ARCHIVE_MANAGE,
+    "archive.verify_ledger": P.ARCHIVE_VERIFY,
+    "archive.export_ledger": P.ARCHIVE_VERIFY,
     # bounces and rules
     "bounces.take": P.BOUNCES_MANAGE,
     "bounces.receive": P.BOUNCES_MANAGE,

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from postroom.app.errors import error_kind, mapping_for
 from postroom.cli import (
     archive,
     bounces,
@@ -22,7 +23,7 @@ from postroom.cli import (
     workers,
 )
 from postroom.cli.common import State, err_console
-from postroom.errors import ConfigError, InputError, NotFoundError, PostroomError
+from postroom.errors import PostroomError
 
 app = typer.Typer(
     name="postroom",
@@ -76,17 +77,12 @@ def main() -> None:
     try:
         app()
     except PostroomError as exc:
-        code = 2 if isinstance(exc, ConfigError | InputError | NotFoundError) else 1
+        code = mapping_for(exc).exit_code
         if "--json" in sys.argv[1:]:
-            err_console.print_json(json.dumps({"error": str(exc), "kind": _kind(exc),
+            err_console.print_json(json.dumps({"error": str(exc), "kind": error_kind(exc),
                                                "exit_code": code}, ensure_ascii=False))
         else:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
                               soft_wrap=True)  # one line, whatever the terminal's width
         sys.exit(code)
 
-
-def _kind(exc: PostroomError) -> str:
-    """config, input, not_found, state, transport, ...: the error class, for scripts."""
-    name = type(exc).__name__.removesuffix("Error")
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")

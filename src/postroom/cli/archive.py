@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from datetime import UTC, datetime
@@ -74,8 +75,8 @@ def flush(
     as_json: bool = JsonOption,
 ) -> None:
     """Send pending archive copies now (after the archive relay is back)."""
-    left = state(ctx).postroom().archive_flush(delivery_id=delivery, wait_seconds=wait,
-                                               retry_failed=retry_failed)
+    left = asyncio.run(state(ctx).postroom().archive.flush(
+        delivery_id=delivery, wait_seconds=wait, retry_failed=retry_failed))
     if as_json:
         emit_json({"pending": left})
     else:

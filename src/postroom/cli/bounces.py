@@ -368,7 +368,7 @@ def non_deliverables(ctx: typer.Context,
                      since: datetime | None = typer.Option(None, help="Failures since (UTC)."),
                      as_json: bool = JsonOption) -> None:
     """Failures across deliveries by type, reason and domain, and the quarantine."""
-    data = state(ctx).postroom().non_deliverables(since=_utc(since))
+    data = state(ctx).postroom().reports.non_deliverables(since=_utc(since)).to_json()
     if as_json:
         emit_json(data)
         return

@@ -22,8 +22,8 @@ from rich.style import StyleType
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from postroom.app import Postroom
 from postroom.errors import ConfigError
-from postroom.service import Postroom
 from postroom.settings import Settings, config_sources, load_settings, sqlite_file
 
 __all__ = ["JsonOption", "State", "Table", "console", "emit_json", "progress_bar", "state"]

@@ -9,6 +9,9 @@ from typing import Any
 import typer
 from rich.text import Text
 
+from postroom.app import Postroom
+from postroom.app.deliveries import parse_reason
+from postroom.app.templates import read_content
 from postroom.cli.common import (
     JsonOption,
     Table,
@@ -20,10 +23,10 @@ from postroom.cli.common import (
 )
 from postroom.delivery.analysis import AnalysisReport
 from postroom.delivery.engine import RunSummary
+from postroom.delivery.worker import halting_on_signals
 from postroom.domain.models import Delivery, DeliveryLog
 from postroom.domain.states import LogStatus
 from postroom.errors import InputError
-from postroom.service import Postroom, parse_reason, read_content
 
 app = typer.Typer(help="Deliveries: create, analyze, send, follow.", no_args_is_help=True)
 
@@ -47,7 +50,7 @@ def _overrides(pairs: list[str], html_file: Path | None, text_file: Path | None)
 
 
 def _row(d: Delivery, postroom: Postroom) -> dict[str, Any]:
-    changed = postroom.template_changed_since(d)
+    changed = postroom.templates.template_changed_since(d)
     return {"id": d.id, "name": d.name, "template": d.template_name, "state": d.state,
             "email_bcc": d.properties.email_bcc, "audience": d.audience.to_json(),
             "created_at": d.created_at.isoformat(), "last_error": d.last_error,
@@ -76,7 +79,7 @@ def create(
 ) -> None:
     """Create a delivery from a template (copy, then override); audience: all by default."""
     postroom = state(ctx).postroom()
-    delivery, imported = postroom.create_delivery(
+    delivery, imported = postroom.deliveries.create_delivery(
         template, name=name, overrides=_overrides(set_, html_file, text_file),
         filters=filter_, list_file=list_file)
     if as_json:
@@ -121,7 +124,7 @@ def _print_analysis(report: AnalysisReport) -> None:
 @app.command("analyze")
 def analyze(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Check the delivery and prepare one log per target; exits 1 when analysis fails."""
-    report = state(ctx).postroom().analyze(delivery_id)
+    report = state(ctx).postroom().deliveries.analyze(delivery_id)
     emit_json(report.to_json()) if as_json else _print_analysis(report)
     if not report.ok:
         raise typer.Exit(1)
@@ -150,12 +153,14 @@ def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
     postroom = state(ctx).postroom()
     on_analyzed = None if as_json else _print_analysis
     delivery = postroom.store.get_delivery(delivery_id)
-    total = postroom.pending_count(delivery_id) if delivery.analyzed_at else None
+    total = postroom.deliveries.pending_count(delivery_id) if delivery.analyzed_at else None
+    postroom.deliveries.start(delivery_id, on_analyzed=on_analyzed)  # Ctrl-C: stop analysis
     with progress_bar(f"sending #{delivery_id}", total, enabled=not as_json) as advance:
-        summary = postroom.send(delivery_id, progress=advance, on_analyzed=on_analyzed,
-                                halt=asyncio.Event(), abort=asyncio.Event(),
-                                on_signal=_on_signal)
-    pending = postroom.pending_count(delivery_id)
+        halt, abort = asyncio.Event(), asyncio.Event()
+        summary = asyncio.run(halting_on_signals(
+            halt, postroom.sending.send(delivery_id, progress=advance, halt=halt, abort=abort),
+            abort=abort, notify=_on_signal))
+    pending = postroom.deliveries.pending_count(delivery_id)
     if as_json:
         emit_json(_summary(summary, pending))
     else:
@@ -209,7 +214,7 @@ def retry(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
     fault, a connection fault, a domain's hourly limit). Sent, failed and in-review messages
     are never touched, nor ones a recipient's server deferred."""
     postroom = state(ctx).postroom()
-    count = postroom.retry(delivery_id)
+    count = postroom.deliveries.retry(delivery_id)
     delivery = postroom.store.get_delivery(delivery_id)
     if as_json:
         emit_json({"delivery": delivery_id, "state": delivery.state, "due_now": count})
@@ -227,7 +232,8 @@ def retry(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
 def start(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Analyze if needed and set the delivery `sending`, for `postroom worker`s to send."""
     postroom = state(ctx).postroom()
-    d = postroom.start(delivery_id, on_analyzed=None if as_json else _print_analysis)
+    d = postroom.deliveries.start(delivery_id,
+                                  on_analyzed=None if as_json else _print_analysis)
     _state_line(d, as_json, postroom, "; running workers pick it up")
 
 
@@ -235,7 +241,7 @@ def start(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
 def pause(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Pause sending; a running `send` stops after its in-flight messages."""
     postroom = state(ctx).postroom()
-    _state_line(postroom.pause(delivery_id), as_json, postroom)
+    _state_line(postroom.deliveries.pause(delivery_id), as_json, postroom)
 
 
 @app.command("resume")
@@ -245,7 +251,7 @@ def resume(ctx: typer.Context, delivery_id: int,
            as_json: bool = JsonOption) -> None:
     """Resume a paused delivery and continue sending it."""
     postroom = state(ctx).postroom()
-    d = postroom.resume(delivery_id)
+    d = postroom.deliveries.resume(delivery_id)
     if send_now:
         _send(ctx, delivery_id, as_json)
     else:
@@ -256,7 +262,7 @@ def resume(ctx: typer.Context, delivery_id: int,
 def stop(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Stop a delivery for good: what was not sent is cancelled."""
     postroom = state(ctx).postroom()
-    _state_line(postroom.stop(delivery_id), as_json, postroom)
+    _state_line(postroom.deliveries.stop(delivery_id), as_json, postroom)
 
 
 @app.command("review")
@@ -264,7 +270,7 @@ def review(ctx: typer.Context, delivery_id: int,
            resend: bool = typer.Option(..., "--resend/--fail",
                                        help="Send them again, or count them failed.")) -> None:
     """Decide about messages set aside as in doubt (sending.in_doubt = "review")."""
-    count = state(ctx).postroom().resolve_review(delivery_id, resend=resend)
+    count = state(ctx).postroom().deliveries.resolve_review(delivery_id, resend=resend)
     console.print(f"{count} messages in review {'put back to send' if resend else 'failed'}")
 
 
@@ -277,7 +283,8 @@ def proof(
     as_json: bool = JsonOption,
 ) -> None:
     """Send a proof now: subject prefixed `Proof #N`, never archived, not in the report."""
-    report = state(ctx).postroom().proof(delivery_id, to=to or None, recipient=recipient)
+    report = asyncio.run(state(ctx).postroom().proofs.proof(delivery_id, to=to or None,
+                                                            recipient=recipient))
     if as_json:
         emit_json(report.to_json())
     else:
@@ -292,7 +299,7 @@ def proof(
 @app.command("mirror")
 def mirror(ctx: typer.Context, log_id: int, as_json: bool = JsonOption) -> None:
     """Print the mirror-page URL of one message (the way to reach `id_only` pages)."""
-    url = state(ctx).postroom().mirror_url(log_id)
+    url = state(ctx).postroom().links.mirror_url(log_id)
     emit_json({"log": log_id, "url": url}) if as_json else typer.echo(url)
 
 
@@ -308,8 +315,8 @@ def resend(
 ) -> None:
     """Create a follow-up delivery to the failed recipients not in quarantine now."""
     postroom = state(ctx).postroom()
-    d = postroom.resend(delivery_id, reasons=[parse_reason(r).value for r in reason] or None,
-                        name=name)
+    d = postroom.deliveries.resend(
+        delivery_id, reasons=[parse_reason(r).value for r in reason] or None, name=name)
     emit_json(_row(d, postroom)) if as_json else console.print(
         f"created delivery #{d.id} ({d.name}); analyze and send it as usual")
 
@@ -318,8 +325,8 @@ def resend(
 def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Counts by status and reason, and the state of the archive copies."""
     postroom = state(ctx).postroom()
-    report_ = postroom.report(delivery_id)
-    changed = postroom.template_changed_since(report_.delivery)
+    report_ = postroom.reports.report(delivery_id)
+    changed = postroom.templates.template_changed_since(report_.delivery)
     data = {**report_.to_json(), "template": report_.delivery.template_name,
             "template_changed_at": changed.isoformat() if changed else None}
     if as_json:
@@ -378,8 +385,9 @@ def logs(
     as_json: bool = JsonOption,
 ) -> None:
     """The per-recipient delivery log."""
-    rows = state(ctx).postroom().logs(delivery_id, status=status, reason=reason, email=email,
-                                      archive=archive, limit=limit, offset=offset)
+    rows = state(ctx).postroom().deliveries.logs(
+        delivery_id, status=status, reason=reason, email=email, archive=archive, limit=limit,
+        offset=offset)
     if as_json:
         emit_json([{
             "id": r.id, "email": r.email, "status": r.status, "failure_type": r.failure_type,

@@ -8,6 +8,7 @@ byte-identical copy of each accepted message and none of the refused ones.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import random
 import shutil
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import typer
 
+from postroom.app.templates import load_template_file
 from postroom.cli.common import console, emit_json, progress_bar
 from postroom.domain.states import LogStatus
 from postroom.errors import InputError
-from postroom.service import load_template_file
 from postroom.settings import (
     ArchiveSettings,
     DefaultsSettings,
@@ -130,15 +131,15 @@ def demo(
                                     relay=SmtpRelay(host="127.0.0.1", port=archive.port)),
         )
         postroom = build(settings)
-        imported = postroom.import_recipients(directory / "recipients.csv")
+        imported = postroom.recipients.import_recipients(directory / "recipients.csv")
         name, data = load_template_file(directory / "newsletter.toml")
         assert name is not None
-        postroom.create_template(name, data)
-        delivery, _ = postroom.create_delivery(name, name="Demo newsletter")
-        analysis = postroom.analyze(delivery.id)
+        postroom.templates.create_template(name, data)
+        delivery, _ = postroom.deliveries.create_delivery(name, name="Demo newsletter")
+        analysis = postroom.deliveries.analyze(delivery.id)
         with progress_bar("sending", analysis.pending, enabled=not as_json) as advance:
-            summary = postroom.send(delivery.id, progress=advance)
-        report = postroom.report(delivery.id).to_json()
+            summary = asyncio.run(postroom.sending.send(delivery.id, progress=advance))
+        report = postroom.reports.report(delivery.id).to_json()
         logs = postroom.store.list_logs(delivery.id, limit=10 * recipients + 10)
         check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE_ADDRESS)
         if check.sent_logs == 0:

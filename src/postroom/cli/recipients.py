@@ -22,7 +22,7 @@ def import_(
     row was refused."""
     postroom = state(ctx).postroom()
     with progress_bar("importing", None, enabled=not as_json) as advance:
-        report = postroom.import_recipients(file, encoding=encoding, progress=advance)
+        report = postroom.recipients.import_recipients(file, encoding=encoding, progress=advance)
     if as_json:
         emit_json(report.to_json())
     else:

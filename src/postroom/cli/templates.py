@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
+from postroom.app.templates import content_problems, load_template_file
 from postroom.cli.common import JsonOption, Table, console, emit_json, state
 from postroom.domain.models import Template
 from postroom.errors import InputError
-from postroom.service import Postroom, load_template_file
 
 app = typer.Typer(help="Delivery templates: reusable settings and content.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ def _describe(template: Template, *, check: bool = True) -> dict[str, object]:
     """The template as JSON; `check` compiles it to add its problems (never for `list`)."""
     described: dict[str, object] = {"name": template.name, "builtin": template.builtin}
     if check:
-        described["problems"] = Postroom.content_problems(template.properties)
+        described["problems"] = content_problems(template.properties)
     return described | {"properties": template.properties.model_dump(mode="json")}
 
 
@@ -34,7 +34,7 @@ def create(
     chosen = name or file_name
     if not chosen:
         raise InputError(f"{file}: no `name` in the file; pass --name")
-    template = state(ctx).postroom().create_template(chosen, data)
+    template = state(ctx).postroom().templates.create_template(chosen, data)
     _show(template, as_json)
 
 
@@ -42,7 +42,7 @@ def create(
 def update(ctx: typer.Context, name: str, file: Path, as_json: bool = JsonOption) -> None:
     """Change a template's properties to those in a TOML file (only the keys it sets)."""
     _, data = load_template_file(file)
-    _show(state(ctx).postroom().update_template(name, data), as_json)
+    _show(state(ctx).postroom().templates.update_template(name, data), as_json)
 
 
 @app.command("list")
@@ -69,7 +69,7 @@ def show(ctx: typer.Context, name: str, as_json: bool = JsonOption) -> None:
 @app.command("duplicate")
 def duplicate(ctx: typer.Context, name: str, new_name: str, as_json: bool = JsonOption) -> None:
     """Copy a template (the way to change the built-in one)."""
-    _show(state(ctx).postroom().duplicate_template(name, new_name), as_json)
+    _show(state(ctx).postroom().templates.duplicate_template(name, new_name), as_json)
 
 
 @app.command("delete")
@@ -91,5 +91,5 @@ def _show(template: Template, as_json: bool) -> None:
         if key in ("html", "text") and len(text) > 60:
             text = text[:57].replace("\n", " ") + "..."
         console.print(f"  {key}: {text}", markup=False, highlight=False)
-    for problem in Postroom.content_problems(template.properties):
+    for problem in content_problems(template.properties):
         console.print(f"  [red]problem:[/] {problem}", highlight=False)

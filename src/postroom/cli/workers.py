@@ -11,6 +11,7 @@ import typer
 
 from postroom.cli.common import JsonOption, Table, console, emit_json, err_console, state
 from postroom.delivery.engine import RunSummary
+from postroom.delivery.worker import halting_on_signals
 
 
 def worker(
@@ -37,7 +38,9 @@ def worker(
                               + (f" — {run.paused_reason}" if run.paused_reason else ""),
                               highlight=False)
 
-    summary = postroom.work(asyncio.Event(), until_idle=until_idle, on_run=on_run)
+    halt = asyncio.Event()
+    summary = asyncio.run(halting_on_signals(
+        halt, postroom.sending.work(halt, until_idle=until_idle, on_run=on_run)))
     if as_json:
         emit_json({"worker": summary.worker_id, "sent": summary.sent,
                    "runs": [{"delivery": r.delivery_id, "state": r.state, "sent": r.sent,
@@ -51,10 +54,10 @@ def worker(
 def workers(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Senders (workers and one-off sends): alive or not, what they hold, what they sent."""
     postroom = state(ctx).postroom()
-    rows = postroom.workers()
+    rows = postroom.operations.workers()
     now = datetime.now(UTC)
     data = [{"id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid,
-             "state": postroom.worker_state(w), "error": w.error,
+             "state": postroom.operations.worker_state(w), "error": w.error,
              "delivery": w.delivery_id, "leases": w.leases, "sent": w.sent,
              "heartbeat_age_seconds": round((now - w.heartbeat_at).total_seconds(), 1),
              "started_at": w.started_at.isoformat()} for w in rows]
@@ -73,7 +76,7 @@ def workers(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 
 def health(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Exit 0 when healthy, 1 otherwise; for monitoring (also GET /health on `serve`)."""
-    result = state(ctx).postroom().health()
+    result = state(ctx).postroom().operations.health()
     if as_json:
         emit_json(result.to_json())
     else:

@@ -28,6 +28,8 @@ from postroom.storage.sql import SqlStore
 
 __all__ = ["BounceService", "FetchSummary"]
 
+MAX_LIST = 100_000
+
 
 @dataclass
 class FetchSummary:
@@ -95,7 +97,7 @@ class BounceService:
 
     # -- processing ---------------------------------------------------------------------------
 
-    def rules(self) -> list[Rule]:
+    def _rules(self) -> list[Rule]:
         return [rule_from_row(row) for row in self.store.list_rules()]
 
     def _salt_of(self, log_id: int) -> tuple[int, str] | None:
@@ -115,7 +117,7 @@ class BounceService:
                 log = self.store.get_log(attribution.log_id)
             except NotFoundError:
                 log = None
-        return parsed, decide(parsed, self.rules(), log,
+        return parsed, decide(parsed, self._rules(), log,
                               attribution.by if attribution and log else "",
                               received_at=received_at or self._clock(), window=self._window)
 
@@ -171,7 +173,34 @@ class BounceService:
         summary.failures_applied += applied
         summary.ignored += sum(1 for o in outcomes if not o.fails_log)
 
+    # -- what was received ----------------------------------------------------------------------
+
+    def list_bounces(self, *, state: str | None = None, limit: int = 100) -> list[StoredBounce]:
+        """Stored bounces, newest first (state: new, processed, unattributed, unrecognized,
+        failed)."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InputError(f"limit {limit}: give 1 to {MAX_LIST}")
+        return self.store.list_bounces(state=state, limit=limit)
+
+    def bounce_results_of(self, bounce_id: int) -> list[dict[str, Any]]:
+        """What one bounce said about each recipient it names."""
+        return self.store.bounce_results_of(bounce_id)
+
+    def list_unqualified(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Texts no rule matched, most frequent first (add rules for them)."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InputError(f"limit {limit}: give 1 to {MAX_LIST}")
+        return self.store.list_unqualified(limit)
+
     # -- rules --------------------------------------------------------------------------------
+
+    def rules(self) -> list[RuleRow]:
+        """The qualification rules, in the order they are tried."""
+        return self.store.list_rules()
+
+    def delete_rule(self, rule_id: str) -> None:
+        if not self.store.delete_rule(rule_id):
+            raise NotFoundError(f"no rule {rule_id!r} (see `postroom rules list`)")
 
     def add_rule(self, *, rule_id: str, pattern: str, status: str, failure_type: str,
                  reason: int, description: str, position: int | None) -> RuleRow:
@@ -220,7 +249,7 @@ class BounceService:
                        False)
 
     def test_rule(self, text: str, status: str | None = None) -> dict[str, Any]:
-        verdict = qualify(self.rules(), status=status, text=text)
+        verdict = qualify(self._rules(), status=status, text=text)
         return {"text": text, "status": status, "failure_type": verdict.failure_type,
                 "reason": int(verdict.reason), "reason_label": verdict.reason.label,
                 "rule": verdict.rule_id, "normalized": normalize_text(text)}

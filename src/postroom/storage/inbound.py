@@ -97,6 +97,16 @@ class InboundStore:
                 changed[address] = following
         self.save_address_rows(conn, list(changed.values()), now)
 
+    def denylist_addresses(self, addresses: Sequence[str], text: str, now: datetime) -> int:
+        """Put addresses on the denylist (an operator's decision, as a spam complaint does),
+        whatever their status; returns how many were not denylisted before."""
+        event = AddressEvent.failure(FailureType.HARD, FailureReason.DENYLISTED, text)
+        with self.engine.begin() as conn:
+            before = self.address_rows(conn, list(addresses))
+            self.apply_address_events(conn, [(a, event) for a in addresses], now)
+        return sum(1 for a in set(addresses)
+                   if a not in before or before[a].status is not AddressStatus.DENYLISTED)
+
     def sweep_addresses(self, now: datetime) -> tuple[int, int]:
         """Time-based rules: reset error counters after 10 days without error, release
         mailbox-full quarantines after 30 days. Returns (reset, released)."""

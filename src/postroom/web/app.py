@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import Message
 
-from postroom.service import Postroom
+from postroom.app import Postroom
 from postroom.web.metrics import metrics_registry, render_metrics
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -99,7 +99,7 @@ def create_app(postroom: Postroom) -> Starlette:
         token = request.path_params["token"]
         if token == "proof":
             return _text("Mirror pages are not available for proofs.", 404)
-        page = postroom.open_mirror(token)
+        page = postroom.links.open_mirror(token)
         if page is None:
             return _not_found()
         if page.expired:
@@ -110,7 +110,7 @@ def create_app(postroom: Postroom) -> Starlette:
 
     def confirm(request: Request) -> Response:
         token = request.path_params["token"]
-        recipient = postroom.check_unsubscribe(token)
+        recipient = postroom.links.check_unsubscribe(token)
         if recipient is None:
             return _not_found()
         action = html.escape(str(request.url.path))
@@ -127,7 +127,7 @@ def create_app(postroom: Postroom) -> Starlette:
         # The token first, then a bounded body: an attacker's POST costs no reading.
         # A refusal closes the connection, so the server takes none of the rest.
         token = request.path_params["token"]
-        if await run_in_threadpool(postroom.check_unsubscribe, token) is None:
+        if await run_in_threadpool(postroom.links.check_unsubscribe, token) is None:
             return _closing(_not_found())
         body = await _bounded_body(request)
         if body is None:
@@ -139,7 +139,7 @@ def create_app(postroom: Postroom) -> Starlette:
         form = await Request(request.scope, replay).form(max_files=0, max_fields=8)
         if form.get("List-Unsubscribe") != "One-Click":
             return _text("Expected List-Unsubscribe=One-Click", 400)
-        recipient = await run_in_threadpool(postroom.unsubscribe, token)
+        recipient = await run_in_threadpool(postroom.links.unsubscribe, token)
         if recipient is None:
             return _not_found()
         return _page("Unsubscribed", f"<h1>Unsubscribed</h1><p>{html.escape(recipient.email)} "
@@ -149,7 +149,7 @@ def create_app(postroom: Postroom) -> Starlette:
 
     def health(request: Request) -> Response:
         """ok / not ok for anyone; the details (problems, counts) only with the token."""
-        result = postroom.health()
+        result = postroom.operations.health()
         shown = result.to_json() if _authorized(request, health_token) else {
             "status": "ok" if result.ok else "problem"}
         return _secured(JSONResponse(shown, status_code=200 if result.ok else 503))

@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from postroom.app import Postroom
+from postroom.app.reports import Metrics
 from postroom.domain.models import ArchiveState
 from postroom.domain.states import LogStatus
-from postroom.service import Metrics, Postroom
 
 __all__ = ["StoreCollector", "metrics_registry", "render_metrics"]
 
@@ -25,7 +26,7 @@ class StoreCollector(Collector):
         self._postroom = postroom
 
     def collect(self) -> Iterable[Metric]:
-        return families(self._postroom.metrics())
+        return families(self._postroom.reports.metrics())
 
 
 def families(m: Metrics) -> list[Metric]:

@@ -1,0 +1,70 @@
+"""Reads for the recipients pages of the console and API: a page of recipients (searched),
+and one recipient's history (each delivery that targeted them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, func, or_, select
+
+from postroom.domain.models import Recipient
+from postroom.storage.schema import address_status, deliveries, delivery_logs, recipients
+from postroom.storage.sql import _recipient
+
+__all__ = ["HistoryRow", "count_matching", "recipient_history", "recipient_page"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One delivery log of a recipient, with its delivery's name."""
+
+    log_id: int
+    delivery_id: int
+    delivery_name: str
+    status: str
+    failure_type: str | None
+    failure_reason: int | None
+    detail: str
+    sent_at: datetime | None
+    updated_at: datetime | None
+
+
+def _matching(search: str | None) -> Select[Any]:
+    status = address_status.c.status.label("address_status")
+    query = select(recipients, status).outerjoin(
+        address_status, address_status.c.address == recipients.c.email)
+    if search:
+        pattern = search.lower()
+        query = query.where(or_(
+            recipients.c.email_key.contains(pattern, autoescape=True),
+            func.lower(recipients.c.first_name).contains(pattern, autoescape=True),
+            func.lower(recipients.c.last_name).contains(pattern, autoescape=True)))
+    return query
+
+
+def recipient_page(engine: Engine, *, search: str | None, limit: int,
+                   offset: int) -> list[Recipient]:
+    """Recipients in id order whose address or name contains `search` (any case)."""
+    query = _matching(search).order_by(recipients.c.id).limit(limit).offset(offset)
+    with engine.connect() as conn:
+        return [_recipient(row, row.address_status or "valid") for row in conn.execute(query)]
+
+
+def count_matching(engine: Engine, search: str | None) -> int:
+    query = select(func.count()).select_from(_matching(search).subquery())
+    with engine.connect() as conn:
+        return int(conn.scalar(query) or 0)
+
+
+def recipient_history(engine: Engine, recipient_id: int, *, limit: int) -> list[HistoryRow]:
+    """The recipient's delivery logs, newest delivery first."""
+    c = delivery_logs.c
+    query = (select(c.id, c.delivery_id, deliveries.c.name, c.status, c.failure_type,
+                    c.failure_reason, c.detail, c.sent_at, c.updated_at)
+             .join(deliveries, deliveries.c.id == c.delivery_id)
+             .where(c.recipient_id == recipient_id)
+             .order_by(c.delivery_id.desc(), c.id.desc()).limit(limit))
+    with engine.connect() as conn:
+        return [HistoryRow(*row) for row in conn.execute(query)]

@@ -1,0 +1,96 @@
+"""The service methods the API and console need beyond the CLI's, on both stores: recipients
+listed and searched, one recipient's history, a template preview, denylisting, the archive
+status as one value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from postroom.app import Postroom
+from postroom.errors import InputError, NotFoundError
+from postroom.settings import Settings
+from postroom.wiring import build
+from tests.conftest import write_csv
+
+NOW = datetime(2031, 3, 4, 5, 6, tzinfo=UTC)
+
+
+@pytest.fixture
+def postroom(database_url: str) -> Iterator[Postroom]:
+    built = build(Settings(database_url=database_url), clock=lambda: NOW)
+    yield built
+    built.close()
+
+
+def _import(postroom: Postroom, tmp_path: Path) -> None:
+    rows = [{"email": "ada@example.com", "first_name": "Ada", "last_name": "King"},
+            {"email": "bob@example.org", "first_name": "Bob", "last_name": "Ross"},
+            {"email": "cy@example.com", "first_name": "Cy", "last_name": "Ada"}]
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", rows))
+
+
+def test_recipients_are_listed_searched_and_paged(postroom: Postroom, tmp_path: Path) -> None:
+    _import(postroom, tmp_path)
+    page = postroom.recipients.list_recipients(search="ADA", limit=1)
+    assert page.total == 2  # ada@... by address, Cy by last name
+    assert [r.email for r in page.recipients] == ["ada@example.com"]
+    second = postroom.recipients.list_recipients(search="ada", limit=1, offset=1)
+    assert [r.email for r in second.recipients] == ["cy@example.com"]
+    assert postroom.recipients.list_recipients(search="100%").total == 0  # % is no wildcard
+    assert postroom.recipients.list_recipients().to_json()["total"] == 3
+    with pytest.raises(InputError):
+        postroom.recipients.list_recipients(limit=10**6)
+
+
+def test_a_recipient_s_history_names_each_delivery_and_the_address_status(
+        postroom: Postroom, tmp_path: Path) -> None:
+    _import(postroom, tmp_path)
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "x\n"})
+    first, _ = postroom.deliveries.create_delivery("t", name="first")
+    second, _ = postroom.deliveries.create_delivery("t", name="second")
+    for delivery in (first, second):
+        assert postroom.deliveries.analyze(delivery.id).ok
+    postroom.quarantine.denylist(["bob@example.org"])
+    history = postroom.recipients.recipient_history("bob@example.org")
+    assert [(h.delivery_name, h.status) for h in history.deliveries] == [
+        ("second", "pending"), ("first", "pending")]
+    assert history.to_json()["address"]["status"] == "denylisted"
+    with pytest.raises(NotFoundError):
+        postroom.recipients.recipient_history("nobody@example.com")
+
+
+def test_denylisting_counts_only_new_entries_and_release_undoes_it(postroom: Postroom) -> None:
+    assert postroom.quarantine.denylist(["Eve@Example.COM"]) == 1
+    assert postroom.quarantine.denylist(["Eve@example.com"]) == 0  # the domain's case only
+    [row] = postroom.quarantine.list_addresses(statuses=["denylisted"])
+    assert (row.address, row.last_text) == ("Eve@example.com", "denylisted by an operator")
+    assert postroom.quarantine.release_addresses(["Eve@example.com"]) == 1
+    assert postroom.quarantine.get_address("Eve@EXAMPLE.com").status == "valid"
+
+
+def test_a_template_preview_is_personalized_and_names_its_problems(
+        postroom: Postroom, tmp_path: Path) -> None:
+    _import(postroom, tmp_path)
+    postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
+                                             "text": "Dear {{ recipient.last_name }}\n",
+                                             "html": "<p>{{ recipient.first_name }}</p>"})
+    preview = postroom.templates.preview("t", recipient="bob@example.org")
+    assert (preview.subject, preview.text.strip(), preview.problems) == (
+        "Hi Bob", "Dear Ross", [])
+    assert "<p>Bob</p>" in preview.html
+    postroom.templates.create_template("u", {"subject": "Hi {{ recipient.city }}",
+                                             "text": "x\n"})
+    broken = postroom.templates.preview("u")
+    assert broken.subject == "" and "city" in broken.problems[0]
+    with pytest.raises(NotFoundError):
+        postroom.templates.preview("t", recipient="nobody@example.com")
+
+
+def test_the_archive_status_is_one_value_the_cli_and_api_share(postroom: Postroom) -> None:
+    status = postroom.archive.status()
+    assert status.to_json() == {"enabled": False, "sink": "smtp", "target": "archive relay",
+                                "ledger_entries": 0, "deliveries": []}
