@@ -1,4 +1,5 @@
-"""Postroom's web server: mirror pages, one-click unsubscribe (RFC 8058), health and metrics.
+"""Postroom's web server: mirror pages, one-click unsubscribe (RFC 8058), health, metrics and
+the REST API (`postroom.web.api`, mounted at /api/v1).
 
 Built explicitly from a list of routes around one Postroom instance; no global state. Handlers
 are plain functions (Starlette runs them in its thread pool, since the store is synchronous).
@@ -22,10 +23,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Message
 
 from postroom.app import Postroom
+from postroom.web.api import create_api
+from postroom.web.api.app import PREFIX
 from postroom.web.metrics import metrics_registry, render_metrics
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -170,4 +173,5 @@ def create_app(postroom: Postroom) -> Starlette:
         Route("/u/{token}", unsubscribe, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Mount(PREFIX, app=create_api(postroom)),
     ])
