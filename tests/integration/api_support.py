@@ -71,10 +71,12 @@ def api_settings(database_url: str, relay: CaptureServer, **web: Any) -> Setting
 
 
 @contextmanager
-def api_instance(tmp: Path, **web: Any) -> Iterator[Api]:
-    """A fresh instance on its own SQLite file and capture relay, served by uvicorn."""
+def api_instance(tmp: Path, database_url: str | None = None, **web: Any) -> Iterator[Api]:
+    """A fresh instance on its own database (a SQLite file unless given) and capture relay,
+    served by uvicorn."""
     with CaptureServer() as relay:
-        postroom = build(api_settings(f"sqlite:///{tmp / 'api.db'}", relay, **web))
+        postroom = build(api_settings(database_url or f"sqlite:///{tmp / 'api.db'}", relay,
+                                      **web))
         try:
             postroom.recipients.import_recipients(write_csv(tmp / "people.csv", PEOPLE))
             postroom.templates.create_template("plain", {

@@ -4,6 +4,7 @@ success with it), and the permission each needs is the service layer's (policy.R
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -11,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from postroom.accounts.permissions import ROLES
 from postroom.accounts.policy import REQUIRED
+from postroom.web.api import create_api
 from tests.integration.api_support import ROLE_NAMES, Api, api_instance
 
 PROBLEM = "application/problem+json"
@@ -282,3 +285,41 @@ def test_proof_goes_to_the_relay_and_not_to_the_log(api: Api) -> None:
     assert [m for m in api.relay.messages if "proof@example.com" in m.rcpt_tos]
     logs = api.request("admin", "GET", f"/deliveries/{delivery_id}/logs").json()
     assert logs["items"] == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_with_postgresql_a_send_is_left_to_the_workers(database_url: str,
+                                                       tmp_path: Path) -> None:
+    with api_instance(tmp_path, database_url) as api:
+        delivery_id = api.delivery("editing")
+        started = api.request("sender", "POST", f"/deliveries/{delivery_id}/send")
+        assert started.status_code == 202, started.text
+        assert started.json()["mode"] == "workers"
+        assert started.json()["delivery"]["state"] == "sending"
+        events = api.request("viewer", "GET", f"/deliveries/{delivery_id}/events",
+                             params={"max_seconds": 1})
+        assert "event: end" in events.text and '"reason":"limit"' in events.text
+        assert api.relay.messages == []  # nobody but a worker sends it
+
+
+def test_a_bug_is_a_500_problem_without_its_internals(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_api(api.postroom)
+
+    async def boom() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    app.add_api_route("/boom", boom)
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as client:
+            return await client.get("/boom")
+
+    response = asyncio.run(get())
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert set(body) == {"type", "status", "title", "detail", "reference"}
+    assert "hunter2" not in response.text and "RuntimeError" not in response.text
+    assert body["reference"] in caplog.text and "hunter2" in caplog.text  # the log has it
