@@ -113,3 +113,28 @@ def test_async_methods_run_as_the_actor_and_are_audited(
     assert rows == [("sue", "7", "ok", {"delivery": 7, "sent": 3}),
                     ("sue", "-1", "error", {"delivery_id": -1}),
                     ("vic", "8", "denied", None)]
+
+
+def test_quarantine_and_rule_changes_keep_before_and_after(
+        capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+        sqlite_url: str) -> None:
+    postroom = make_postroom(sqlite_url, capture())
+    operator = postroom.acting_as(actor("operator", "otto"))
+    assert operator.quarantine.denylist(["Spam@Example.COM"]) == 1
+    assert operator.quarantine.release_addresses(["Spam@example.com"]) == 1
+    with pytest.raises(PermissionDenied, match="rules:manage"):
+        operator.bounces.add_rule(rule_id="r1", pattern="mailbox is full", status="",
+                                  failure_type="soft", reason=5, description="", position=None)
+    admin = postroom.acting_as(actor("admin", "ann"))
+    admin.bounces.add_rule(rule_id="r1", pattern="mailbox is full", status="",
+                           failure_type="soft", reason=5, description="full", position=None)
+    admin.bounces.edit_rule("r1", pattern="mailbox (is )?full")
+    denylisted, released, refused, added, edited = reversed(postroom.accounts.audit())
+    assert (denylisted.target, denylisted.before["addresses"]) == (
+        "Spam@Example.COM", {"Spam@Example.COM": "valid"})
+    assert released.before["addresses"]["Spam@example.com"]["status"] == "denylisted"
+    assert released.after == 1 and released.actor == "otto"
+    assert (refused.outcome, refused.action) == ("denied", "bounces.add_rule")
+    assert added.after["pattern"] == "mailbox is full" and added.before is None
+    assert (edited.before["pattern"], edited.after["pattern"]) == (
+        "mailbox is full", "mailbox (is )?full")

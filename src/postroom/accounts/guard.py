@@ -16,6 +16,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from postroom.accounts import policy
@@ -26,6 +27,7 @@ from postroom.errors import PermissionDenied, PostroomError
 __all__ = ["SNAPSHOTS", "GuardedService", "GuardedView", "guarded"]
 
 Snapshot = Callable[[Any, Mapping[str, Any]], Any]
+_MAX_BEFORE = 200  # addresses read for the before of a quarantine change
 
 
 def _template(container: Any, args: Mapping[str, Any]) -> Any:
@@ -40,6 +42,19 @@ def _token(container: Any, args: Mapping[str, Any]) -> Any:
     return container.accounts.store.get_token(int(args["token_id"]))
 
 
+def _addresses(container: Any, args: Mapping[str, Any]) -> Any:
+    service = container.quarantine
+    named = {a: service.get_address(a) for a in list(args.get("addresses") or ())[:_MAX_BEFORE]}
+    held = service.list_addresses(domain=args["domain"], limit=_MAX_BEFORE) if args.get(
+        "domain") else []
+    return {"addresses": {a: state or "valid" for a, state in named.items()},
+            **({"domain": held} if args.get("domain") else {})}
+
+
+def _rule(container: Any, args: Mapping[str, Any]) -> Any:
+    return next((r for r in container.bounces.rules() if r.id == args["rule_id"]), None)
+
+
 # What the object looked like before the call, per audited key (read as the raw container: the
 # snapshot is the guard's own read, not the actor's).
 SNAPSHOTS: dict[str, Snapshot] = {
@@ -48,6 +63,10 @@ SNAPSHOTS: dict[str, Snapshot] = {
     "accounts.disable_user": _user,
     "accounts.set_password": _user,
     "accounts.revoke_token": _token,
+    "quarantine.release_addresses": _addresses,
+    "quarantine.denylist": _addresses,
+    "bounces.edit_rule": _rule,
+    "bounces.delete_rule": _rule,
 }
 
 
@@ -67,8 +86,12 @@ def _arguments(function: Callable[..., Any], args: tuple[Any, ...],
 
 def _target(arguments: Mapping[str, Any]) -> str:
     for value in arguments.values():
+        if isinstance(value, PurePath):
+            return value.name
         if isinstance(value, str | int) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+            return ", ".join(value[:5]) + (f" (+{len(value) - 5})" if len(value) > 5 else "")
     return ""
 
 
@@ -159,7 +182,7 @@ class GuardedView:
         if policy.audited(key) and key in SNAPSHOTS:
             try:
                 before = SNAPSHOTS[key](self._container, arguments)
-            except PostroomError:  # nothing there: the call itself will say so
+            except (PostroomError, AttributeError):  # nothing there: the call will say so
                 before = None
         return _Call(arguments, before)
 

@@ -36,7 +36,7 @@ from postroom.storage.sql import SqlStore
 __all__ = ["SERVICES", "Postroom"]
 
 SERVICES = ("recipients", "templates", "deliveries", "sending", "proofs", "links", "archive",
-            "bounces", "quarantine", "reports", "operations")
+            "bounces", "quarantine", "reports", "operations", "accounts")
 
 
 class Postroom:
@@ -58,6 +58,14 @@ class Postroom:
         self.quarantine = QuarantineService(ctx)
         self.operations = OperationsService(ctx)
         self.reports = ReportService(ctx, self.operations)
+        self.accounts = AccountsService(AccountStore(ctx.store.engine),
+                                        clock=lambda: ctx.clock())
+        self.audit_log = AuditLog(self.accounts.store, lambda: ctx.clock())
+
+    def acting_as(self, actor: Actor) -> GuardedView:
+        """This container as `actor` may use it: each service call checked against the
+        permission table, run as the actor, and audited (accounts/guard.py)."""
+        return guarded(self, actor, self.audit_log)
 
     @property
     def store(self) -> SqlStore:

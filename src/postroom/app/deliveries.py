@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from postroom.accounts.bcc import check_email_bcc_kept
 from postroom.app.context import AppContext
 from postroom.delivery.analysis import AnalysisReport, analyze
 from postroom.delivery.audience import parse_filter
@@ -53,6 +54,8 @@ class DeliveryService:
         store, now = self._ctx.store, self._ctx.now
         source = store.get_template(template)
         props = source.properties.override(overrides or {})
+        check_email_bcc_kept(was_on=source.properties.email_bcc, now_on=props.email_bcc,
+                             where=f"a delivery from template {template!r}")
         for text in filters or []:
             parse_filter(text)
         if filters and list_file:

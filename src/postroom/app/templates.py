@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from postroom.accounts.bcc import check_email_bcc_kept
 from postroom.app.context import AppContext
 from postroom.compose.personalize import compile_content
 from postroom.compose.template_limits import TemplateLimits
@@ -130,6 +131,8 @@ class TemplateService:
     def update_template(self, name: str, data: dict[str, Any]) -> Template:
         current = self._ctx.store.get_template(name)
         props = current.properties.override(data)
+        check_email_bcc_kept(was_on=current.properties.email_bcc, now_on=props.email_bcc,
+                             where=f"template {name!r}")
         _refuse_problems(name, props, self._ctx.settings.templates)
         return self._ctx.store.update_template(name, props, self._ctx.now())
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from postroom.app.errors import error_kind, mapping_for
 from postroom.cli import (
+    accounts,
     archive,
     bounces,
     config,
@@ -43,6 +44,9 @@ app.add_typer(bounces.bounces_app, name="bounces")
 app.add_typer(bounces.rules_app, name="rules")
 app.add_typer(bounces.quarantine_app, name="quarantine")
 app.add_typer(bounces.reports_app, name="reports")
+app.add_typer(accounts.users_app, name="users")
+app.add_typer(accounts.tokens_app, name="tokens")
+app.command("audit")(accounts.audit)
 app.command("init")(config.init)
 app.command("demo")(demo.demo)
 app.command("serve")(web.serve)

@@ -7,15 +7,13 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from postroom.archive.ledger import Checkpoint, format_time
-from postroom.archive.ledger_ops import export_ledger, verify_ledger
 from postroom.archive.signing import Signer, new_private_key_hex
 from postroom.archive.stores import ArchiveReader, imap_copies, parse_imap_url, tree_copies
-from postroom.archive.verify import Scope, VerifyReport, verify_archive
+from postroom.archive.verify import Scope, VerifyReport
 from postroom.cli.common import (
     JsonOption,
     Table,
@@ -37,27 +35,15 @@ def status(
     as_json: bool = JsonOption,
 ) -> None:
     """Pending / archived / failed copies per delivery, with the latest replies."""
-    postroom = state(ctx).postroom()
-    counts = postroom.store.archive_counts(delivery)
-    rows: list[dict[str, Any]] = []
-    for delivery_id in sorted(counts):
-        states = counts[delivery_id]
-        rows.append({"delivery": delivery_id, "pending": states.get("pending", 0),
-                     "archived": states.get("archived", 0), "failed": states.get("failed", 0),
-                     "recent": [{"log": log, "state": st, "reply": reply} for log, st, reply
-                                in postroom.store.archive_replies(delivery_id, limit=5)]})
-    settings = postroom.settings.archive
-    sink = {"smtp": "archive relay", "directory": str(settings.directory),
-            "imap": str(settings.imap_url)}[settings.sink]
+    result = state(ctx).postroom().archive.status(delivery)
     if as_json:
-        emit_json({"enabled": settings.enabled, "sink": settings.sink, "target": sink,
-                   "ledger_entries": postroom.store.ledger_head().count, "deliveries": rows})
+        emit_json(result.to_json())
         return
-    console.print(f"Email BCC is {'on' if settings.enabled else 'off'} on this instance; "
-                  f"sink: {settings.sink} ({sink}); ledger: "
-                  f"{postroom.store.ledger_head().count} entries")
+    console.print(f"Email BCC is {'on' if result.enabled else 'off'} on this instance; "
+                  f"sink: {result.sink} ({result.target}); ledger: "
+                  f"{result.ledger_entries} entries")
     table = Table("delivery", "pending", "archived", "failed", "latest reply")
-    for row in rows:
+    for row in result.deliveries:
         replied = [r for r in row["recent"] if r["reply"]]
         latest = (f"{replied[0]['state']}: {replied[0]['reply']}" if replied
                   else "pending: not attempted yet" if row["recent"] else "")
@@ -118,8 +104,7 @@ def verify(
         postroom = state(ctx).postroom()
         scope = Scope(delivery, _utc(since), _utc(until))
         with progress_bar("reading the archive", None, enabled=not as_json) as advance:
-            report = verify_archive(postroom.store, reader, scope, now=postroom.clock(),
-                                    progress=advance)
+            report = postroom.archive.verify(reader, scope, progress=advance)
     except PostroomError as exc:
         err_console.print(f"archive verify: {exc}")
         raise typer.Exit(2) from None
@@ -171,10 +156,9 @@ def ledger_verify(
     as_json: bool = JsonOption,
 ) -> None:
     """Check the whole chain, its head and every signed checkpoint; exit 1 on any fault."""
-    postroom = state(ctx).postroom()
     signer = _signer(ctx)
     key = public_key or (signer.public_key if signer else None)
-    report = verify_ledger(postroom.store, key)
+    report = state(ctx).postroom().archive.verify_ledger(key)
     result = {"ok": report.ok, "entries": report.count, "head": report.head,
               "first_fault": None if report.fault is None else
               {"seq": report.fault.seq, "problem": report.fault.problem},
@@ -211,12 +195,12 @@ def ledger_export(
     postroom = state(ctx).postroom()
     moment = _utc(since)
     if str(out) == "-":
-        full, stubs, signed = export_ledger(postroom.store, sys.stdout, delivery_id=delivery,
-                                            since=moment)
+        full, stubs, signed = postroom.archive.export_ledger(sys.stdout, delivery_id=delivery,
+                                                             since=moment)
         return
     with out.open("w", encoding="utf-8") as handle:
-        full, stubs, signed = export_ledger(postroom.store, handle, delivery_id=delivery,
-                                            since=moment)
+        full, stubs, signed = postroom.archive.export_ledger(handle, delivery_id=delivery,
+                                                             since=moment)
     err_console.print(f"{full} entries, {stubs} stubs, {signed} checkpoints written to {out}")
 
 
@@ -228,8 +212,7 @@ def ledger_checkpoint(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         err_console.print("archive.ledger_key is not set (POSTROOM_ARCHIVE__LEDGER_KEY): "
                           "nothing can be signed")
         raise typer.Exit(2)
-    postroom = state(ctx).postroom()
-    checkpoint = postroom.store.ledger_checkpoint(signer, postroom.clock())
+    checkpoint = state(ctx).postroom().archive.ledger_checkpoint()
     if as_json:
         emit_json(checkpoint.export())
     else:
@@ -239,7 +222,7 @@ def ledger_checkpoint(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 @ledger_app.command("checkpoints")
 def ledger_checkpoints(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Print the signed checkpoints (head, count, time, public key, signature)."""
-    checkpoints = state(ctx).postroom().store.ledger_checkpoints()
+    checkpoints = state(ctx).postroom().archive.ledger_checkpoints()
     if as_json:
         emit_json([cp.export() for cp in checkpoints])
     else:

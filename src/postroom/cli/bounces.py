@@ -190,8 +190,8 @@ def list_(ctx: typer.Context, state_: str | None = typer.Option(None, "--state")
     rows: list[dict[str, Any]] = [{"id": b.id, "state": b.state, "kind": b.kind,
                                    "source": b.source,
              "received_at": b.received_at.isoformat(), "size": len(b.data),
-             "detail": b.detail, "results": postroom.store.bounce_results_of(b.id)}
-            for b in postroom.store.list_bounces(state=state_, limit=limit)]
+             "detail": b.detail, "results": postroom.bounces.bounce_results_of(b.id)}
+            for b in postroom.bounces.list_bounces(state=state_, limit=limit)]
     if as_json:
         emit_json(rows)
         return
@@ -208,7 +208,7 @@ def list_(ctx: typer.Context, state_: str | None = typer.Option(None, "--state")
 @rules_app.command("list")
 def rules_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """The rules, in the order they are tried."""
-    rows = state(ctx).postroom().store.list_rules()
+    rows = state(ctx).postroom().bounces.rules()
     if as_json:
         emit_json([asdict(r) for r in rows])
         return
@@ -255,8 +255,7 @@ def rules_edit(
 @rules_app.command("delete")
 def rules_delete(ctx: typer.Context, rule_id: str) -> None:
     """Delete a rule."""
-    if not state(ctx).postroom().store.delete_rule(rule_id):
-        raise InputError(f"no rule {rule_id!r}")
+    state(ctx).postroom().bounces.delete_rule(rule_id)
     console.print(f"deleted rule {rule_id}")
 
 
@@ -275,7 +274,7 @@ def rules_test(ctx: typer.Context, text: str,
 def rules_unqualified(ctx: typer.Context, limit: int = typer.Option(50, min=1),
                       as_json: bool = JsonOption) -> None:
     """Texts no rule matched, most frequent first (add rules for them)."""
-    rows = state(ctx).postroom().store.list_unqualified(limit)
+    rows = state(ctx).postroom().bounces.list_unqualified(limit)
     if as_json:
         emit_json(rows)
         return
@@ -304,8 +303,8 @@ def quarantine_list(
     as_json: bool = JsonOption,
 ) -> None:
     """Addresses in quarantine or on the denylist."""
-    rows = state(ctx).postroom().store.list_addresses(statuses=status, domain=domain,
-                                                      limit=limit)
+    rows = state(ctx).postroom().quarantine.list_addresses(statuses=status, domain=domain,
+                                                           limit=limit)
     if as_json:
         emit_json([_address_json(r) for r in rows])
         return
@@ -320,7 +319,7 @@ def quarantine_list(
 def quarantine_show(ctx: typer.Context, address: str, as_json: bool = JsonOption) -> None:
     """One address's status and its last error."""
     address = normalize_address(address)  # the domain's case does not matter
-    row = state(ctx).postroom().store.get_address(address)
+    row = state(ctx).postroom().quarantine.get_address(address)
     data = _address_json(row) if row else {"address": address, "status": "valid"}
     if as_json:
         emit_json(data)
@@ -339,19 +338,12 @@ def quarantine_release(
     denylisted: bool = typer.Option(False, help="Also release denylisted addresses."),
 ) -> None:
     """Release addresses from quarantine (one, several, or in bulk by domain and window)."""
-    postroom = state(ctx).postroom()
-    chosen = [normalize_address(a) for a in addresses or []]
-    if domain:
-        statuses = ["quarantine", "with_errors"] + (["denylisted"] if denylisted else [])
-        chosen += [r.address for r in postroom.store.list_addresses(
-            statuses=statuses, domain=domain.lower(), since=_utc(since), until=_utc(until),
-            limit=10**6)]
-        if not chosen:
-            console.print(f"no address of {domain} to release in that window")
-            return
-    if not chosen:
-        raise InputError("name addresses, or --domain (with --since/--until)")
-    count = postroom.store.release_addresses(chosen, postroom.clock())
+    count = state(ctx).postroom().quarantine.release_addresses(
+        addresses or [], domain=domain, since=_utc(since), until=_utc(until),
+        denylisted=denylisted)
+    if domain and not count and not addresses:
+        console.print(f"no address of {domain} to release in that window")
+        return
     console.print(f"released {count} addresses")
 
 

@@ -97,7 +97,7 @@ def create(
 def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """All deliveries."""
     postroom = state(ctx).postroom()
-    rows = [_row(d, postroom) for d in postroom.store.list_deliveries()]
+    rows = [_row(d, postroom) for d in postroom.deliveries.list_deliveries()]
     if as_json:
         emit_json(rows)
         return
@@ -152,7 +152,7 @@ def _on_signal(first: bool) -> None:
 def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
     postroom = state(ctx).postroom()
     on_analyzed = None if as_json else _print_analysis
-    delivery = postroom.store.get_delivery(delivery_id)
+    delivery = postroom.deliveries.get_delivery(delivery_id)
     total = postroom.deliveries.pending_count(delivery_id) if delivery.analyzed_at else None
     postroom.deliveries.start(delivery_id, on_analyzed=on_analyzed)  # Ctrl-C: stop analysis
     with progress_bar(f"sending #{delivery_id}", total, enabled=not as_json) as advance:
@@ -215,7 +215,7 @@ def retry(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
     are never touched, nor ones a recipient's server deferred."""
     postroom = state(ctx).postroom()
     count = postroom.deliveries.retry(delivery_id)
-    delivery = postroom.store.get_delivery(delivery_id)
+    delivery = postroom.deliveries.get_delivery(delivery_id)
     if as_json:
         emit_json({"delivery": delivery_id, "state": delivery.state, "due_now": count})
         return

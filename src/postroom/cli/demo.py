@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import random
+import secrets
+import shlex
 import shutil
 from pathlib import Path
 
 import typer
 
+from postroom.accounts.actor import cli_actor
 from postroom.app.templates import load_template_file
 from postroom.cli.common import console, emit_json, progress_bar
 from postroom.domain.states import LogStatus
@@ -26,11 +30,13 @@ from postroom.settings import (
     SendingSettings,
     Settings,
     SmtpRelay,
+    WebSettings,
 )
 from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Script, is_rejected
 
 ARCHIVE_ADDRESS = "archive@compliance.example"
+DEMO_ADMIN = "admin"
 MARKER = ".postroom-demo"  # written in every folder the demo creates: only those it resets
 _FIRST = ["Ada", "Björn", "Chloé", "Dmitri", "Eun-ji", "Farah", "Gonzalo", "Hana", "Ivo", "Józef"]
 _LAST = ["Lovelace", "Järvinen", "Dubois", "Petrov", "Kim", "Haddad", "Ruiz", "Sato", "Novak"]
@@ -96,6 +102,23 @@ def prepare_folder(directory: Path) -> None:
                                     encoding="utf-8")
 
 
+def _serve_command(directory: Path) -> str:
+    return f"postroom --config {shlex.quote(str(directory / 'postroom.toml'))} serve"
+
+
+def _console_url() -> str:
+    web = WebSettings()
+    return f"http://{web.host}:{web.port}/"
+
+
+def write_config(directory: Path) -> None:
+    """A postroom.toml beside the demo's database, for `postroom --config ... serve`."""
+    url = f"sqlite:///{(directory / 'postroom.db').resolve()}"
+    (directory / "postroom.toml").write_text(
+        "# written by `postroom demo`: the demo's database, for `postroom serve` and the CLI\n"
+        f"database_url = {json.dumps(url)}\n", encoding="utf-8")
+
+
 def demo(
     directory: Path = typer.Option(Path("postroom-demo"), "--dir",
                                    help="Work folder: a new or empty one, or one an earlier "
@@ -114,6 +137,7 @@ def demo(
     (directory / "newsletter.toml").write_text(TEMPLATE_TOML, encoding="utf-8")
     (directory / "newsletter.html").write_text(TEMPLATE_HTML, encoding="utf-8")
     (directory / "newsletter.txt").write_text(TEMPLATE_TEXT, encoding="utf-8")
+    write_config(directory)
 
     def refused_at_data(address: str) -> bool:
         return is_rejected("data:" + address, data_reject_ratio)
@@ -131,16 +155,19 @@ def demo(
                                     relay=SmtpRelay(host="127.0.0.1", port=archive.port)),
         )
         postroom = build(settings)
-        imported = postroom.recipients.import_recipients(directory / "recipients.csv")
+        app = postroom.acting_as(cli_actor())  # the demo's changes are audited, as the CLI's
+        password = secrets.token_urlsafe(12)
+        app.accounts.create_user(DEMO_ADMIN, "admin", password)
+        imported = app.recipients.import_recipients(directory / "recipients.csv")
         name, data = load_template_file(directory / "newsletter.toml")
         assert name is not None
-        postroom.templates.create_template(name, data)
-        delivery, _ = postroom.deliveries.create_delivery(name, name="Demo newsletter")
-        analysis = postroom.deliveries.analyze(delivery.id)
+        app.templates.create_template(name, data)
+        delivery, _ = app.deliveries.create_delivery(name, name="Demo newsletter")
+        analysis = app.deliveries.analyze(delivery.id)
         with progress_bar("sending", analysis.pending, enabled=not as_json) as advance:
-            summary = asyncio.run(postroom.sending.send(delivery.id, progress=advance))
-        report = postroom.reports.report(delivery.id).to_json()
-        logs = postroom.store.list_logs(delivery.id, limit=10 * recipients + 10)
+            summary = asyncio.run(app.sending.send(delivery.id, progress=advance))
+        report = app.reports.report(delivery.id).to_json()
+        logs = app.deliveries.logs(delivery.id, limit=10 * recipients + 10)
         check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE_ADDRESS)
         if check.sent_logs == 0:
             check.problems.append("no message was sent")
@@ -150,14 +177,16 @@ def demo(
                     ARCHIVE_ADDRESS in m.rcpt_tos and log.message_id and
                     log.message_id.encode() in m.data for m in archive.messages):
                 check.problems.append(f"refused message to {log.email} has an archive copy")
-        postroom.store.close()
+        postroom.close()
     result = {"import": imported.to_json(), "analysis": analysis.to_json(), "report": report,
               "archive_check": {"ok": check.ok, "sent_logs": check.sent_logs,
                                 "refused_logs": check.failed_logs,
                                 "relay_received": check.relay_received,
                                 "archive_received": check.archive_received,
                                 "problems": check.problems},
-              "folder": str(directory)}
+              "folder": str(directory),
+              "console": {"user": DEMO_ADMIN, "password": password,
+                          "serve": _serve_command(directory), "url": _console_url()}}
     if as_json:
         emit_json(result)
     else:
@@ -177,5 +206,9 @@ def demo(
         for problem in check.problems:
             console.print(f"  [red]{problem}[/]", highlight=False)
         console.print(f"messages as .eml files under {directory}/mail and {directory}/archive")
+        console.print(f"console: run [bold]{_serve_command(directory)}[/] and open "
+                      f"{_console_url()}; log in as [bold]{DEMO_ADMIN}[/] with the password "
+                      f"[bold]{password}[/] (shown only now; `postroom users password "
+                      f"{DEMO_ADMIN}` sets another)", highlight=False)
     if not check.ok:
         raise typer.Exit(1)

@@ -39,5 +39,5 @@ def import_(
 @app.command("count")
 def count(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """How many recipients the database holds."""
-    total = state(ctx).postroom().store.count_recipients()
+    total = state(ctx).postroom().recipients.count_recipients()
     emit_json({"recipients": total}) if as_json else console.print(f"{total} recipients")

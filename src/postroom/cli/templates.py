@@ -48,7 +48,7 @@ def update(ctx: typer.Context, name: str, file: Path, as_json: bool = JsonOption
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """All templates."""
-    templates = state(ctx).postroom().store.list_templates()
+    templates = state(ctx).postroom().templates.list_templates()
     if as_json:
         emit_json([_describe(t, check=False) for t in templates])
         return
@@ -63,7 +63,7 @@ def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 @app.command("show")
 def show(ctx: typer.Context, name: str, as_json: bool = JsonOption) -> None:
     """One template's properties and content."""
-    _show(state(ctx).postroom().store.get_template(name), as_json)
+    _show(state(ctx).postroom().templates.get_template(name), as_json)
 
 
 @app.command("duplicate")
@@ -75,7 +75,7 @@ def duplicate(ctx: typer.Context, name: str, new_name: str, as_json: bool = Json
 @app.command("delete")
 def delete(ctx: typer.Context, name: str) -> None:
     """Delete a template (deliveries made from it keep their copy)."""
-    state(ctx).postroom().store.delete_template(name)
+    state(ctx).postroom().templates.delete_template(name)
     console.print(f"deleted template {name!r}")
 
 
