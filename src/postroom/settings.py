@@ -37,6 +37,7 @@ from sqlalchemy.exc import ArgumentError
 
 from postroom.compose.template_limits import TemplateLimits
 from postroom.delivery.shaping import ShapingSettings
+from postroom.domain.states import InDoubtPolicy
 from postroom.errors import ConfigError
 from postroom.transport.routing import RoutingSettings
 
@@ -110,10 +111,10 @@ class SendingSettings(_Section):
         60.0, ge=1, description="How long a claimed batch is ours without a heartbeat; "
         "a dead worker's batch is taken over after it (heartbeats renew it every quarter)."
     )
-    in_doubt: Literal["resend", "review"] = Field(
-        "resend", description="Messages that may have reached the relay unrecorded (a worker "
-        "died, a connection dropped awaiting the reply to DATA): resend them (at-least-once) "
-        "or set them aside for an operator (at-most-once)."
+    in_doubt: InDoubtPolicy = Field(
+        InDoubtPolicy.RESEND, description="Messages that may have reached the relay "
+        "unrecorded (a worker died, a connection dropped awaiting the reply to DATA): resend "
+        "them (at-least-once) or set them aside for an operator (at-most-once)."
     )
     pause_after_transport_failures: int = Field(
         50, ge=0, description="Pause the delivery after this many transport failures in a row "

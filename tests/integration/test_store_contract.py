@@ -8,12 +8,15 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from postroom.app import Postroom
 from postroom.domain.models import ArchiveResult, ArchiveState, LogUpdate
-from postroom.domain.states import DeliveryState, LogStatus
+from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.states import LOG_MOVES, BounceState, DeliveryState, LogStatus
+from postroom.errors import StateError
 from postroom.storage.sql import SqlStore, open_store
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -207,3 +210,75 @@ def test_workers_registry(sending: tuple[Postroom, int]) -> None:
     assert {(w.id, w.sent, w.stopped_at is not None) for w in both} == \
         {("x", 7, True), ("y", 0, False)}
     assert store.forget_workers(T0 + timedelta(seconds=6)) == 2
+
+
+# -- every status move through the table (storage/moves.py) -----------------------------------
+
+
+def _bounce_outcome(log_id: int, email: str) -> SimpleNamespace:
+    """What the processor hands `apply_bounce` for one attributed hard failure."""
+    return SimpleNamespace(
+        qualification=SimpleNamespace(failure_type=FailureType.HARD,
+                                      reason=FailureReason.USER_UNKNOWN, rule_id="r1"),
+        recipient=SimpleNamespace(recipient=email, status="5.1.1", action="failed",
+                                  diagnostic="550 5.1.1 no such user"),
+        log=SimpleNamespace(id=log_id, email=email), attributed=True, attributed_by="verp",
+        applies=True, fails_log=True)
+
+
+def test_a_bounce_fails_a_sent_log_only_as_the_log_table_allows(
+        sending: tuple[Postroom, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    postroom, delivery_id = sending
+    store = postroom.store
+    [target] = store.claim_due(delivery_id, T0, 1, LEASE, worker="a")
+    store.record([_sent(target.log_id)], T0)
+    outcome = _bounce_outcome(target.log_id, target.recipient.email)
+    first = store.store_bounce(b"Subject: bounce 1\r\n\r\nx\r\n", source="t", envelope_to="",
+                               now=T0)[0]
+    monkeypatch.setitem(LOG_MOVES, LogStatus.SENT, frozenset())  # as if sent were final
+    with pytest.raises(StateError, match="from sent to failed"):
+        store.apply_bounce(first, "dsn", [outcome], [], T0, state=BounceState.PROCESSED)
+    assert _log(store, target.log_id)["status"] == LogStatus.SENT
+    assert store.get_bounce(first).state == BounceState.NEW  # the transaction rolled back
+    monkeypatch.undo()
+    assert store.apply_bounce(first, "dsn", [outcome], [], T0,
+                              state=BounceState.PROCESSED) == 1
+    assert _log(store, target.log_id)["status"] == LogStatus.FAILED
+    assert store.get_bounce(first).state == BounceState.PROCESSED
+
+
+def test_review_moves_follow_the_log_table(sending: tuple[Postroom, int],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    postroom, delivery_id = sending
+    store = postroom.store
+    batch = store.claim_due(delivery_id, T0, 3, LEASE, worker="a")
+    ids = [t.log_id for t in batch]
+    monkeypatch.setitem(LOG_MOVES, LogStatus.PENDING, frozenset({LogStatus.PENDING}))
+    with pytest.raises(StateError, match="from pending to review"):
+        store.abandon(ids[:1], T0, review=True)
+    store.mark_attempting(ids[1:])
+    with pytest.raises(StateError, match="from pending to review"):
+        store.review_doubtful(delivery_id, T0 + LEASE)
+    assert {_log(store, i)["status"] for i in ids} == {LogStatus.PENDING}
+    monkeypatch.undo()
+    store.abandon(ids[:1], T0, review=True)
+    assert _log(store, ids[0])["status"] == LogStatus.REVIEW
+    monkeypatch.setitem(LOG_MOVES, LogStatus.REVIEW, frozenset({LogStatus.FAILED}))
+    with pytest.raises(StateError, match="from review to pending"):
+        store.resolve_review(delivery_id, resend=True, now=T0)
+    assert _log(store, ids[0])["status"] == LogStatus.REVIEW
+    assert store.resolve_review(delivery_id, resend=False, now=T0) == 1
+
+
+def test_bounce_states_move_only_along_their_table(sending: tuple[Postroom, int]) -> None:
+    store = sending[0].store
+    bounce_id = store.store_bounce(b"Subject: b\r\n\r\nx\r\n", source="t", envelope_to="",
+                                   now=T0)[0]
+    assert store.fail_bounce(bounce_id, "boom", T0)
+    assert not store.fail_bounce(bounce_id, "again", T0)  # only a `new` one
+    assert store.apply_bounce(bounce_id, "dsn", [], [], T0, state="processed") is None
+    assert store.requeue_failed_bounces() == 1
+    assert store.get_bounce(bounce_id).state == BounceState.NEW
+    with pytest.raises(StateError, match="from processing to new"):
+        store.apply_bounce(bounce_id, "dsn", [], [], T0, state=BounceState.NEW)
+    assert store.get_bounce(bounce_id).state == BounceState.NEW

@@ -9,8 +9,11 @@ import pytest
 from postroom.domain.states import (
     DELIVERY_MOVES,
     LOG_MOVES,
+    BounceState,
     DeliveryState,
+    InDoubtPolicy,
     LogStatus,
+    can_bounce_move,
     can_log_move,
     transition,
 )
@@ -85,3 +88,23 @@ def test_state_error_is_a_runtime_error() -> None:
 @pytest.mark.parametrize(("current", "target"), list(itertools.product(L, L)))
 def test_log_moves(current: LogStatus, target: LogStatus) -> None:
     assert can_log_move(current, target) is ((current, target) in LEGAL_LOG)
+
+
+B = BounceState
+LEGAL_BOUNCE = {(B.NEW, B.PROCESSING), (B.NEW, B.FAILED), (B.PROCESSING, B.PROCESSED),
+                (B.PROCESSING, B.UNATTRIBUTED), (B.PROCESSING, B.UNRECOGNIZED),
+                (B.FAILED, B.NEW)}
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(B, B)))
+def test_bounce_moves(current: BounceState, target: BounceState) -> None:
+    assert can_bounce_move(current, target) is ((current, target) in LEGAL_BOUNCE)
+
+
+def test_the_in_doubt_policy_is_an_enum_in_the_settings() -> None:
+    from postroom.settings import SendingSettings
+
+    assert SendingSettings().in_doubt is InDoubtPolicy.RESEND
+    assert SendingSettings(in_doubt="review").in_doubt is InDoubtPolicy.REVIEW
+    with pytest.raises(ValueError, match="'resend' or 'review'"):
+        SendingSettings(in_doubt="maybe")

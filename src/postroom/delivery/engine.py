@@ -29,7 +29,7 @@ from postroom.delivery.plan import Message, Plan
 from postroom.delivery.shaping import Shaper, Slowdown
 from postroom.domain.models import Delivery, LogUpdate, Target
 from postroom.domain.outcomes import RELAY_FAULT, FailureReason, Fault, Outcome, Verdict
-from postroom.domain.states import DeliveryState, LogStatus
+from postroom.domain.states import DeliveryState, InDoubtPolicy, LogStatus
 from postroom.errors import ConfigError, DatabaseUnavailable, PostroomError, StateError
 from postroom.settings import SendingSettings
 from postroom.transport.routed import RoutedConnection, Transport
@@ -82,11 +82,11 @@ class RunSummary:
     interrupted: str = ""
 
 
-def doubtful(update: LogUpdate, outcome: Outcome, policy: str) -> LogUpdate:
+def doubtful(update: LogUpdate, outcome: Outcome, policy: InDoubtPolicy) -> LogUpdate:
     """Mark an attempt that may have reached the relay; at-most-once sets it aside."""
     if not outcome.in_doubt:
         return update
-    if policy == "review" and update.status is LogStatus.PENDING:
+    if policy is InDoubtPolicy.REVIEW and update.status is LogStatus.PENDING:
         return replace(update, in_doubt=True, status=LogStatus.REVIEW, next_attempt_at=None,
                        detail=f"in doubt ({update.detail}); resend or count it failed")
     return replace(update, in_doubt=True)
@@ -213,7 +213,8 @@ class Engine:
         ones taken but not yet written are given back unsent."""
         on_wire = [log_id for log_id, wire in self._taken.items() if wire]
         self._store.release([log_id for log_id, wire in self._taken.items() if not wire])
-        self._store.abandon(on_wire, self._clock(), review=self._sending.in_doubt == "review")
+        self._store.abandon(on_wire, self._clock(),
+                            review=self._sending.in_doubt is InDoubtPolicy.REVIEW)
         summary.in_doubt += len(on_wire)
         self._taken = {}
 
@@ -262,7 +263,7 @@ class Engine:
     async def _feed(self, lanes: Lanes[Message], plan: Plan, summary: RunSummary) -> None:
         delivery_id = plan.delivery.id
         lease = timedelta(seconds=self._sending.lease_seconds)
-        review = self._sending.in_doubt == "review"
+        review = self._sending.in_doubt is InDoubtPolicy.REVIEW
         while self._sending_allowed(delivery_id, force=True):
             self._tick()
             if review:

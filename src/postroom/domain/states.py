@@ -11,10 +11,14 @@ from enum import StrEnum
 from postroom.errors import StateError
 
 __all__ = [
+    "BOUNCE_MOVES",
     "DELIVERY_MOVES",
     "LOG_MOVES",
+    "BounceState",
     "DeliveryState",
+    "InDoubtPolicy",
     "LogStatus",
+    "can_bounce_move",
     "can_log_move",
     "transition",
 ]
@@ -43,6 +47,25 @@ class LogStatus(StrEnum):
     REVIEW = "review"
 
 
+class InDoubtPolicy(StrEnum):
+    """What becomes of a message that may have reached the relay unrecorded
+    (`sending.in_doubt`)."""
+
+    RESEND = "resend"  # at-least-once: it is sent again (a duplicate is possible)
+    REVIEW = "review"  # at-most-once: set aside in `review` for an operator
+
+
+class BounceState(StrEnum):
+    """A stored bounce message's state (the `bounces` table)."""
+
+    NEW = "new"  # stored, waiting to be processed
+    PROCESSING = "processing"  # taken by one processor (inside its transaction)
+    PROCESSED = "processed"  # attributed to delivery logs and applied
+    UNATTRIBUTED = "unattributed"  # a report, about no message Postroom can name
+    UNRECOGNIZED = "unrecognized"  # no report Postroom recognizes: kept for a person
+    FAILED = "failed"  # processing raised; set aside, retried on request
+
+
 _D = DeliveryState
 DELIVERY_MOVES: dict[DeliveryState, frozenset[DeliveryState]] = {
     _D.EDITING: frozenset({_D.ANALYZING, _D.STOPPED}),
@@ -66,6 +89,17 @@ LOG_MOVES: dict[LogStatus, frozenset[LogStatus]] = {
 }
 
 
+_B = BounceState
+BOUNCE_MOVES: dict[BounceState, frozenset[BounceState]] = {
+    _B.NEW: frozenset({_B.PROCESSING, _B.FAILED}),
+    _B.PROCESSING: frozenset({_B.PROCESSED, _B.UNATTRIBUTED, _B.UNRECOGNIZED}),
+    _B.PROCESSED: frozenset(),
+    _B.UNATTRIBUTED: frozenset(),
+    _B.UNRECOGNIZED: frozenset(),
+    _B.FAILED: frozenset({_B.NEW}),  # `bounces process --retry-failed`
+}
+
+
 def transition(current: DeliveryState, target: DeliveryState) -> DeliveryState:
     """Return `target` if a delivery may move there from `current`, else raise StateError."""
     if target not in DELIVERY_MOVES[current]:
@@ -75,3 +109,7 @@ def transition(current: DeliveryState, target: DeliveryState) -> DeliveryState:
 
 def can_log_move(current: LogStatus, target: LogStatus) -> bool:
     return target in LOG_MOVES[current]
+
+
+def can_bounce_move(current: BounceState, target: BounceState) -> bool:
+    return target in BOUNCE_MOVES[current]

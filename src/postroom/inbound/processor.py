@@ -31,6 +31,7 @@ from postroom.bounces.rules import Qualification, Rule, qualify_recipient
 from postroom.compose.tokens import message_id_log, verp_log_id
 from postroom.domain.models import DeliveryLog
 from postroom.domain.outcomes import FailureType
+from postroom.domain.states import BounceState
 
 __all__ = ["Attribution", "BounceOutcome", "ProcessSummary", "attribute", "bounce_state",
            "decide"]
@@ -69,12 +70,13 @@ class BounceOutcome:
         return self.applies or bool(self.withheld)
 
 
-def bounce_state(kind: str, outcomes: Sequence[BounceOutcome]) -> str:
+def bounce_state(kind: str, outcomes: Sequence[BounceOutcome]) -> BounceState:
     """Where a processed bounce rests: `unrecognized` (no report Postroom can read, kept for a
     person even when it carries a valid token), `processed` (attributed), `unattributed`."""
     if kind == BounceKind.UNKNOWN:
-        return "unrecognized"
-    return "processed" if any(o.attributed for o in outcomes) else "unattributed"
+        return BounceState.UNRECOGNIZED
+    return (BounceState.PROCESSED if any(o.attributed for o in outcomes)
+            else BounceState.UNATTRIBUTED)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from postroom.bounces.normalize import normalize_text
 from postroom.bounces.parse import parse_bounce
 from postroom.bounces.rules import Rule, qualify
 from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.states import BounceState
 from postroom.errors import InputError, NotFoundError
 from postroom.inbound.processor import ProcessSummary, attribute, bounce_state, decide
 from postroom.inbound.sources import InboundMessage
@@ -137,7 +138,7 @@ class BounceService:
             ids = self.store.new_bounce_ids(after=after, limit=limit)
             for bounce_id in ids:
                 stored = self.store.get_bounce(bounce_id)
-                if stored is None or stored.state != "new":
+                if stored is None or stored.state != BounceState.NEW:
                     continue  # another processor took it meanwhile
                 try:
                     self._process_one(stored, summary)
@@ -163,9 +164,9 @@ class BounceService:
             return  # another processor took it first: counted there
         summary.processed += 1
         summary.kinds[parsed.kind] = summary.kinds.get(parsed.kind, 0) + 1
-        if resting == "processed":
+        if resting is BounceState.PROCESSED:
             summary.attributed += 1
-        elif resting == "unattributed":
+        elif resting is BounceState.UNATTRIBUTED:
             summary.unattributed += 1
         else:
             summary.unrecognized += 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from postroom.bounces.quarantine import (
@@ -20,6 +20,8 @@ from postroom.bounces.quarantine import (
     apply_event,
 )
 from postroom.domain.outcomes import FailureReason, FailureType
+from postroom.domain.states import BounceState, LogStatus
+from postroom.storage.moves import move_bounces, move_logs
 from postroom.storage.schema import (
     address_status,
     bounce_results,
@@ -128,7 +130,7 @@ class InboundStore:
 
     def apply_bounce(self, bounce_id: int, kind: str, outcomes: Sequence[Any],
                      unqualified: Sequence[tuple[str, str]], now: datetime, *,
-                     state: str) -> int | None:
+                     state: BounceState | str) -> int | None:
         """Record one processed bounce and its effects in one transaction, leaving it in
         `state`; returns how many `sent` logs it turned `failed`. A bounce already taken by
         another processor changes nothing: None."""
@@ -136,10 +138,8 @@ class InboundStore:
 
         failed = 0
         with self.engine.begin() as conn:
-            claimed = conn.execute(update(bounces).where(bounces.c.id == bounce_id,
-                                                         bounces.c.state == "new")
-                                   .values(state="processing")).rowcount
-            if not claimed:
+            if not move_bounces(conn, bounces.c.id == bounce_id, BounceState.NEW,
+                                BounceState.PROCESSING):
                 return None
             events: list[tuple[str, AddressEvent]] = []
             for o in outcomes:
@@ -154,13 +154,10 @@ class InboundStore:
                 if log is None:
                     continue
                 if o.fails_log:
-                    failed += conn.execute(
-                        update(delivery_logs).where(delivery_logs.c.id == log.id,
-                                                    delivery_logs.c.status == "sent")
-                        .values(status="failed", failure_type=str(q.failure_type),
-                                failure_reason=int(q.reason),
-                                detail=f"bounce: {r.diagnostic}"[:2000],
-                                updated_at=now)).rowcount
+                    failed += move_logs(
+                        conn, delivery_logs.c.id == log.id, LogStatus.SENT, LogStatus.FAILED,
+                        failure_type=str(q.failure_type), failure_reason=int(q.reason),
+                        detail=f"bounce: {r.diagnostic}"[:2000], updated_at=now)
                     events.append((log.email, AddressEvent.failure(
                         q.failure_type, q.reason, r.diagnostic)))
                 elif kind == "arf":
@@ -169,8 +166,8 @@ class InboundStore:
             for normalized, raw in unqualified:
                 self.count_unqualified(conn, normalized, raw, now)
             self.apply_address_events(conn, events, now)
-            conn.execute(update(bounces).where(bounces.c.id == bounce_id).values(
-                state=state, kind=kind, processed_at=now))
+            move_bounces(conn, bounces.c.id == bounce_id, BounceState.PROCESSING,
+                         BounceState(state), kind=kind, processed_at=now)
         return failed
 
     # -- bounce mail ----------------------------------------------------------------------------
@@ -190,7 +187,7 @@ class InboundStore:
                 with conn.begin_nested():
                     new = conn.execute(insert(bounces).values(
                         sha256=digest, source=source[:255], envelope_to=envelope_to[:320],
-                        data=data, state="new", kind="", detail="",
+                        data=data, state=BounceState.NEW, kind="", detail="",
                         received_at=now)).inserted_primary_key
             except IntegrityError:  # stored meanwhile by another process
                 found = conn.scalar(select(bounces.c.id).where(bounces.c.sha256 == digest))
@@ -200,7 +197,7 @@ class InboundStore:
 
     def new_bounces(self, limit: int) -> list[StoredBounce]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(bounces).where(bounces.c.state == "new")
+            rows = conn.execute(select(bounces).where(bounces.c.state == BounceState.NEW)
                                 .order_by(bounces.c.id).limit(limit)).all()
         return [_bounce(row) for row in rows]
 
@@ -209,23 +206,23 @@ class InboundStore:
         message at a time (`get_bounce`), never a batch of them."""
         with self.engine.connect() as conn:
             return [int(i) for i in conn.scalars(
-                select(bounces.c.id).where(bounces.c.state == "new", bounces.c.id > after)
+                select(bounces.c.id).where(bounces.c.state == BounceState.NEW,
+                                           bounces.c.id > after)
                 .order_by(bounces.c.id).limit(limit))]
 
     def requeue_failed_bounces(self) -> int:
         """Put bounces set aside as `failed` back to `new` (after a fix); returns how many."""
         with self.engine.begin() as conn:
-            return int(conn.execute(update(bounces).where(bounces.c.state == "failed")
-                                    .values(state="new", detail="",
-                                            processed_at=None)).rowcount)
+            return move_bounces(conn, true(), BounceState.FAILED, BounceState.NEW, detail="",
+                                processed_at=None)
 
     def fail_bounce(self, bounce_id: int, reason: str, now: datetime) -> bool:
         """Set a `new` bounce aside as `failed` with the reason its processing stopped, so it
         is not tried first again and again; False when another processor took it."""
         with self.engine.begin() as conn:
-            return bool(conn.execute(update(bounces).where(
-                bounces.c.id == bounce_id, bounces.c.state == "new").values(
-                state="failed", detail=reason[:2000], processed_at=now)).rowcount)
+            return bool(move_bounces(conn, bounces.c.id == bounce_id, BounceState.NEW,
+                                     BounceState.FAILED, detail=reason[:2000],
+                                     processed_at=now))
 
     def get_bounce(self, bounce_id: int) -> StoredBounce | None:
         with self.engine.connect() as conn:

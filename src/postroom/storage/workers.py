@@ -40,6 +40,7 @@ from postroom.domain.outcomes import (
     FailureType,
 )
 from postroom.domain.states import DeliveryState, LogStatus
+from postroom.storage.moves import move_logs
 from postroom.storage.schema import archive_outbox, deliveries, delivery_logs, workers
 
 __all__ = ["DoubtCounts", "WorkerRow", "WorkerStore"]
@@ -257,13 +258,13 @@ class WorkerStore:
         values: dict[str, Any] = {"attempting": False, "claimed_until": None,
                                   "claimed_by": None, "in_doubt": logs.in_doubt + 1,
                                   "updated_at": now}
+        target = LogStatus.PENDING
         if review:
-            values.update(status=LogStatus.REVIEW, detail="in doubt: the send was stopped "
-                          "while the relay had it, before its answer; resend or count it failed")
+            target = LogStatus.REVIEW
+            values.update(detail="in doubt: the send was stopped while the relay had it, "
+                          "before its answer; resend or count it failed")
         with self.engine.begin() as conn:
-            conn.execute(update(delivery_logs)
-                         .where(logs.id.in_(log_ids), logs.status == LogStatus.PENDING)
-                         .values(**values))
+            move_logs(conn, logs.id.in_(log_ids), LogStatus.PENDING, target, **values)
 
     def retry_now(self, delivery_id: int, now: datetime, *, relay_only: bool = False) -> int:
         """Make due now the pending logs that wait for a later attempt because no connection
@@ -342,28 +343,28 @@ class WorkerStore:
         """At-most-once: logs a dead worker held while attempting go to `review`, unsent."""
         logs = delivery_logs.c
         with self.engine.begin() as conn:
-            return conn.execute(
-                update(delivery_logs)
-                .where(logs.delivery_id == delivery_id, logs.status == LogStatus.PENDING,
-                       logs.attempting.is_(True), logs.claimed_until <= now)
-                .values(status=LogStatus.REVIEW, attempting=False, claimed_until=None,
-                        claimed_by=None, in_doubt=logs.in_doubt + 1, updated_at=now,
-                        detail="in doubt: the worker sending it stopped before recording the "
-                               "relay's answer; resend or count it failed")).rowcount
+            return move_logs(
+                conn, and_(logs.delivery_id == delivery_id, logs.attempting.is_(True),
+                           logs.claimed_until <= now),
+                LogStatus.PENDING, LogStatus.REVIEW, attempting=False, claimed_until=None,
+                claimed_by=None, in_doubt=logs.in_doubt + 1, updated_at=now,
+                detail="in doubt: the worker sending it stopped before recording the relay's "
+                       "answer; resend or count it failed")
 
     def resolve_review(self, delivery_id: int, *, resend: bool, now: datetime) -> int:
         """An operator's decision on logs in `review`: send again, or count them failed."""
         values: dict[str, Any] = {"updated_at": now}
         if resend:
-            values.update(status=LogStatus.PENDING, next_attempt_at=now)
+            target = LogStatus.PENDING
+            values.update(next_attempt_at=now)
         else:
-            values.update(status=LogStatus.FAILED, failure_type=FailureType.UNDEFINED,
+            target = LogStatus.FAILED
+            values.update(failure_type=FailureType.UNDEFINED,
                           failure_reason=FailureReason.UNDEFINED,
                           detail="in doubt: counted failed by an operator, not resent")
         with self.engine.begin() as conn:
-            return conn.execute(update(delivery_logs).where(
-                delivery_logs.c.delivery_id == delivery_id,
-                delivery_logs.c.status == LogStatus.REVIEW).values(**values)).rowcount
+            return move_logs(conn, delivery_logs.c.delivery_id == delivery_id,
+                             LogStatus.REVIEW, target, **values)
 
     def review_waiting(self, delivery_id: int) -> int:
         """How many of the delivery's logs wait for an operator's decision."""

@@ -107,3 +107,10 @@ def test_what_each_kind_of_evidence_may_apply(by: str, recipient: str | None,
     about_the_log = recipient is None or recipient.lower() == "ann@example.net"
     assert outcome.attributed is about_the_log  # kept against the log, applied or not
     assert bool(outcome.withheld) is (about_the_log and not applies)
+
+
+def test_where_a_bounce_rests_is_a_bounce_state() -> None:
+    from postroom.domain.states import BounceState
+
+    assert bounce_state("unknown", []) is BounceState.UNRECOGNIZED
+    assert bounce_state("dsn", []) is BounceState.UNATTRIBUTED
