@@ -140,8 +140,6 @@ def test_a_wrong_token_is_refused_as_unauthenticated(api: Api) -> None:
         assert response.json()["status"] == 401
 
 
-@pytest.mark.xfail(strict=True, reason="the services' Email BCC check comes with the accounts "
-                   "branch; remove this mark when it is merged")
 def test_an_operator_turning_email_bcc_off_is_refused_and_audited(api: Api) -> None:
     refused = api.request("operator", "PATCH", "/templates/with-bcc",
                           json={"email_bcc": False})

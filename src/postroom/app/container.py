@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from functools import cached_property
 
 from postroom.accounts.actor import Actor
 from postroom.accounts.audit import AuditLog
@@ -86,19 +85,6 @@ class Postroom:
     @clock.setter
     def clock(self, clock: Callable[[], datetime]) -> None:
         self.context.clock = clock
-
-    @cached_property
-    def accounts(self) -> AccountsService:
-        """Users, API tokens, log-in and the audit listing."""
-        return AccountsService(AccountStore(self.store.engine), clock=lambda: self.clock())
-
-    @cached_property
-    def audit_log(self) -> AuditLog:
-        return AuditLog(self.accounts.store, lambda: self.clock())
-
-    def acting_as(self, actor: Actor) -> GuardedView:
-        """This container as `actor` may use it: every service call checked and audited."""
-        return guarded(self, actor, self.audit_log)
 
     def close(self) -> None:
         """Release the database connections."""
