@@ -216,6 +216,11 @@ def test_bodies_past_their_bound_get_413_unread(api: Api) -> None:
     assert upload.status_code == 413
     assert upload.json()["limit"] == 256 * 1024
 
+    elsewhere = api.request("admin", "POST", "/templates", files={  # not an upload path
+        "file": ("t.csv", b"x" * 100_000, "text/csv")})
+    assert elsewhere.status_code == 413
+    assert elsewhere.json()["limit"] == 64 * 1024
+
 
 def test_import_reports_each_bad_row(api: Api) -> None:
     csv = b"email,first_name\ngood@example.com,G\nnot-an-address,B\n,Empty\n"

@@ -2,8 +2,9 @@
 
 `BodyLimit` refuses a body whose Content-Length is over its bound before reading it, and
 counts what arrives otherwise (a chunked upload): past the bound, the next read raises
-`BodyTooLarge`, which the problem handlers turn into 413. Multipart uploads have their own
-bound (web.api_max_upload_bytes); every other body the JSON one (web.api_max_json_bytes).
+`BodyTooLarge`, which the problem handlers turn into 413. A multipart upload to a path that
+takes one (`UPLOADS`) has its own bound (web.api_max_upload_bytes); every other body the JSON
+one (web.api_max_json_bytes).
 
 `CatchAll` turns an exception nobody handled into a 500 problem with a reference; the traceback
 goes to the log, never to the client.
@@ -15,7 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postroom.web.api.problems import BodyTooLarge, internal_error
 
-__all__ = ["BodyLimit", "CatchAll"]
+__all__ = ["UPLOADS", "BodyLimit", "CatchAll"]
+
+UPLOADS = ("/recipients/import",)  # the paths that take an upload; every other: the JSON bound
 
 
 class BodyLimit:
@@ -27,7 +30,7 @@ class BodyLimit:
     def bound(self, scope: Scope) -> tuple[int, str]:
         headers = dict(scope.get("headers") or [])
         kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        if kind == b"multipart/form-data":
+        if kind == b"multipart/form-data" and str(scope.get("path", "")).endswith(UPLOADS):
             return self.upload_bytes, "upload"
         return self.json_bytes, "request body"
 
