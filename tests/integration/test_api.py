@@ -152,6 +152,13 @@ def test_an_operator_turning_email_bcc_off_is_refused_and_audited(api: Api) -> N
     assert rows and rows[0]["actor"] == "operator-user" and rows[0]["origin"] == "api"
     assert rows[0]["target"] == "with-bcc"
 
+    quiet = api.request("sender", "POST", "/deliveries", json={
+        "template": "with-bcc", "overrides": {"email_bcc": False}})
+    assert quiet.status_code == 403, quiet.text
+    assert quiet.json()["permission"] == "archive:manage"
+    kept = api.request("operator", "POST", "/deliveries", json={"template": "with-bcc"})
+    assert kept.status_code == 201 and kept.json()["email_bcc"] is True
+
     allowed = api.request("admin", "PATCH", "/templates/with-bcc", json={"email_bcc": False})
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["properties"]["email_bcc"] is False
