@@ -58,7 +58,7 @@ def prepare_verify(work: Path, copies: int) -> tuple[str, Path, int]:
     url = f"sqlite:///{work / 'bench.db'}"
     postroom = build(Settings(database_url=url))
     postroom.templates.create_template("t", {"subject": "s", "text": "t",
-                                   "from_address": "news@news.example"})
+                                             "from_address": "news@news.example"})
     delivery, _ = postroom.deliveries.create_delivery("t")
     now = datetime.now(UTC)
     maildir = work / "Maildir"
@@ -116,8 +116,10 @@ def send_once(work: Path, recipients: int, ledger: bool, relay: Sink,
                                                   for i in range(recipients)))
     postroom.recipients.import_recipients(csv)
     postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
-                                   "text": "Dear {{ recipient.first_name }}\n" + "x" * 2000,
-                                   "from_address": "news@news.example", "email_bcc": True})
+                                             "text": "Dear {{ recipient.first_name }}\n"
+                                             + "x" * 2000,
+                                             "from_address": "news@news.example",
+                                             "email_bcc": True})
     delivery, _ = postroom.deliveries.create_delivery("t")
     assert postroom.deliveries.analyze(delivery.id).ok
     started = time.perf_counter()

@@ -94,3 +94,12 @@ def test_the_archive_status_is_one_value_the_cli_and_api_share(postroom: Postroo
     status = postroom.archive.status()
     assert status.to_json() == {"enabled": False, "sink": "smtp", "target": "archive relay",
                                 "ledger_entries": 0, "deliveries": []}
+
+
+def test_a_page_of_logs_is_bounded(postroom: Postroom) -> None:
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "x\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.logs(delivery.id, limit=100_000) == []
+    for limit, offset in ((0, 0), (100_001, 0), (10, -1)):
+        with pytest.raises(InputError, match="--limit"):
+            postroom.deliveries.logs(delivery.id, limit=limit, offset=offset)

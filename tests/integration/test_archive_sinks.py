@@ -30,9 +30,9 @@ def _delivery(postroom: Postroom, tmp_path: Path, n: int) -> int:
     rows = [{"email": f"p{i}@example.net", "first_name": f"P{i}"} for i in range(n)]
     postroom.recipients.import_recipients(write_csv(tmp_path / "people.csv", rows))
     postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
-                                   "text": "Hi {{ recipient.first_name }}",
-                                   "from_address": "news@postroom.example", "email_bcc": True,
-                                   "max_retries": 0})
+                                             "text": "Hi {{ recipient.first_name }}",
+                                             "from_address": "news@postroom.example",
+                                             "email_bcc": True, "max_retries": 0})
     delivery, _ = postroom.deliveries.create_delivery("t")
     assert postroom.deliveries.analyze(delivery.id).ok
     return delivery.id

@@ -94,11 +94,11 @@ def test_verify_through_imap_finds_the_missing_the_altered_and_the_unexpected(
     rows = [{"email": e, "first_name": e.split("@")[0]} for e in accepted + refused]
     postroom.recipients.import_recipients(write_csv(tmp_path / "people.csv", rows))
     postroom.templates.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
-                                   "text": "Hi {{ recipient.first_name }}\n",
-                                   "html": "<p>Hi {{ recipient.first_name }}</p>",
-                                   "from_address": f"news@{DOMAIN}",
-                                   "errors_to": f"bounces@{DOMAIN}", "email_bcc": True,
-                                   "max_retries": 0})
+                                             "text": "Hi {{ recipient.first_name }}\n",
+                                             "html": "<p>Hi {{ recipient.first_name }}</p>",
+                                             "from_address": f"news@{DOMAIN}",
+                                             "errors_to": f"bounces@{DOMAIN}", "email_bcc": True,
+                                             "max_retries": 0})
     delivery, _ = postroom.deliveries.create_delivery("t")
     assert postroom.deliveries.analyze(delivery.id).ok
     asyncio.run(postroom.sending.send(delivery.id))

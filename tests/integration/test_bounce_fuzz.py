@@ -43,8 +43,8 @@ class World:
 
     def __init__(self, postroom: Postroom, relay: CaptureServer, tmp_path: Path):
         postroom.templates.create_template("t", {"subject": "Hello", "text": "Hi\n",
-                                       "from_address": f"news@{DOMAIN}",
-                                       "errors_to": ERRORS_TO})
+                                                 "from_address": f"news@{DOMAIN}",
+                                                 "errors_to": ERRORS_TO})
         targets = write_csv(tmp_path / "r.csv", [{"email": e} for e in [ATTACKER, *VICTIMS]])
         delivery, _ = postroom.deliveries.create_delivery("t", list_file=targets)
         assert asyncio.run(postroom.sending.send(delivery.id)).sent == 4

@@ -60,7 +60,8 @@ def _send(postroom: Postroom, relay: CaptureServer, tmp_path: Path,
     """Send one delivery; returns each address's log id."""
     name = f"t{time.monotonic_ns()}"
     postroom.templates.create_template(name, {"subject": "Hello", "text": "Hi\n",
-                                    "from_address": f"news@{DOMAIN}", "errors_to": ERRORS_TO})
+                                              "from_address": f"news@{DOMAIN}",
+                                              "errors_to": ERRORS_TO})
     targets = write_csv(tmp_path / f"{name}.csv", [{"email": e} for e in emails])
     delivery, _ = postroom.deliveries.create_delivery(name, list_file=targets)
     assert asyncio.run(postroom.sending.send(delivery.id)).sent == len(emails)

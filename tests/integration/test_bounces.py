@@ -26,9 +26,9 @@ def _delivery(postroom: Postroom, tmp_path: Path, emails: list[str], **props: ob
     targets = write_csv(tmp_path / f"r{time.monotonic_ns()}.csv", rows)
     name = f"t{time.monotonic_ns()}"
     postroom.templates.create_template(name, {"subject": "Hello {{ recipient.first_name }}",
-                                    "text": "Hi {{ recipient.first_name }}\n",
-                                    "from_address": f"news@{DOMAIN}",
-                                    "errors_to": f"bounces@{DOMAIN}", **props})
+                                              "text": "Hi {{ recipient.first_name }}\n",
+                                              "from_address": f"news@{DOMAIN}",
+                                              "errors_to": f"bounces@{DOMAIN}", **props})
     delivery, _ = postroom.deliveries.create_delivery(name, list_file=targets)  # exactly these
     return delivery.id
 

@@ -54,8 +54,8 @@ def _setup(postroom: Postroom, tmp_path: Path, rows: list[dict[str, str]],
     postroom.recipients.import_recipients(write_csv(tmp_path / f"r{time.monotonic_ns()}.csv", rows))
     name = f"t{time.monotonic_ns()}"
     postroom.templates.create_template(name, {"subject": "News for {{ recipient.first_name }}",
-                                    "html": HTML, "from_address": "news@shop.example",
-                                    **props})
+                                              "html": HTML, "from_address": "news@shop.example",
+                                              **props})
     delivery, _ = postroom.deliveries.create_delivery(name)
     return delivery.id
 

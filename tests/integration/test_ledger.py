@@ -214,7 +214,8 @@ def test_verify_a_directory_duplicates_proofs_other_deliveries_and_strangers(
     first = _delivery(postroom, tmp_path, 20)
     asyncio.run(postroom.sending.send(first))
     postroom.templates.create_template("u", {"subject": "Other", "text": "Other",
-                                   "from_address": "news@postroom.example", "email_bcc": True})
+                                             "from_address": "news@postroom.example",
+                                             "email_bcc": True})
     second, _ = postroom.deliveries.create_delivery("u")
     assert postroom.deliveries.analyze(second.id).ok
     asyncio.run(postroom.sending.send(second.id))

@@ -19,8 +19,8 @@ def _setup(postroom: Postroom, tmp_path: Path, n: int) -> int:
     rows = [{"email": f"p{i:03d}@example.com", "first_name": f"P{i}"} for i in range(n)]
     postroom.recipients.import_recipients(write_csv(tmp_path / "p.csv", rows))
     postroom.templates.create_template("t", {"subject": "Hi {{ recipient.first_name }}",
-                                   "text": "Hello {{ recipient.first_name }}\n",
-                                   "email_bcc": True})
+                                             "text": "Hello {{ recipient.first_name }}\n",
+                                             "email_bcc": True})
     delivery, _ = postroom.deliveries.create_delivery("t")
     return delivery.id
 

@@ -43,7 +43,7 @@ def _sent(postroom: Postroom, tmp_path: Path, html: str, **fields: str) -> int:
     postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
         {"email": "kim@example.org", "first_name": "Kim", **fields}]))
     postroom.templates.create_template("t", {"subject": "Hi", "html": html,
-                                   "from_address": "news@shop.example"})
+                                             "from_address": "news@shop.example"})
     delivery, _ = postroom.deliveries.create_delivery("t")
     asyncio.run(postroom.sending.send(delivery.id))
     [log] = postroom.deliveries.logs(delivery.id)

@@ -54,9 +54,10 @@ def started_delivery(postroom: Postroom, tmp_path: Path, count: int) -> int:
     rows = [{"email": f"r{i:05d}@example.com", "first_name": f"R{i}"} for i in range(count)]
     postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", rows))
     postroom.templates.create_template("t", {"subject": "Hello {{ recipient.first_name }}",
-                                   "text": "Dear {{ recipient.first_name }},\nnews.\n",
-                                   "html": "<p>Dear {{ recipient.first_name }}, news.</p>",
-                                   "email_bcc": True})
+                                             "text": "Dear {{ recipient.first_name }},\nnews.\n",
+                                             "html": "<p>Dear {{ recipient.first_name }}, "
+                                                     "news.</p>",
+                                             "email_bcc": True})
     delivery, _ = postroom.deliveries.create_delivery("t")
     postroom.deliveries.start(delivery.id)
     return delivery.id

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from postroom.domain.outcomes import (
     connection_fault,
     reply_outcome,
 )
+from postroom.transport.routed import RoutedConnection
 from postroom.transport.routing import (
     HostPort,
     Lookup,
@@ -35,7 +36,6 @@ from postroom.transport.routing import (
     order_mx,
     parse_host_port,
     route_from_lookup,
-    send_via,
 )
 
 RELAY = HostPort("relay.internal", 2525)
@@ -391,24 +391,75 @@ MX_ROUTE = Route("example.com", (HostPort("mx1.example.com"), HostPort("mx2.exam
                                  HostPort("mx3.example.com")), RouteSource.MX)
 
 
-def scripted(outcomes: dict[str, Outcome]) -> tuple[list[str],
-                                                     Callable[[HostPort], Awaitable[Outcome]]]:
-    tried: list[str] = []
+class ScriptedHost:
+    """A Transport to one host that answers every message with the host's scripted outcome."""
 
-    async def send(host: HostPort) -> Outcome:
-        tried.append(host.host)
-        return outcomes[host.host]
+    def __init__(self, host: HostPort, outcomes: dict[str, Outcome], log: list[str]):
+        self.host, self._outcomes, self._log = host, outcomes, log
+        self.closed = False
 
-    return tried, send
+    async def send(self, sender: str, recipient: str, data: bytes, *,
+                   smtputf8: bool = False) -> Outcome:
+        self._log.append(f"{self.host.host} {recipient}")
+        return self._outcomes[self.host.host]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def scripted(outcomes: dict[str, Outcome]) -> tuple[list[str], list[ScriptedHost],
+                                                     Callable[[HostPort], ScriptedHost]]:
+    """What each host was sent, the connections opened, and the connector for them."""
+    log: list[str] = []
+    opened: list[ScriptedHost] = []
+
+    def connect(host: HostPort) -> ScriptedHost:
+        opened.append(ScriptedHost(host, outcomes, log))
+        return opened[-1]
+
+    return log, opened, connect
+
+
+def send_one(route: Route, connect: Callable[[HostPort], ScriptedHost],
+             recipient: str = "a@example.com") -> Outcome:
+    async def run() -> Outcome:
+        connection = RoutedConnection(route, connect)
+        try:
+            return await connection.send("s@example.org", recipient, b"x")
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
 
 
 def test_an_unreachable_host_passes_on_to_the_next() -> None:
     accepted = reply_outcome(SmtpReply(250, "2.0.0 ok"))
-    tried, send = scripted({"mx1.example.com": connection_fault("ConnectionRefusedError"),
-                            "mx2.example.com": accepted,
-                            "mx3.example.com": accepted})
-    assert asyncio.run(send_via(MX_ROUTE, send)) == accepted
-    assert tried == ["mx1.example.com", "mx2.example.com"]
+    log, opened, connect = scripted({"mx1.example.com": connection_fault("refused"),
+                                     "mx2.example.com": accepted,
+                                     "mx3.example.com": accepted})
+    assert send_one(MX_ROUTE, connect) == accepted
+    assert log == ["mx1.example.com a@example.com", "mx2.example.com a@example.com"]
+    assert [c.closed for c in opened] == [True, True]  # the dead one at once, then at the end
+
+
+def test_the_connection_stays_on_the_host_that_answered() -> None:
+    accepted = reply_outcome(SmtpReply(250, "2.0.0 ok"))
+    log, opened, connect = scripted({"mx1.example.com": connection_fault("refused"),
+                                     "mx2.example.com": accepted,
+                                     "mx3.example.com": accepted})
+
+    async def run() -> list[Outcome]:
+        connection = RoutedConnection(MX_ROUTE, connect)
+        try:
+            return [await connection.send("s@example.org", f"{n}@example.com", b"x")
+                    for n in ("a", "b")]
+        finally:
+            await connection.close()
+
+    assert asyncio.run(run()) == [accepted, accepted]
+    assert log == ["mx1.example.com a@example.com", "mx2.example.com a@example.com",
+                   "mx2.example.com b@example.com"]
+    assert len(opened) == 2
 
 
 @pytest.mark.parametrize("outcome", [
@@ -417,24 +468,54 @@ def test_an_unreachable_host_passes_on_to_the_next() -> None:
     connection_fault("SMTPServerDisconnected during DATA", in_doubt=True),
 ])
 def test_a_reply_or_a_message_in_doubt_stops_at_that_host(outcome: Outcome) -> None:
-    tried, send = scripted({"mx1.example.com": outcome})
-    assert asyncio.run(send_via(MX_ROUTE, send)) == outcome
-    assert tried == ["mx1.example.com"]
+    log, _, connect = scripted({"mx1.example.com": outcome})
+    assert send_one(MX_ROUTE, connect) == outcome
+    assert log == ["mx1.example.com a@example.com"]
 
 
 def test_when_no_host_answers_the_fault_names_each() -> None:
-    tried, send = scripted({f"mx{i}.example.com": connection_fault(f"refused {i}")
-                            for i in (1, 2, 3)})
-    outcome = asyncio.run(send_via(MX_ROUTE, send))
-    assert tried == ["mx1.example.com", "mx2.example.com", "mx3.example.com"]
+    log, opened, connect = scripted({f"mx{i}.example.com": connection_fault(f"refused {i}")
+                                     for i in (1, 2, 3)})
+    outcome = send_one(MX_ROUTE, connect)
+    assert [entry.split()[0] for entry in log] == [
+        "mx1.example.com", "mx2.example.com", "mx3.example.com"]
     assert outcome.verdict is Verdict.DEFERRED and outcome.reason is FailureReason.UNREACHABLE
     assert outcome.detail == ("no host of example.com could be reached: "
                               "mx1.example.com:25: refused 1; mx2.example.com:25: refused 2; "
                               "mx3.example.com:25: refused 3")
+    assert all(c.closed for c in opened)
 
 
 def test_a_single_host_keeps_its_own_fault() -> None:
     fault = connection_fault("ConnectionRefusedError")
-    _, send = scripted({"relay.internal": fault})
+    _, _, connect = scripted({"relay.internal": fault})
     single = Route("example.com", (RELAY,), RouteSource.RELAY)
-    assert asyncio.run(send_via(single, send)) == fault
+    assert send_one(single, connect) == fault
+
+
+def test_a_pipelined_batch_moves_to_the_next_host_as_a_whole() -> None:
+    accepted = reply_outcome(SmtpReply(250, "2.0.0 ok"))
+    batches: list[tuple[str, int]] = []
+
+    class Pipelined(ScriptedHost):
+        async def send_batch(self, items: list[tuple[str, str, bytes, bool]]) -> list[Outcome]:
+            batches.append((self.host.host, len(items)))
+            return [self._outcomes[self.host.host]] * len(items)
+
+    outcomes = {"mx1.example.com": connection_fault("refused"), "mx2.example.com": accepted}
+
+    async def run() -> list[Outcome]:
+        connection = RoutedConnection(MX_ROUTE, lambda host: Pipelined(host, outcomes, []))
+        try:
+            return await connection.send_batch([("s@example.org", f"{n}@example.com", b"x",
+                                                 False) for n in range(3)])
+        finally:
+            await connection.close()
+
+    assert asyncio.run(run()) == [accepted] * 3
+    assert batches == [("mx1.example.com", 3), ("mx2.example.com", 3)]
+
+
+def test_a_route_without_hosts_is_refused() -> None:
+    with pytest.raises(ValueError, match="no host"):
+        RoutedConnection(Route("example.com", (), RouteSource.MX), scripted({})[2])

@@ -19,7 +19,9 @@ from postroom.domain.states import DeliveryState, LogStatus
 from postroom.errors import InputError, StateError
 from postroom.recipients.importer import ImportReport, import_csv
 
-__all__ = ["DeliveryService", "parse_reason"]
+__all__ = ["MAX_LOGS", "DeliveryService", "parse_reason"]
+
+MAX_LOGS = 100_000  # delivery logs in one answer
 
 
 def parse_reason(text: str) -> FailureReason:
@@ -166,6 +168,9 @@ class DeliveryService:
         """A delivery's logs; a status, reason (code or name) or archive state that does not
         exist is refused with the valid ones, rather than giving an empty list."""
         self._ctx.store.get_delivery(delivery_id)
+        if not 1 <= limit <= MAX_LOGS or offset < 0:
+            raise InputError(f"--limit {limit} --offset {offset}: give a limit of 1 to "
+                             f"{MAX_LOGS} and an offset of 0 or more")
         if status is not None and status not in set(LogStatus):
             raise InputError(f"--status {status!r}: not a log status; use one of "
                              + ", ".join(LogStatus))

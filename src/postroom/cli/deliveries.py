@@ -152,9 +152,9 @@ def _on_signal(first: bool) -> None:
 def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
     postroom = state(ctx).postroom()
     on_analyzed = None if as_json else _print_analysis
-    delivery = postroom.deliveries.get_delivery(delivery_id)
-    total = postroom.deliveries.pending_count(delivery_id) if delivery.analyzed_at else None
-    postroom.deliveries.start(delivery_id, on_analyzed=on_analyzed)  # Ctrl-C: stop analysis
+    # Analysis first, outside the event loop: Ctrl-C stops it at once; then the bar's total.
+    postroom.deliveries.start(delivery_id, on_analyzed=on_analyzed)
+    total = postroom.deliveries.pending_count(delivery_id)
     with progress_bar(f"sending #{delivery_id}", total, enabled=not as_json) as advance:
         halt, abort = asyncio.Event(), asyncio.Event()
         summary = asyncio.run(halting_on_signals(

@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from postroom.accounts.actor import cli_actor
+from postroom.app.deliveries import MAX_LOGS
 from postroom.app.templates import load_template_file
 from postroom.cli.common import console, emit_json, progress_bar
 from postroom.domain.states import LogStatus
@@ -167,7 +168,7 @@ def demo(
         with progress_bar("sending", analysis.pending, enabled=not as_json) as advance:
             summary = asyncio.run(app.sending.send(delivery.id, progress=advance))
         report = app.reports.report(delivery.id).to_json()
-        logs = app.deliveries.logs(delivery.id, limit=10 * recipients + 10)
+        logs = app.deliveries.logs(delivery.id, limit=min(10 * recipients + 10, MAX_LOGS))
         check = check_archive(logs, relay.messages, archive.messages, bcc_address=ARCHIVE_ADDRESS)
         if check.sent_logs == 0:
             check.problems.append("no message was sent")

@@ -214,20 +214,6 @@ class Shaper:
         """Whether a connection that carried `sent_on_connection` messages may carry another."""
         return sent_on_connection < self._budget(domain).current.messages_per_connection
 
-    async def acquire_message(self, domain: str) -> None:
-        """Wait until the domain's hourly budget allows one more message."""
-        bucket = self._budget(domain).bucket
-        if bucket is None:
-            return
-        wait = bucket.take(self._clock())
-        if wait <= 0:
-            return
-        try:
-            await self._sleep(wait)
-        except asyncio.CancelledError:
-            bucket.give_back(self._clock())
-            raise
-
     def observe(self, domain: str, reply_code: int | None) -> None:
         """Count the domain's reply to a message: its final reply code, or None for none at all.
 

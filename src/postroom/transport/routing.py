@@ -21,8 +21,8 @@ static route, `required` (a host without STARTTLS is refused: nothing goes in cl
 The core is pure: `parse_host_port`, `static_route`, `order_mx`, `route_from_lookup` and
 `TtlCache` (in `_ttl_cache.py`) take their inputs and `now`. DNS sits behind one small
 callable, `Resolve` (domain → `Lookup`), so tests pass a plain async function; `DnsResolver`
-(in `_dns.py`) is the dnspython one. `Router` puts them together; `send_via` tries a route's
-hosts in order.
+(in `_dns.py`) is the dnspython one. `Router` puts them together; `transport/routed.py`
+`RoutedConnection` tries a route's hosts in order.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ __all__ = [
     "order_mx",
     "parse_host_port",
     "route_from_lookup",
-    "send_via",
     "static_route",
     "unreachable",
 ]
@@ -325,23 +324,3 @@ def unreachable(outcome: Outcome) -> bool:
     """
     return outcome.verdict is Verdict.DEFERRED and outcome.reply is None \
         and not outcome.in_doubt
-
-
-async def send_via(route: Route, send: Callable[[HostPort], Awaitable[Outcome]]) -> Outcome:
-    """Send through the first of the route's hosts that can be reached (RFC 5321 §5.1).
-
-    `send` makes one attempt through one host. When every host fails, the outcome is a
-    connection fault naming each host and why.
-    """
-    faults: list[str] = []
-    outcome: Outcome | None = None
-    for host in route.hosts:
-        outcome = await send(host)
-        if not unreachable(outcome):
-            return outcome
-        faults.append(f"{host}: {outcome.detail}")
-    if outcome is None:
-        raise ValueError(f"the route for {route.domain} has no host")
-    if len(faults) == 1:
-        return outcome
-    return connection_fault(f"no host of {route.domain} could be reached: " + "; ".join(faults))
