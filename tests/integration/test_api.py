@@ -173,6 +173,7 @@ def test_bad_input_gets_field_errors_as_problem_json(api: Api) -> None:
     fields = {e["field"] for e in problem["errors"]}
     assert {"body.template", "body.surprise", "body.filters"} <= fields
     assert problem["status"] == 422 and problem["title"]
+    assert problem["type"] == "urn:postroom:problem:validation"
 
     limit = api.request("admin", "GET", "/deliveries", params={"limit": 100_000})
     assert limit.status_code == 422
@@ -192,9 +193,11 @@ def test_bad_input_gets_field_errors_as_problem_json(api: Api) -> None:
     missing = api.request("admin", "GET", "/deliveries/999999")
     assert missing.status_code == 404
     assert missing.json()["title"] == "Not found"
+    assert missing.json()["type"] == "urn:postroom:problem:not_found"
 
     unknown = api.request("admin", "GET", "/nowhere")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
+    assert (unknown.json()["type"], unknown.json()["title"]) == ("about:blank", "Not Found")
 
     state = api.request("admin", "POST", f"/deliveries/{api.delivery('editing')}/pause")
     assert state.status_code == 409, state.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from postroom.errors import AuthenticationFailed, PermissionDenied, PostroomErro
 __all__ = ["PROBLEM", "BodyTooLarge", "field_errors", "install_problem_handlers", "problem"]
 
 PROBLEM = "application/problem+json"
+TYPE_PREFIX = "urn:postroom:problem:"
 log = logging.getLogger("postroom.web.api")
 
 
@@ -38,17 +40,23 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
-def problem(status: int, title: str, detail: str | None = None, *,
+def problem(status: int, title: str, detail: str | None = None, *, kind: str | None = None,
             headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "status": status, "title": title}
+    """A problem response; `kind` names its type (``urn:postroom:problem:<kind>``), else the
+    type is ``about:blank`` and the title the status's own phrase (RFC 9457 §4.2.1)."""
+    body: dict[str, Any] = {"type": f"{TYPE_PREFIX}{kind}" if kind else "about:blank",
+                            "status": status, "title": title}
     if detail:
         body["detail"] = detail
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
-           413: "Request body too large", 415: "Unsupported media type"}
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"
 
 
 def _where(loc: Sequence[Any]) -> str:
@@ -69,18 +77,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = field_errors(exc.errors())
         return problem(422, "Invalid request", f"{len(errors)} field(s) are not valid",
-                       errors=errors)
+                       kind="validation", errors=errors)
 
     async def http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        title = _TITLES.get(exc.status_code, "HTTP error")
+        title = _phrase(exc.status_code)
         detail = exc.detail if isinstance(exc.detail, str) else None
-        extra = {"limit": exc.limit} if isinstance(exc, BodyTooLarge) else {}
+        if isinstance(exc, BodyTooLarge):
+            return problem(413, title, detail, kind="body_too_large", limit=exc.limit,
+                           headers=dict(exc.headers) if exc.headers else None)
         return problem(exc.status_code, title, detail,
-                       headers=dict(exc.headers) if exc.headers else None, **extra)
+                       headers=dict(exc.headers) if exc.headers else None)
 
     async def unauthenticated(request: Request, exc: Exception) -> Response:
-        return problem(401, "Authentication required", str(exc),
+        return problem(401, "Authentication required", str(exc), kind="authentication",
                        headers={"WWW-Authenticate": 'Bearer realm="postroom"'})
 
     async def postroom_error(request: Request, exc: Exception) -> Response:
@@ -89,16 +99,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         if mapping.http_status >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path,
                       type(exc).__name__, exc)
-        extra: dict[str, Any] = {"kind": error_kind(exc)}
+        kind = error_kind(exc)
+        extra: dict[str, Any] = {}
         if isinstance(exc, PermissionDenied):
             extra["permission"] = exc.permission
         field = getattr(exc, "field", None)
         if isinstance(field, str) and field:
-            extra["errors"] = [{"field": f"body.{field}", "message": str(exc),
-                                "type": extra["kind"]}]
+            extra["errors"] = [{"field": f"body.{field}", "message": str(exc), "type": kind}]
         detail = str(exc) if mapping.http_status < 500 or mapping.http_status in (502, 503) \
             else "the server could not complete the request; see its log"
-        return problem(mapping.http_status, mapping.title, detail, **extra)
+        return problem(mapping.http_status, mapping.title, detail, kind=kind, **extra)
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http)
@@ -110,6 +120,6 @@ def internal_error(exc: BaseException, method: str, path: str) -> Response:
     """A bug: logged with its traceback under a reference the client is given."""
     reference = secrets.token_hex(6)
     log.error("%s %s failed (reference %s)", method, path, reference, exc_info=exc)
-    return problem(500, "Internal error",
-                   f"the server failed on this request; reference {reference} in its log",
+    return problem(500, "Internal error", kind="internal",
+                   detail=f"the server failed on this request; reference {reference} in its log",
                    reference=reference)
