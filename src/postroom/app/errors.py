@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from postroom.errors import (
+    AuthenticationFailed,
     ConfigError,
     DatabaseUnavailable,
     InputError,
+    LoginThrottled,
     NotFoundError,
     PermissionDenied,
     PostroomError,
@@ -40,6 +42,8 @@ ERRORS: MappingProxyType[type[Exception], ErrorMapping] = MappingProxyType({
     TemplateError: ErrorMapping(2, 422, "Template error"),
     InputError: ErrorMapping(2, 422, "Invalid input"),
     NotFoundError: ErrorMapping(2, 404, "Not found"),
+    LoginThrottled: ErrorMapping(1, 429, "Too many failed log-ins"),
+    AuthenticationFailed: ErrorMapping(1, 401, "Authentication required"),
     PermissionDenied: ErrorMapping(1, 403, "Permission denied"),
     ReadOnlyError: ErrorMapping(1, 409, "Read-only"),
     StateError: ErrorMapping(1, 409, "Conflict with the current state"),

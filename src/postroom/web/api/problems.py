@@ -90,8 +90,10 @@ def install_problem_handlers(app: FastAPI) -> None:
                        headers=dict(exc.headers) if exc.headers else None)
 
     async def unauthenticated(request: Request, exc: Exception) -> Response:
-        return problem(401, "Authentication required", str(exc), kind="authentication",
-                       headers={"WWW-Authenticate": 'Bearer realm="postroom"'})
+        mapping = mapping_for(exc)  # 401, or 429 for a throttled log-in
+        challenge = {"WWW-Authenticate": 'Bearer realm="postroom"'}
+        return problem(mapping.http_status, mapping.title, str(exc), kind="authentication",
+                       headers=challenge if mapping.http_status == 401 else None)
 
     async def postroom_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PostroomError)
