@@ -3,6 +3,7 @@ stored as hashes only, the audit listing."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +18,7 @@ from postroom.accounts.records import AuditFilter
 from postroom.accounts.service import AccountsService, ThrottlePolicy
 from postroom.errors import AuthenticationFailed, InputError, LoginThrottled, NotFoundError
 from postroom.storage.accounts import AccountStore
-from postroom.storage.schema import api_tokens, users
+from postroom.storage.schema import api_tokens, login_throttle, users
 from postroom.storage.sql import open_store
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -185,3 +186,24 @@ def test_audit_listing_filters_and_pages(accounts: AccountsService, store: Accou
     assert accounts.audit(AuditFilter(action="templates.update")) == []
     with pytest.raises(InputError):
         accounts.audit(limit=0)
+
+
+def test_concurrent_failed_log_ins_all_count(store: AccountStore, clock: Clock) -> None:
+    accounts = AccountsService(store, clock=clock, hasher=FAST,
+                               throttle=ThrottlePolicy(failures=100))
+    accounts.create_user("alice", "viewer", PASSWORD)
+    start = threading.Barrier(6)
+
+    def fail() -> None:
+        start.wait()
+        with pytest.raises(AuthenticationFailed):
+            accounts.authenticate_password("alice", "not her password", remote="192.0.2.77")
+
+    threads = [threading.Thread(target=fail) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with store.engine.connect() as conn:
+        [row] = conn.execute(select(login_throttle)).all()
+    assert row.failures == 6

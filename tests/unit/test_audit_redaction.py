@@ -66,3 +66,13 @@ def test_throttle_counts_within_the_window_and_locks_at_the_limit() -> None:
     assert state.locked_until == t0.replace(minute=19)
     assert next_throttle(ThrottleState(4, t0, None), t0.replace(minute=15),
                          policy) == ThrottleState(1, t0.replace(minute=15), None)
+
+
+def test_every_before_snapshot_is_of_an_audited_method() -> None:
+    from postroom.accounts.guard import SNAPSHOTS
+    from postroom.accounts.policy import REQUIRED, audited
+
+    assert set(SNAPSHOTS) <= set(REQUIRED)
+    assert all(audited(key) for key in SNAPSHOTS)
+    concerns = {key.split(".")[0] for key in SNAPSHOTS}
+    assert {"templates", "accounts", "quarantine", "bounces"} <= concerns

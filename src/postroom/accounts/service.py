@@ -113,7 +113,8 @@ class AccountsService:
         ok = self._verify(found.password_hash if found else self._dummy,
                           password[:MAX_PASSWORD])
         if not ok or found is None or found.user.disabled:
-            self.store.set_throttle(key, next_throttle(state, now, self._throttle))
+            self.store.add_failure(key, lambda before: next_throttle(before, now,
+                                                                     self._throttle))
             raise AuthenticationFailed("wrong name or password, or a disabled account")
         if state is not None:
             self.store.clear_throttle(key)

@@ -1,7 +1,7 @@
 """`postroom users ...`, `postroom tokens ...` and `postroom audit`.
 
-The CLI acts as `cli_actor()` (the OS user, every permission) through `Postroom.acting_as`, so
-what it changes is audited like a change made in the console or through the API.
+Like every command, these act as `cli_actor()` (the OS user, every permission) through
+`State.app()`, so what they change is audited like a change made in the console or the API.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from datetime import datetime
 
 import typer
 
-from postroom.accounts.actor import cli_actor
-from postroom.accounts.guard import GuardedView
 from postroom.accounts.records import AuditFilter
+from postroom.app import Postroom
 from postroom.cli.common import JsonOption, Table, console, emit_json, state
 from postroom.errors import InputError
 
@@ -22,8 +21,8 @@ tokens_app = typer.Typer(help="API tokens (Authorization: Bearer <token>).",
                          no_args_is_help=True)
 
 
-def acting(ctx: typer.Context) -> GuardedView:
-    return state(ctx).postroom().acting_as(cli_actor())
+def acting(ctx: typer.Context) -> Postroom:
+    return state(ctx).app()
 
 
 def _when(moment: datetime | None) -> str:

@@ -35,7 +35,7 @@ def status(
     as_json: bool = JsonOption,
 ) -> None:
     """Pending / archived / failed copies per delivery, with the latest replies."""
-    result = state(ctx).postroom().archive.status(delivery)
+    result = state(ctx).app().archive.status(delivery)
     if as_json:
         emit_json(result.to_json())
         return
@@ -61,7 +61,7 @@ def flush(
     as_json: bool = JsonOption,
 ) -> None:
     """Send pending archive copies now (after the archive relay is back)."""
-    left = asyncio.run(state(ctx).postroom().archive.flush(
+    left = asyncio.run(state(ctx).app().archive.flush(
         delivery_id=delivery, wait_seconds=wait, retry_failed=retry_failed))
     if as_json:
         emit_json({"pending": left})
@@ -101,7 +101,7 @@ def verify(
             root = maildir if maildir is not None else directory
             assert root is not None
             reader = tree_copies(root, max_bytes=limit)
-        postroom = state(ctx).postroom()
+        postroom = state(ctx).app()
         scope = Scope(delivery, _utc(since), _utc(until))
         with progress_bar("reading the archive", None, enabled=not as_json) as advance:
             report = postroom.archive.verify(reader, scope, progress=advance)
@@ -158,7 +158,7 @@ def ledger_verify(
     """Check the whole chain, its head and every signed checkpoint; exit 1 on any fault."""
     signer = _signer(ctx)
     key = public_key or (signer.public_key if signer else None)
-    report = state(ctx).postroom().archive.verify_ledger(key)
+    report = state(ctx).app().archive.verify_ledger(key)
     result = {"ok": report.ok, "entries": report.count, "head": report.head,
               "first_fault": None if report.fault is None else
               {"seq": report.fault.seq, "problem": report.fault.problem},
@@ -192,7 +192,7 @@ def ledger_export(
         None, help="Only entries acknowledged at or after this UTC time in full."),
 ) -> None:
     """Write entries (others as stubs that keep the chain) and checkpoints for an auditor."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     moment = _utc(since)
     if str(out) == "-":
         full, stubs, signed = postroom.archive.export_ledger(sys.stdout, delivery_id=delivery,
@@ -212,7 +212,7 @@ def ledger_checkpoint(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         err_console.print("archive.ledger_key is not set (POSTROOM_ARCHIVE__LEDGER_KEY): "
                           "nothing can be signed")
         raise typer.Exit(2)
-    checkpoint = state(ctx).postroom().archive.ledger_checkpoint()
+    checkpoint = state(ctx).app().archive.ledger_checkpoint()
     if as_json:
         emit_json(checkpoint.export())
     else:
@@ -222,7 +222,7 @@ def ledger_checkpoint(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 @ledger_app.command("checkpoints")
 def ledger_checkpoints(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Print the signed checkpoints (head, count, time, public key, signature)."""
-    checkpoints = state(ctx).postroom().archive.ledger_checkpoints()
+    checkpoints = state(ctx).app().archive.ledger_checkpoints()
     if as_json:
         emit_json([cp.export() for cp in checkpoints])
     else:

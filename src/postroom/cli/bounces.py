@@ -43,7 +43,7 @@ def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
 @bounces_app.command("parse")
 def parse(ctx: typer.Context, files: list[Path], as_json: bool = JsonOption) -> None:
     """Parse bounce files and show what they say (changes nothing)."""
-    service = state(ctx).postroom().bounces
+    service = state(ctx).app().bounces
     results: list[dict[str, Any]] = []
     for path in files:  # one bad file is reported alone; the others are still read
         try:
@@ -91,7 +91,7 @@ def fetch(
 
     The mailbox password comes from the URL or $POSTROOM_MAILBOX_PASSWORD.
     """
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     messages: list[Any] = []
     if files:
         messages.append(sources.from_files(files))
@@ -141,7 +141,7 @@ def process_(ctx: typer.Context,
                                                "again (after a fix)."),
              as_json: bool = JsonOption) -> None:
     """Process stored bounces that are still new (exit 1 if one of them failed)."""
-    summary = state(ctx).postroom().bounces.process(retry_failed=retry_failed)
+    summary = state(ctx).app().bounces.process(retry_failed=retry_failed)
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -162,7 +162,7 @@ def serve(
     """Receive bounces over SMTP for the errors-to domain; store, then process them."""
     from postroom.inbound.receiver import BounceReceiver
 
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     receiver = BounceReceiver(postroom.bounces.receive, host=host, port=port,
                               domains=frozenset(d.lower() for d in domain))
     receiver.start()
@@ -186,7 +186,7 @@ def list_(ctx: typer.Context, state_: str | None = typer.Option(None, "--state")
           limit: int = typer.Option(50, min=1), as_json: bool = JsonOption) -> None:
     """Stored bounces, newest first (state: new, processed, unattributed, unrecognized,
     failed)."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     rows: list[dict[str, Any]] = [{"id": b.id, "state": b.state, "kind": b.kind,
                                    "source": b.source,
              "received_at": b.received_at.isoformat(), "size": len(b.data),
@@ -208,7 +208,7 @@ def list_(ctx: typer.Context, state_: str | None = typer.Option(None, "--state")
 @rules_app.command("list")
 def rules_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """The rules, in the order they are tried."""
-    rows = state(ctx).postroom().bounces.rules()
+    rows = state(ctx).app().bounces.rules()
     if as_json:
         emit_json([asdict(r) for r in rows])
         return
@@ -231,7 +231,7 @@ def rules_add(
     position: int | None = typer.Option(None, help="Order (lower first); default: last."),
 ) -> None:
     """Add a rule."""
-    row = state(ctx).postroom().bounces.add_rule(
+    row = state(ctx).app().bounces.add_rule(
         rule_id=rule_id, pattern=pattern, status=status, failure_type=failure_type,
         reason=reason, description=description, position=position)
     console.print(f"added rule {row.id} at position {row.position}")
@@ -246,7 +246,7 @@ def rules_edit(
     position: int | None = typer.Option(None),
 ) -> None:
     """Change a rule (built-in ones too)."""
-    row = state(ctx).postroom().bounces.edit_rule(
+    row = state(ctx).app().bounces.edit_rule(
         rule_id, failure_type=failure_type, reason=reason, pattern=pattern, status=status,
         description=description, position=position)
     console.print(f"rule {row.id}: {row.failure_type}, reason {row.reason}")
@@ -255,7 +255,7 @@ def rules_edit(
 @rules_app.command("delete")
 def rules_delete(ctx: typer.Context, rule_id: str) -> None:
     """Delete a rule."""
-    state(ctx).postroom().bounces.delete_rule(rule_id)
+    state(ctx).app().bounces.delete_rule(rule_id)
     console.print(f"deleted rule {rule_id}")
 
 
@@ -264,7 +264,7 @@ def rules_test(ctx: typer.Context, text: str,
                status: str | None = typer.Option(None, help="Enhanced status code."),
                as_json: bool = JsonOption) -> None:
     """Which rule a reply or diagnostic text matches, and the verdict."""
-    result = state(ctx).postroom().bounces.test_rule(text, status)
+    result = state(ctx).app().bounces.test_rule(text, status)
     emit_json(result) if as_json else console.print(
         f"{result['failure_type']}, {result['reason_label']} ({result['reason']}), "
         f"rule {result['rule'] or '(none: to qualify)'}", highlight=False)
@@ -274,7 +274,7 @@ def rules_test(ctx: typer.Context, text: str,
 def rules_unqualified(ctx: typer.Context, limit: int = typer.Option(50, min=1),
                       as_json: bool = JsonOption) -> None:
     """Texts no rule matched, most frequent first (add rules for them)."""
-    rows = state(ctx).postroom().bounces.list_unqualified(limit)
+    rows = state(ctx).app().bounces.list_unqualified(limit)
     if as_json:
         emit_json(rows)
         return
@@ -303,7 +303,7 @@ def quarantine_list(
     as_json: bool = JsonOption,
 ) -> None:
     """Addresses in quarantine or on the denylist."""
-    rows = state(ctx).postroom().quarantine.list_addresses(statuses=status, domain=domain,
+    rows = state(ctx).app().quarantine.list_addresses(statuses=status, domain=domain,
                                                            limit=limit)
     if as_json:
         emit_json([_address_json(r) for r in rows])
@@ -319,7 +319,7 @@ def quarantine_list(
 def quarantine_show(ctx: typer.Context, address: str, as_json: bool = JsonOption) -> None:
     """One address's status and its last error."""
     address = normalize_address(address)  # the domain's case does not matter
-    row = state(ctx).postroom().quarantine.get_address(address)
+    row = state(ctx).app().quarantine.get_address(address)
     data = _address_json(row) if row else {"address": address, "status": "valid"}
     if as_json:
         emit_json(data)
@@ -338,7 +338,7 @@ def quarantine_release(
     denylisted: bool = typer.Option(False, help="Also release denylisted addresses."),
 ) -> None:
     """Release addresses from quarantine (one, several, or in bulk by domain and window)."""
-    count = state(ctx).postroom().quarantine.release_addresses(
+    count = state(ctx).app().quarantine.release_addresses(
         addresses or [], domain=domain, since=_utc(since), until=_utc(until),
         denylisted=denylisted)
     if domain and not count and not addresses:
@@ -360,7 +360,7 @@ def non_deliverables(ctx: typer.Context,
                      since: datetime | None = typer.Option(None, help="Failures since (UTC)."),
                      as_json: bool = JsonOption) -> None:
     """Failures across deliveries by type, reason and domain, and the quarantine."""
-    data = state(ctx).postroom().reports.non_deliverables(since=_utc(since)).to_json()
+    data = state(ctx).app().reports.non_deliverables(since=_utc(since)).to_json()
     if as_json:
         emit_json(data)
         return

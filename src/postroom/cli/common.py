@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.console import Console, RenderableType
@@ -22,6 +22,7 @@ from rich.style import StyleType
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from postroom.accounts.actor import cli_actor
 from postroom.app import Postroom
 from postroom.errors import ConfigError
 from postroom.settings import Settings, config_sources, load_settings, sqlite_file
@@ -82,6 +83,13 @@ class State:
             self._postroom = build(settings, wait_for_database=settings.sending
                                    .database_wait_seconds if wait_for_database else 0.0)
         return self._postroom
+
+    def app(self, *, wait_for_database: bool = False) -> Postroom:
+        """The services as the CLI's user reaches them: through `acting_as(cli_actor())`, so
+        every call is checked against the permission table and every change audited under the
+        OS user's name. Typed as the container, whose services (and only those) it exposes."""
+        view = self.postroom(wait_for_database=wait_for_database).acting_as(cli_actor())
+        return cast(Postroom, view)
 
     def _missing_database(self, path: Path) -> str:
         config_file, environment, _ = config_sources(self.config)

@@ -78,7 +78,7 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a delivery from a template (copy, then override); audience: all by default."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     delivery, imported = postroom.deliveries.create_delivery(
         template, name=name, overrides=_overrides(set_, html_file, text_file),
         filters=filter_, list_file=list_file)
@@ -96,7 +96,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """All deliveries."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     rows = [_row(d, postroom) for d in postroom.deliveries.list_deliveries()]
     if as_json:
         emit_json(rows)
@@ -124,7 +124,7 @@ def _print_analysis(report: AnalysisReport) -> None:
 @app.command("analyze")
 def analyze(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Check the delivery and prepare one log per target; exits 1 when analysis fails."""
-    report = state(ctx).postroom().deliveries.analyze(delivery_id)
+    report = state(ctx).app().deliveries.analyze(delivery_id)
     emit_json(report.to_json()) if as_json else _print_analysis(report)
     if not report.ok:
         raise typer.Exit(1)
@@ -150,7 +150,7 @@ def _on_signal(first: bool) -> None:
 
 
 def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     on_analyzed = None if as_json else _print_analysis
     # Analysis first, outside the event loop: Ctrl-C stops it at once; then the bar's total.
     postroom.deliveries.start(delivery_id, on_analyzed=on_analyzed)
@@ -213,7 +213,7 @@ def retry(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
     """Make due now the messages that wait because no connection could be had (a relay
     fault, a connection fault, a domain's hourly limit). Sent, failed and in-review messages
     are never touched, nor ones a recipient's server deferred."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     count = postroom.deliveries.retry(delivery_id)
     delivery = postroom.deliveries.get_delivery(delivery_id)
     if as_json:
@@ -231,7 +231,7 @@ def retry(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
 @app.command("start")
 def start(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Analyze if needed and set the delivery `sending`, for `postroom worker`s to send."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     d = postroom.deliveries.start(delivery_id,
                                   on_analyzed=None if as_json else _print_analysis)
     _state_line(d, as_json, postroom, "; running workers pick it up")
@@ -240,7 +240,7 @@ def start(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> N
 @app.command("pause")
 def pause(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Pause sending; a running `send` stops after its in-flight messages."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     _state_line(postroom.deliveries.pause(delivery_id), as_json, postroom)
 
 
@@ -250,7 +250,7 @@ def resume(ctx: typer.Context, delivery_id: int,
                                          help="Continue sending in this process."),
            as_json: bool = JsonOption) -> None:
     """Resume a paused delivery and continue sending it."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     d = postroom.deliveries.resume(delivery_id)
     if send_now:
         _send(ctx, delivery_id, as_json)
@@ -261,7 +261,7 @@ def resume(ctx: typer.Context, delivery_id: int,
 @app.command("stop")
 def stop(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Stop a delivery for good: what was not sent is cancelled."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     _state_line(postroom.deliveries.stop(delivery_id), as_json, postroom)
 
 
@@ -270,7 +270,7 @@ def review(ctx: typer.Context, delivery_id: int,
            resend: bool = typer.Option(..., "--resend/--fail",
                                        help="Send them again, or count them failed.")) -> None:
     """Decide about messages set aside as in doubt (sending.in_doubt = "review")."""
-    count = state(ctx).postroom().deliveries.resolve_review(delivery_id, resend=resend)
+    count = state(ctx).app().deliveries.resolve_review(delivery_id, resend=resend)
     console.print(f"{count} messages in review {'put back to send' if resend else 'failed'}")
 
 
@@ -283,7 +283,7 @@ def proof(
     as_json: bool = JsonOption,
 ) -> None:
     """Send a proof now: subject prefixed `Proof #N`, never archived, not in the report."""
-    report = asyncio.run(state(ctx).postroom().proofs.proof(delivery_id, to=to or None,
+    report = asyncio.run(state(ctx).app().proofs.proof(delivery_id, to=to or None,
                                                             recipient=recipient))
     if as_json:
         emit_json(report.to_json())
@@ -299,7 +299,7 @@ def proof(
 @app.command("mirror")
 def mirror(ctx: typer.Context, log_id: int, as_json: bool = JsonOption) -> None:
     """Print the mirror-page URL of one message (the way to reach `id_only` pages)."""
-    url = state(ctx).postroom().links.mirror_url(log_id)
+    url = state(ctx).app().links.mirror_url(log_id)
     emit_json({"log": log_id, "url": url}) if as_json else typer.echo(url)
 
 
@@ -314,7 +314,7 @@ def resend(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a follow-up delivery to the failed recipients not in quarantine now."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     d = postroom.deliveries.resend(
         delivery_id, reasons=[parse_reason(r).value for r in reason] or None, name=name)
     emit_json(_row(d, postroom)) if as_json else console.print(
@@ -324,7 +324,7 @@ def resend(
 @app.command("report")
 def report(ctx: typer.Context, delivery_id: int, as_json: bool = JsonOption) -> None:
     """Counts by status and reason, and the state of the archive copies."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     report_ = postroom.reports.report(delivery_id)
     changed = postroom.templates.template_changed_since(report_.delivery)
     data = {**report_.to_json(), "template": report_.delivery.template_name,
@@ -385,7 +385,7 @@ def logs(
     as_json: bool = JsonOption,
 ) -> None:
     """The per-recipient delivery log."""
-    rows = state(ctx).postroom().deliveries.logs(
+    rows = state(ctx).app().deliveries.logs(
         delivery_id, status=status, reason=reason, email=email, archive=archive, limit=limit,
         offset=offset)
     if as_json:

@@ -20,7 +20,7 @@ def import_(
 ) -> None:
     """Import (or update, matched by email) recipients from a CSV file; exits 1 when every
     row was refused."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     with progress_bar("importing", None, enabled=not as_json) as advance:
         report = postroom.recipients.import_recipients(file, encoding=encoding, progress=advance)
     if as_json:
@@ -39,5 +39,5 @@ def import_(
 @app.command("count")
 def count(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """How many recipients the database holds."""
-    total = state(ctx).postroom().recipients.count_recipients()
+    total = state(ctx).app().recipients.count_recipients()
     emit_json({"recipients": total}) if as_json else console.print(f"{total} recipients")

@@ -34,7 +34,7 @@ def create(
     chosen = name or file_name
     if not chosen:
         raise InputError(f"{file}: no `name` in the file; pass --name")
-    template = state(ctx).postroom().templates.create_template(chosen, data)
+    template = state(ctx).app().templates.create_template(chosen, data)
     _show(template, as_json)
 
 
@@ -42,13 +42,13 @@ def create(
 def update(ctx: typer.Context, name: str, file: Path, as_json: bool = JsonOption) -> None:
     """Change a template's properties to those in a TOML file (only the keys it sets)."""
     _, data = load_template_file(file)
-    _show(state(ctx).postroom().templates.update_template(name, data), as_json)
+    _show(state(ctx).app().templates.update_template(name, data), as_json)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """All templates."""
-    templates = state(ctx).postroom().templates.list_templates()
+    templates = state(ctx).app().templates.list_templates()
     if as_json:
         emit_json([_describe(t, check=False) for t in templates])
         return
@@ -63,19 +63,19 @@ def list_(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 @app.command("show")
 def show(ctx: typer.Context, name: str, as_json: bool = JsonOption) -> None:
     """One template's properties and content."""
-    _show(state(ctx).postroom().templates.get_template(name), as_json)
+    _show(state(ctx).app().templates.get_template(name), as_json)
 
 
 @app.command("duplicate")
 def duplicate(ctx: typer.Context, name: str, new_name: str, as_json: bool = JsonOption) -> None:
     """Copy a template (the way to change the built-in one)."""
-    _show(state(ctx).postroom().templates.duplicate_template(name, new_name), as_json)
+    _show(state(ctx).app().templates.duplicate_template(name, new_name), as_json)
 
 
 @app.command("delete")
 def delete(ctx: typer.Context, name: str) -> None:
     """Delete a template (deliveries made from it keep their copy)."""
-    state(ctx).postroom().templates.delete_template(name)
+    state(ctx).app().templates.delete_template(name)
     console.print(f"deleted template {name!r}")
 
 

@@ -28,5 +28,5 @@ def serve(
 @mirror_app.command("purge")
 def purge(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Delete mirror pages whose resource validity has ended."""
-    removed = state(ctx).postroom().links.purge_mirrors()
+    removed = state(ctx).app().links.purge_mirrors()
     emit_json({"purged": removed}) if as_json else console.print(f"purged {removed} pages")

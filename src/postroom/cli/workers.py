@@ -27,7 +27,7 @@ def worker(
     worker waits and retries; past that it exits 1 with the reason."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    postroom = state(ctx).postroom(wait_for_database=True)
+    postroom = state(ctx).app(wait_for_database=True)
 
     def on_run(run: RunSummary) -> None:
         if not as_json:
@@ -53,7 +53,7 @@ def worker(
 
 def workers(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Senders (workers and one-off sends): alive or not, what they hold, what they sent."""
-    postroom = state(ctx).postroom()
+    postroom = state(ctx).app()
     rows = postroom.operations.workers()
     now = datetime.now(UTC)
     data = [{"id": w.id, "kind": w.kind, "host": w.host, "pid": w.pid,
@@ -76,7 +76,7 @@ def workers(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 
 def health(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Exit 0 when healthy, 1 otherwise; for monitoring (also GET /health on `serve`)."""
-    result = state(ctx).postroom().operations.health()
+    result = state(ctx).app().operations.health()
     if as_json:
         emit_json(result.to_json())
     else:

@@ -6,6 +6,7 @@ Every method is one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -163,19 +164,34 @@ class AccountStore:
         return None if row is None else ThrottleState(row.failures, row.first_failure_at,
                                                       row.locked_until)
 
-    def set_throttle(self, key: str, state: ThrottleState) -> None:
-        values = {"failures": state.failures, "first_failure_at": state.first_failure_at,
-                  "locked_until": state.locked_until}
-        with self.engine.begin() as conn:
-            done = conn.execute(update(login_throttle).where(login_throttle.c.key == key)
-                                .values(**values))
-            if done.rowcount == 0:
-                try:
-                    with conn.begin_nested():
+    def add_failure(self, key: str,
+                    step: Callable[[ThrottleState | None], ThrottleState]) -> ThrottleState:
+        """Count one failed log-in for `key`: `step` maps the state before to the state after,
+        read and written in one transaction that holds the row (PostgreSQL) or the write lock
+        (SQLite) first, so that concurrent failures all count."""
+        t = login_throttle.c
+        for _ in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(update(login_throttle).where(t.key == key)
+                                 .values(failures=t.failures))  # lock before reading
+                    row = conn.execute(select(login_throttle)
+                                       .where(t.key == key)).one_or_none()
+                    before = None if row is None else ThrottleState(
+                        row.failures, row.first_failure_at, row.locked_until)
+                    after = step(before)
+                    values = {"failures": after.failures,
+                              "first_failure_at": after.first_failure_at,
+                              "locked_until": after.locked_until}
+                    if row is None:
                         conn.execute(insert(login_throttle).values(key=key, **values))
-                except IntegrityError:  # a concurrent first failure: count on top of it
-                    conn.execute(update(login_throttle).where(login_throttle.c.key == key)
-                                 .values(**values))
+                    else:
+                        conn.execute(update(login_throttle).where(t.key == key)
+                                     .values(**values))
+                return after
+            except IntegrityError:  # a concurrent first failure inserted the row: count again
+                continue
+        raise RuntimeError("login throttle: the row kept changing under three attempts")
 
     def clear_throttle(self, key: str) -> None:
         with self.engine.begin() as conn:
