@@ -198,6 +198,8 @@ def test_bad_input_gets_field_errors_as_problem_json(api: Api) -> None:
     unknown = api.request("admin", "GET", "/nowhere")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
     assert (unknown.json()["type"], unknown.json()["title"]) == ("about:blank", "Not Found")
+    line_break = api.request("admin", "GET", "/templates/%0A0")  # outside the mount's pattern
+    assert line_break.status_code == 404 and line_break.headers["content-type"] == PROBLEM
 
     state = api.request("admin", "POST", f"/deliveries/{api.delivery('editing')}/pause")
     assert state.status_code == 409, state.text

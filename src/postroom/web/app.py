@@ -29,6 +29,7 @@ from starlette.types import Message
 from postroom.app import Postroom
 from postroom.web.api import create_api
 from postroom.web.api.app import PREFIX
+from postroom.web.api.problems import problem
 from postroom.web.metrics import metrics_registry, render_metrics
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -174,4 +175,12 @@ def create_app(postroom: Postroom) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Mount(PREFIX, app=create_api(postroom)),
-    ])
+    ], exception_handlers={404: _api_aware_not_found})
+
+
+async def _api_aware_not_found(request: Request, exc: Exception) -> Response:
+    """A path under /api/v1 that the mount did not take (its pattern does not match a line
+    break, say) is still answered as a problem; every other path as before."""
+    if request.url.path == PREFIX or request.url.path.startswith(PREFIX + "/"):
+        return problem(404, "Not Found")
+    return PlainTextResponse("Not Found", status_code=404)
