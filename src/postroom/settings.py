@@ -255,7 +255,7 @@ class ArchiveSettings(_Section):
 
 
 class WebSettings(_Section):
-    """Postroom's web server: mirror pages and one-click unsubscribe."""
+    """Postroom's web server: mirror pages, one-click unsubscribe and the REST API."""
 
     base_url: str = Field(
         "http://127.0.0.1:8025", description="Public base URL of links in messages."
@@ -275,6 +275,13 @@ class WebSettings(_Section):
         "An international domain goes out as its A-label; the local part must be ASCII."
     )
     resource_validity_days: float = Field(30.0, gt=0, description="Mirror pages' lifetime.")
+    api_max_json_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576,
+        description="Largest JSON request body the REST API reads (bytes); past it, 413.")
+    api_max_upload_bytes: int = Field(
+        50 * 1_048_576, ge=1024, le=4 * 1024 * 1_048_576,
+        description="Largest upload (a recipients CSV, multipart) the REST API reads (bytes); "
+        "past it, 413.")
 
     @field_validator("secret_key")
     @classmethod

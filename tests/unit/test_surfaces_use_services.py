@@ -27,7 +27,7 @@ def _reaches(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", SURFACES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", SURFACES, ids=lambda p: p.relative_to(PACKAGE).as_posix())
 def test_a_surface_never_reaches_into_the_store(path: Path) -> None:
     found = _reaches(path)
     assert not found, "through a service instead: " + "; ".join(found)

@@ -43,7 +43,7 @@ ERRORS: MappingProxyType[type[Exception], ErrorMapping] = MappingProxyType({
     InputError: ErrorMapping(2, 422, "Invalid input"),
     NotFoundError: ErrorMapping(2, 404, "Not found"),
     LoginThrottled: ErrorMapping(1, 429, "Too many failed log-ins"),
-    AuthenticationFailed: ErrorMapping(1, 401, "Authentication failed"),
+    AuthenticationFailed: ErrorMapping(1, 401, "Authentication required"),
     PermissionDenied: ErrorMapping(1, 403, "Permission denied"),
     ReadOnlyError: ErrorMapping(1, 409, "Read-only"),
     StateError: ErrorMapping(1, 409, "Conflict with the current state"),

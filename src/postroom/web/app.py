@@ -1,4 +1,5 @@
-"""Postroom's web server: mirror pages, one-click unsubscribe (RFC 8058), health and metrics.
+"""Postroom's web server: mirror pages, one-click unsubscribe (RFC 8058), health, metrics and
+the REST API (`postroom.web.api`, mounted at /api/v1).
 
 Built explicitly from a list of routes around one Postroom instance; no global state. Handlers
 are plain functions (Starlette runs them in its thread pool, since the store is synchronous).
@@ -26,6 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.types import Message
 
 from postroom.app import Postroom
+from postroom.web.api import create_api
+from postroom.web.api.app import PREFIX
+from postroom.web.api.problems import problem
 from postroom.web.console import create_console
 from postroom.web.metrics import metrics_registry, render_metrics
 
@@ -173,4 +177,13 @@ def create_app(postroom: Postroom) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Mount("/console", app=create_console(
             postroom, https=postroom.settings.web.base_url.startswith("https:"))),
-    ])
+        Mount(PREFIX, app=create_api(postroom)),
+    ], exception_handlers={404: _api_aware_not_found})
+
+
+async def _api_aware_not_found(request: Request, exc: Exception) -> Response:
+    """A path under /api/v1 that the mount did not take (its pattern does not match a line
+    break, say) is still answered as a problem; every other path as before."""
+    if request.url.path == PREFIX or request.url.path.startswith(PREFIX + "/"):
+        return problem(404, "Not Found")
+    return PlainTextResponse("Not Found", status_code=404)
