@@ -93,7 +93,7 @@ def test_a_template_preview_is_personalized_and_names_its_problems(
 def test_the_archive_status_is_one_value_the_cli_and_api_share(postroom: Postroom) -> None:
     status = postroom.archive.status()
     assert status.to_json() == {"enabled": False, "sink": "smtp", "target": "archive relay",
-                                "ledger_entries": 0, "deliveries": []}
+                                "ledger_entries": 0, "sinks": [], "deliveries": []}
 
 
 def test_a_page_of_logs_is_bounded(postroom: Postroom) -> None:
