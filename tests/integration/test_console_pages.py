@@ -307,3 +307,46 @@ def test_add_test_and_delete_a_qualification_rule(client: TestClient, postroom: 
     assert "acme-shield" not in [r.id for r in postroom.bounces.rules()]
     actions = [e.action for e in postroom.accounts.audit(limit=20)]
     assert "bounces.add_rule" in actions and "bounces.delete_rule" in actions
+
+
+def test_resend_to_failures_makes_a_new_delivery_and_opens_it(
+        make_postroom: Callable[..., Any], capture: Callable[..., CaptureServer],
+        sqlite_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from postroom.testing.smtp_server import Script
+
+    relay = capture(script=Script().on_rcpt("gone@example.org", "550 5.1.1 No such user"))
+    postroom = make_postroom(sqlite_url, relay, bcc=False)
+    postroom.accounts.create_user("sam", "sender", PASSWORD)
+    postroom.accounts.create_user("otto", "operator", PASSWORD)
+    postroom.recipients.import_recipients(write_csv(tmp_path / "r.csv", [
+        {"email": "kim@example.org"}, {"email": "gone@example.org"}]))
+    postroom.templates.create_template("t", {"subject": "Hi", "html": "<p>Hi</p>",
+                                             "from_address": "news@shop.example"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    postroom.deliveries.start(delivery.id)
+    asyncio.run(postroom.sending.send(delivery.id))
+    url = f"/console/deliveries/{delivery.id}"
+    with TestClient(create_app(postroom), follow_redirects=False) as client:
+        csrf = log_in(client, "otto")                       # cannot deliveries:send
+        assert 'id="resend"' not in client.get(url).text
+        refused = client.post(f"{url}/resend", data={"csrf": csrf}, headers=ORIGIN)
+        assert refused.status_code == 403 and "deliveries:send" in refused.text
+        client.post("/console/logout", data={"csrf": csrf}, headers=ORIGIN)
+
+        csrf = log_in(client, "sam")
+        page = client.get(url).text
+        assert 'id="state">finished<' in page and 'id="resend"' in page
+        assert client.post(f"{url}/resend", data={"csrf": csrf}).status_code == 403  # no Origin
+        none = client.post(f"{url}/resend", data={"csrf": csrf}, headers=ORIGIN)
+        assert none.status_code == 400 and "no failed recipient" in none.text  # in quarantine
+        postroom.quarantine.release_addresses(["gone@example.org"])
+        made = client.post(f"{url}/resend", data={"csrf": csrf}, headers=ORIGIN)
+        assert made.status_code == 303
+        [new] = [d for d in postroom.deliveries.list_deliveries() if d.id != delivery.id]
+        assert made.headers["location"] == f"/console/deliveries/{new.id}"
+        assert "(resend)" in client.get(made.headers["location"]).text
+        assert 'id="resend"' not in client.get(made.headers["location"]).text  # not finished
+    actions = [e.action for e in postroom.accounts.audit(limit=20)]
+    assert "deliveries.resend" in actions

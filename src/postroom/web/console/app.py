@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from postroom.accounts.actor import Actor
+from postroom.accounts.permissions import Permission
 from postroom.errors import (
     InputError,
     NotFoundError,
@@ -72,7 +73,8 @@ class Ctx:
         return self.session.actor
 
     def can(self, permission: str) -> bool:
-        return any(p.value == permission for p in self.actor.permissions)
+        """Whether to show what needs `permission` (the service checks it again)."""
+        return self.actor.can(Permission(permission))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A synchronous service method, in the thread pool (the store is synchronous)."""

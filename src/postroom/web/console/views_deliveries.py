@@ -1,5 +1,5 @@
 """Deliveries: list, create from a template, prepare, proof, send with live progress, pause,
-resume, stop, the report and the logs.
+resume, stop, resend to failures, the report and the logs.
 
 A send started here runs in this server process when the store is SQLite (one writer: there
 are no workers to hand it to); with PostgreSQL the delivery is only moved to `sending` and
@@ -110,6 +110,12 @@ def routes(console: Console) -> list[BaseRoute]:
             return await progress(ctx)
         return act
 
+    async def resend(ctx: Ctx) -> Response:
+        """A follow-up delivery to the finished one's failed recipients (the service picks
+        them and refuses when there are none); the page of the new delivery follows."""
+        delivery = await ctx.call(ctx.services.deliveries.resend, _id(ctx))
+        return redirect(f"/console/deliveries/{delivery.id}")
+
     async def logs(ctx: Ctx) -> Response:
         delivery_id = _id(ctx)
         status = ctx.request.query_params.get("status") or None
@@ -130,6 +136,7 @@ def routes(console: Console) -> list[BaseRoute]:
         route(console, "/deliveries/{id}/pause", control("pause"), ["POST"]),
         route(console, "/deliveries/{id}/resume", control("resume"), ["POST"]),
         route(console, "/deliveries/{id}/stop", control("stop"), ["POST"]),
+        route(console, "/deliveries/{id}/resend", resend, ["POST"]),
         route(console, "/deliveries/{id}/logs", logs),
     ]
 
