@@ -350,3 +350,30 @@ def test_resend_to_failures_makes_a_new_delivery_and_opens_it(
         assert 'id="resend"' not in client.get(made.headers["location"]).text  # not finished
     actions = [e.action for e in postroom.accounts.audit(limit=20)]
     assert "deliveries.resend" in actions
+
+
+def test_denylist_addresses_from_the_quarantine_page(client: TestClient, postroom: Any) -> None:
+    csrf = log_in(client, "vera")                            # a viewer: no form, refused
+    assert 'id="denylist-form"' not in client.get("/console/quarantine").text
+    refused = client.post("/console/quarantine/denylist", headers=ORIGIN,
+                          data={"csrf": csrf, "addresses": "kim@example.org"})
+    assert refused.status_code == 403 and "quarantine:manage" in refused.text
+    assert postroom.quarantine.get_address("kim@example.org") is None
+    client.post("/console/logout", data={"csrf": csrf}, headers=ORIGIN)
+
+    csrf = log_in(client)
+    assert 'id="denylist-form"' in client.get("/console/quarantine").text
+    assert client.post("/console/quarantine/denylist", data={
+        "csrf": csrf, "addresses": "kim@example.org"}).status_code == 403  # no Origin
+    done = client.post("/console/quarantine/denylist", headers=ORIGIN, data={
+        "csrf": csrf, "addresses": "kim@EXAMPLE.org, spam@example.net"})
+    assert done.status_code == 200 and "2 of 2 address(es) put on the denylist" in done.text
+    assert "spam@example.net" in done.text
+    assert postroom.quarantine.get_address("kim@example.org").status == "denylisted"
+    again = client.post("/console/quarantine/denylist", headers=ORIGIN,
+                        data={"csrf": csrf, "addresses": "kim@example.org"})
+    assert "0 of 1" in again.text and "on it already" in again.text
+    empty = client.post("/console/quarantine/denylist", headers=ORIGIN,
+                        data={"csrf": csrf, "addresses": " "})
+    assert empty.status_code == 400 and "name the addresses to denylist" in empty.text
+    assert "quarantine.denylist" in [e.action for e in postroom.accounts.audit(limit=20)]

@@ -21,6 +21,7 @@ MAX_FIELD = 1024 * 1024        # one template field
 TEMPLATE_FIELDS = ("subject", "from_name", "from_address", "reply_to", "html", "text",
                    "charset", "format")
 PAGE = 100
+MAX_DENYLIST = 100            # addresses in one denylist form
 
 
 def _q(ctx: Ctx, name: str) -> str:
@@ -179,6 +180,19 @@ def routes(console: Console) -> list[BaseRoute]:
                           statuses=["quarantine", "denylisted", "with_errors"],
                           released=(address, count))
 
+    async def denylist(ctx: Ctx) -> Response:
+        form = await _form(ctx)
+        addresses = [a.strip() for a in str(form.get("addresses", "")).replace("\n", ",")
+                     .split(",") if a.strip()]
+        if len(addresses) > MAX_DENYLIST:
+            raise InputError(f"at most {MAX_DENYLIST} addresses at once")
+        count = await ctx.call(ctx.services.quarantine.denylist, addresses)
+        rows = await ctx.call(ctx.services.quarantine.list_addresses, statuses=["denylisted"],
+                              limit=PAGE * 2)
+        return ctx.render("quarantine.html", rows=rows, status="denylisted",
+                          statuses=["quarantine", "denylisted", "with_errors"],
+                          released=None, denylisted=(len(addresses), count))
+
     async def archive(ctx: Ctx) -> Response:
         status = await ctx.call(ctx.services.archive.status)
         sent: dict[int, int] = {}
@@ -249,6 +263,7 @@ def routes(console: Console) -> list[BaseRoute]:
         route(console, "/templates/{name}/preview-panel", preview_panel),
         route(console, "/quarantine", quarantine),
         route(console, "/quarantine/release", release, ["POST"]),
+        route(console, "/quarantine/denylist", denylist, ["POST"]),
         route(console, "/archive", archive),
         route(console, "/bounces", bounces),
         route(console, "/bounces/test-rule", test_rule, ["POST"]),
