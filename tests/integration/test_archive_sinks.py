@@ -284,7 +284,7 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
             procs[index] = start_worker(config, logs[index], secrets)
         deadline = time.monotonic() + 600
         while not done():
-            assert time.monotonic() < deadline, "the delivery did not finish"
+            assert time.monotonic() < deadline, _stuck(postroom, delivery_id, procs, logs)
             time.sleep(0.5)
     finally:
         codes = [stop_worker(p) for p in procs]
@@ -292,6 +292,27 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
     assert unused.messages == []  # every copy went to the sink, none to a relay
     assert len(relay.messages) >= count
     return delivery_id, kills
+
+
+def _stuck(postroom: Postroom, delivery_id: int, procs: list[Any], logs: list[Path]) -> str:
+    """What a kill test that did not finish leaves to look at: the workers' exit codes, the
+    delivery's state, its logs and copies by state, and the end of each worker's log."""
+    from sqlalchemy import func, select
+
+    from postroom.storage.schema import archive_outbox, delivery_logs
+
+    lines = [f"the delivery did not finish: workers' exit codes {[p.poll() for p in procs]}, "
+             f"delivery {postroom.store.get_delivery(delivery_id).state}"]
+    with postroom.store.engine.connect() as conn:
+        for table, column in ((delivery_logs, delivery_logs.c.status),
+                              (archive_outbox, archive_outbox.c.state)):
+            counts = conn.execute(select(column, func.count()).where(
+                table.c.delivery_id == delivery_id).group_by(column)).all()
+            lines.append(f"{table.name}: {dict((str(k), n) for k, n in counts)}")
+    for log in logs:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        lines += [f"--- {log.name}", *tail]
+    return "\n".join(lines)
 
 
 def _copies_in_doubt(postroom: Postroom, delivery_id: int) -> set[int]:

@@ -125,6 +125,26 @@ def test_heartbeat_renews_only_the_workers_own_unexpired_leases(
     assert not rows[0].alive(later + 2 * LEASE, LEASE)
 
 
+def test_marking_attempting_renews_the_lease_so_no_takeover_sends_it_twice(
+        sending: tuple[Postroom, int]) -> None:
+    """A batch marked near the end of its lease (a slow render, a long wait for a connection)
+    is on the wire from then on: its lease runs from the mark, not from the claim, or another
+    sender takes it over before the first sender's next heartbeat and sends it again."""
+    store, delivery_id = sending[0].store, sending[1]
+    mine = store.claim_due(delivery_id, T0, 5, LEASE, worker="a")
+    late = T0 + LEASE - timedelta(seconds=1)
+    ids = [t.log_id for t in mine]
+    assert store.mark_attempting(ids, worker="a", now=late, lease=LEASE) == ids
+    # Past the claim's own lease, before the renewed one runs out: nobody may take them.
+    taken = store.claim_due(delivery_id, T0 + LEASE + timedelta(seconds=5), 50, LEASE,
+                            worker="b")
+    assert not {t.log_id for t in taken} & set(ids)
+    assert all(_log(store, i)["claimed_by"] == "a" for i in ids)
+    # The renewed lease runs out like any other: a silent sender's batch is taken over.
+    again = store.claim_due(delivery_id, late + LEASE, 50, LEASE, worker="c")
+    assert {t.log_id for t in again} == set(ids)
+
+
 def test_release_gives_logs_back_without_doubt(sending: tuple[Postroom, int]) -> None:
     store, delivery_id = sending[0].store, sending[1]
     batch = store.claim_due(delivery_id, T0, 5, LEASE, worker="a")

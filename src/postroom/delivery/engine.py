@@ -48,7 +48,8 @@ class SendStore(Protocol):
     def claim_due(self, delivery_id: int, now: datetime, limit: int,
                   lease: timedelta, *, worker: str = "") -> list[Target]: ...
     def mark_attempting(self, log_ids: list[int], *, worker: str | None = None,
-                        now: datetime | None = None) -> list[int]: ...
+                        now: datetime | None = None,
+                        lease: timedelta | None = None) -> list[int]: ...
     def abandon(self, log_ids: list[int], now: datetime, *, review: bool) -> None: ...
     def review_doubtful(self, delivery_id: int, now: datetime) -> int: ...
     def record(self, updates: list[LogUpdate], now: datetime) -> None: ...
@@ -302,8 +303,9 @@ class Engine:
                 messages.append(plan.render(target, self._clock()))
             except PostroomError as exc:
                 self._updates.append(plan.unrenderable(target, exc))
-        held = set(self._store.mark_attempting([m.target.log_id for m in messages],
-                                               worker=self.worker_id, now=self._clock()))
+        held = set(self._store.mark_attempting(
+            [m.target.log_id for m in messages], worker=self.worker_id, now=self._clock(),
+            lease=timedelta(seconds=self._sending.lease_seconds)))
         for message in messages:
             if message.target.log_id not in held:
                 continue  # its lease ran out meanwhile (a database outage): another sender's

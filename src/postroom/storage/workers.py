@@ -230,23 +230,31 @@ class WorkerStore:
         return found
 
     def mark_attempting(self, log_ids: list[int], *, worker: str | None = None,
-                        now: datetime | None = None) -> list[int]:
+                        now: datetime | None = None,
+                        lease: timedelta | None = None) -> list[int]:
         """These claimed logs are being handed to SMTP connections (see the module doc).
 
         Given `worker` and `now`, only logs it still holds (its lease not run out: a database
         outage may have outlasted it, and another sender taken them) are marked; returns the
-        ids marked, the only ones the caller may send.
+        ids marked, the only ones the caller may send. Given `lease` too, their lease is
+        renewed from `now` in the same write: a batch claimed near the end of its lease (a slow
+        render, a long wait for a connection) must not run out between this mark and the
+        sender's next heartbeat, or another sender takes it over while it is on the wire and
+        the recipient gets it twice.
         """
         if not log_ids:
             return []
         c = delivery_logs.c
         where: ColumnElement[bool] = c.id.in_(log_ids)
+        values: dict[str, Any] = {"attempting": True}
         if worker is not None and now is not None:
             where = and_(where, c.claimed_by == worker, c.claimed_until > now,
                          c.status == LogStatus.PENDING)
+            if lease is not None:
+                values["claimed_until"] = now + lease
         with self.engine.begin() as conn:
             return list(conn.scalars(update(delivery_logs).where(where)
-                                     .values(attempting=True).returning(c.id)))
+                                     .values(**values).returning(c.id)))
 
     def abandon(self, log_ids: list[int], now: datetime, *, review: bool) -> None:
         """Claimed logs whose messages were on the wire when the sender stopped at once: the
