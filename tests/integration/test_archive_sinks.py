@@ -285,6 +285,9 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
         deadline = time.monotonic() + 600
         while not done():
             assert time.monotonic() < deadline, _stuck(postroom, delivery_id, procs, logs)
+            # a worker runs until stopped: one that ended by itself is a failure, not a wait
+            assert all(p.poll() is None for p in procs), _stuck(postroom, delivery_id, procs,
+                                                                 logs)
             time.sleep(0.5)
     finally:
         codes = [stop_worker(p) for p in procs]

@@ -219,6 +219,22 @@ def test_next_sending_delivery_sees_only_claimable_work(sending: tuple[Postroom,
     assert store.next_sending_delivery(T0 + LEASE) == delivery_id
 
 
+def test_next_sending_delivery_sees_one_left_sending_with_nothing_to_send(
+        sending: tuple[Postroom, int]) -> None:
+    """Its sender died between recording the last log and finishing it: a worker must still
+    come to it (and finish it); one with a log waiting for review waits for the operator."""
+    store, delivery_id = sending[0].store, sending[1]
+    batch = store.claim_due(delivery_id, T0, 50, LEASE, worker="a")
+    store.mark_attempting([t.log_id for t in batch], worker="a", now=T0)
+    store.record([_sent(t.log_id) for t in batch[1:]], T0)
+    assert store.next_sending_delivery(T0) is None  # one log still on a's wire
+    store.abandon([batch[0].log_id], T0, review=True)
+    assert store.next_sending_delivery(T0) is None  # an operator decides first
+    store.resolve_review(delivery_id, resend=False, now=T0)
+    assert store.get_delivery(delivery_id).state is DeliveryState.SENDING
+    assert store.next_sending_delivery(T0) == delivery_id
+
+
 def test_workers_registry(sending: tuple[Postroom, int]) -> None:
     store = sending[0].store
     store.register_worker("x", kind="worker", host="h1", pid=10, now=T0)

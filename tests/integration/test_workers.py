@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -150,6 +151,31 @@ def test_at_most_once_sets_unanswered_messages_aside_until_an_operator_decides(
     assert postroom.deliveries.resolve_review(delivery_id, resend=False) == 1
     assert postroom.store.get_delivery(delivery_id).state is DeliveryState.FINISHED
     assert postroom.reports.report(delivery_id).by_status == {"sent": 9, "failed": 1}
+
+
+def test_a_worker_finishes_a_delivery_whose_sender_died_before_finishing_it(
+        capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+        database_url: str, tmp_path: Path) -> None:
+    """A sender recorded every log and was killed before moving the delivery to `finished`
+    (the kill test of test_archive_sinks.py once hung on this): no log is claimable, and a
+    worker must still come to the delivery and finish it, sending nothing again."""
+    from postroom.domain.models import LogUpdate
+
+    relay = capture()
+    postroom = make_postroom(database_url, relay, archive=capture())
+    delivery_id = started_delivery(postroom, tmp_path, 5)
+    store, now = postroom.store, postroom.clock()
+    taken = store.claim_due(delivery_id, now, 50, timedelta(seconds=60), worker="dead")
+    store.mark_attempting([t.log_id for t in taken], worker="dead", now=now)
+    store.record([LogUpdate(log_id=t.log_id, status=LogStatus.SENT, attempts=1,
+                            next_attempt_at=None, smtp_reply="250 OK", sent_at=now,
+                            archive_data=b"Subject: x\r\n\r\nbody\r\n", sha256=None)
+                  for t in taken], now)
+    assert store.get_delivery(delivery_id).state is DeliveryState.SENDING
+    summary = asyncio.run(postroom.sending.work(asyncio.Event(), until_idle=True))
+    assert store.get_delivery(delivery_id).state is DeliveryState.FINISHED
+    assert [(run.delivery_id, run.sent) for run in summary.runs] == [(delivery_id, 0)]
+    assert relay.messages == []
 
 
 def test_workers_and_health_commands(

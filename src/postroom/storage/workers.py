@@ -216,16 +216,25 @@ class WorkerStore:
                 and_(workers.c.stopped_at.is_(None), workers.c.heartbeat_at < before)))).rowcount
 
     def next_sending_delivery(self, now: datetime) -> int | None:
-        """A delivery in state `sending` with a log that can be claimed now (oldest first)."""
+        """A delivery in state `sending` with a log that can be claimed now, or with no log
+        left to send nor to review (oldest first).
+
+        The second kind is one whose sender died between recording its last log and moving it
+        to `finished`: a run over it sends nothing and finishes it. Without it such a delivery
+        would stay `sending` for good, since no claimable log would ever bring a worker to it.
+        """
         logs = delivery_logs.c
         claimable = (select(logs.id).where(
             logs.delivery_id == deliveries.c.id, logs.status == LogStatus.PENDING,
             logs.next_attempt_at <= now,
             or_(logs.claimed_until.is_(None), logs.claimed_until <= now)))
+        left = select(logs.id).where(logs.delivery_id == deliveries.c.id,
+                                     logs.status.in_((LogStatus.PENDING, LogStatus.REVIEW)))
         with self.engine.connect() as conn:
             found: int | None = conn.scalar(
                 select(deliveries.c.id)
-                .where(deliveries.c.state == DeliveryState.SENDING, exists(claimable))
+                .where(deliveries.c.state == DeliveryState.SENDING,
+                       or_(exists(claimable), ~exists(left)))
                 .order_by(deliveries.c.id).limit(1))
         return found
 
