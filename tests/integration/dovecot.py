@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +96,10 @@ def _wait_listening(port: int, timeout: float = 15) -> None:
     raise AssertionError(f"Dovecot did not answer on 127.0.0.1:{port} in {timeout} s")
 
 
-def dovecot_instance(user: str) -> Iterator[Dovecot]:
-    """Serve `user`'s Maildir over IMAP until the fixture ends."""
+def dovecot_instance(user: str, *,
+                     prepare: Callable[[], None] | None = None) -> Iterator[Dovecot]:
+    """Serve `user`'s Maildir over IMAP until the fixture ends. `prepare` (e.g. a fresh
+    Maildir) runs once the lock is held: another test run on the machine may be serving it."""
     if shutil.which("dovecot") is None:
         pytest.skip("Dovecot is not installed (.ci/run installs Debian's dovecot-imapd)")
     if os.geteuid() != 0:
@@ -105,6 +107,8 @@ def dovecot_instance(user: str) -> Iterator[Dovecot]:
     # Dovecot's auth process (user dovecot) must reach its files: not under pytest's 0700 tmp.
     with LOCK.open("a") as lock, tempfile.TemporaryDirectory(prefix="postroom-dovecot-") as tmp:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if prepare is not None:
+            prepare()
         root = Path(tmp)
         root.chmod(0o755)
         port, password = _free_port(), secrets.token_hex(8)

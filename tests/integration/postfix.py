@@ -60,7 +60,7 @@ def _user(name: str) -> None:
 
 
 def postfix_instance(remote_port: int, *, remote_transport: str | None = None,
-                     ) -> Iterator[Postfix]:
+                     users: tuple[str, ...] = ()) -> Iterator[Postfix]:
     """`remote_transport` (a Postfix transport, e.g. "discard:") replaces the route of
     REMOTE to the capture server on `remote_port`."""
     if shutil.which("postfix") is None or shutil.which("postconf") is None:
@@ -69,14 +69,14 @@ def postfix_instance(remote_port: int, *, remote_transport: str | None = None,
         pytest.skip("the Postfix end-to-end test configures the system Postfix: needs root")
     with LOCK.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield from _configured(remote_transport or f"smtp:[127.0.0.1]:{remote_port}")
+        yield from _configured(remote_transport or f"smtp:[127.0.0.1]:{remote_port}", users)
 
 
-def _configured(remote_transport: str) -> Iterator[Postfix]:
+def _configured(remote_transport: str, users: tuple[str, ...] = ()) -> Iterator[Postfix]:
     saved = MAIN_CF.read_bytes()
     subprocess.run(["postfix", "stop"], check=False, capture_output=True)
     try:
-        for user in ("bounces", "alice"):
+        for user in ("bounces", "alice", *users):  # fresh Maildirs, under the lock
             _user(user)
         TRANSPORT.write_text(f"{REMOTE} {remote_transport}\n", encoding="utf-8")
         _run("postmap", str(TRANSPORT))

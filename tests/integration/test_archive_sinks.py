@@ -114,13 +114,14 @@ def test_per_sink_figures_follow_each_copy_to_the_sink_that_took_it(
 
 @pytest.fixture
 def imap_box() -> Iterator[Dovecot]:
-    if os.geteuid() == 0:
+    def fresh_maildir() -> None:  # under Dovecot's lock: no other run is serving it now
         _user(BOX_USER)
         maildir = Path(f"/home/{BOX_USER}/Maildir")
         for sub in ("cur", "new", "tmp"):
             (maildir / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(["chown", "-R", f"{BOX_USER}:", str(maildir)], check=True)
-    yield from dovecot_instance(BOX_USER)
+
+    yield from dovecot_instance(BOX_USER, prepare=fresh_maildir if os.geteuid() == 0 else None)
 
 
 def test_imap_sink_appends_each_copy_once(

@@ -24,7 +24,7 @@ from postroom.domain.states import LogStatus
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
 from tests.integration.dovecot import Dovecot, dovecot_instance
-from tests.integration.postfix import DOMAIN, Postfix, _user, postfix_instance
+from tests.integration.postfix import DOMAIN, Postfix, postfix_instance
 
 ARCHIVE_USER = "pr-archive"
 
@@ -38,9 +38,7 @@ class _Relay:  # make_postroom wants something with a port
 def postfix(capture: Callable[..., CaptureServer]) -> Iterator[Postfix]:
     """The shared Postfix fixture, plus a system user (a fresh Maildir) for the archive."""
     remote = capture()
-    if os.geteuid() == 0:
-        _user(ARCHIVE_USER)
-    yield from postfix_instance(remote.port)
+    yield from postfix_instance(remote.port, users=(ARCHIVE_USER,))
 
 
 @pytest.fixture
