@@ -203,7 +203,12 @@ class HoldingProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=10)
+                upstream.settimeout(None)
+            except OSError:  # the server refused this one: its client sees it closed, and
+                client.close()  # the proxy goes on accepting (a dead proxy hangs the test)
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, False),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True),
