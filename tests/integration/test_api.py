@@ -234,6 +234,22 @@ def test_bodies_past_their_bound_get_413_unread(api: Api) -> None:
     assert elsewhere.json()["limit"] == 64 * 1024
 
 
+def test_recipients_are_listed_with_audience_filters(api: Api) -> None:
+    csv = b"email,first_name,city\na@example.com,A,Lyon\nb@example.com,B,Paris\n" \
+          b"c@example.com,C,Lyon\n"
+    assert api.request("operator", "POST", "/recipients/import",
+                       files={"file": ("c.csv", csv, "text/csv")}).status_code == 200
+    found = api.request("viewer", "GET", "/recipients",
+                        params=[("filter", "city=Lyon"), ("filter", "first_name!=A")])
+    assert found.status_code == 200, found.text
+    assert [r["email"] for r in found.json()["items"]] == ["c@example.com"]
+    assert found.json()["total"] == 1
+    bad = api.request("viewer", "GET", "/recipients", params={"filter": "city Lyon"})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    assert "FIELD=VALUE" in bad.json()["detail"]
+
+
 def test_import_reports_each_bad_row(api: Api) -> None:
     csv = b"email,first_name\ngood@example.com,G\nnot-an-address,B\n,Empty\n"
     response = api.request("operator", "POST", "/recipients/import",

@@ -46,6 +46,38 @@ def test_recipients_are_listed_searched_and_paged(postroom: Postroom, tmp_path: 
         postroom.recipients.list_recipients(limit=10**6)
 
 
+def test_recipients_are_listed_through_a_delivery_s_audience_filters(
+        postroom: Postroom, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filters mean what they mean for a delivery's audience (one matcher), combine with
+    the search and with each other, page and count across the scan's batches; a malformed
+    filter is an input error, and so is a listing that would read past the bound."""
+    import postroom.storage.recipient_reads as reads
+
+    rows = [{"email": f"r{i:02d}@example.com", "first_name": f"R{i}",
+             "city": "Lyon" if i % 3 == 0 else "Paris"} for i in range(30)]
+    postroom.recipients.import_recipients(write_csv(tmp_path / "c.csv", rows))
+    monkeypatch.setattr(reads, "_SCAN_BATCH", 7)  # several batches for 30 recipients
+    lyon = postroom.recipients.list_recipients(filters=["city=Lyon"], limit=4, offset=2)
+    assert lyon.total == 10
+    assert [r.email for r in lyon.recipients] == [f"r{i:02d}@example.com" for i in (6, 9, 12,
+                                                                                     15)]
+    both = postroom.recipients.list_recipients(search="r1", filters=["city!=Lyon",
+                                                                      "first_name~r1"])
+    # "r1" finds R1 by first name and r10-r19 by address; the filters drop Lyon (r12, r15, r18)
+    assert [r.email for r in both.recipients] == [f"r{i:02d}@example.com" for i in (
+        1, 10, 11, 13, 14, 16, 17, 19)]
+    assert both.total == 8
+    past = postroom.recipients.list_recipients(filters=["city~LY"], offset=40)
+    assert (past.total, past.recipients) == (10, [])
+    with pytest.raises(InputError, match="expected FIELD=VALUE"):
+        postroom.recipients.list_recipients(filters=["city Lyon"])
+    with pytest.raises(InputError, match="at most 10"):
+        postroom.recipients.list_recipients(filters=["city=Lyon"] * 11)
+    monkeypatch.setattr("postroom.app.recipients.MAX_FILTER_SCAN", 20)
+    with pytest.raises(InputError, match="more than 20 recipients"):
+        postroom.recipients.list_recipients(filters=["city=Lyon"])
+
+
 def test_a_recipient_s_history_names_each_delivery_and_the_address_status(
         postroom: Postroom, tmp_path: Path) -> None:
     _import(postroom, tmp_path)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from postroom.app.context import AppContext
 from postroom.bounces.quarantine import AddressState
+from postroom.delivery.audience import matcher
 from postroom.domain.addresses import normalize_address
 from postroom.domain.models import Recipient
 from postroom.errors import InputError, NotFoundError
 from postroom.recipients.importer import ImportReport, import_csv
 from postroom.storage.recipient_reads import (
     HistoryRow,
+    ScanLimitError,
     count_matching,
+    filtered_page,
     recipient_history,
     recipient_page,
 )
@@ -25,6 +28,8 @@ __all__ = ["MAX_PAGE", "RecipientHistory", "RecipientPage", "RecipientService",
 
 MAX_PAGE = 1000  # recipients or history rows in one answer
 MAX_SEARCH = 320
+MAX_FILTERS = 10
+MAX_FILTER_SCAN = 500_000  # recipients a filtered listing may read (filters run in Python)
 
 
 def recipient_json(r: Recipient) -> dict[str, Any]:
@@ -88,15 +93,31 @@ class RecipientService:
     def count_recipients(self) -> int:
         return self._ctx.store.count_recipients()
 
-    def list_recipients(self, *, search: str | None = None, limit: int = 50,
-                        offset: int = 0) -> RecipientPage:
-        """A page of recipients in id order whose address or name contains `search`."""
+    def list_recipients(self, *, search: str | None = None, filters: Sequence[str] = (),
+                        limit: int = 50, offset: int = 0) -> RecipientPage:
+        """A page of recipients in id order whose address or name contains `search` and
+        that every filter matches (`field=value`, `field!=value`, `field~text`: a delivery's
+        audience filters, with the same meaning)."""
         _bounded(limit, offset)
         if search is not None and len(search) > MAX_SEARCH:
             raise InputError(f"search: at most {MAX_SEARCH} characters")
+        if len(filters) > MAX_FILTERS:
+            raise InputError(f"filter: at most {MAX_FILTERS}")
+        for text in filters:
+            if len(text) > MAX_SEARCH:
+                raise InputError(f"filter {text[:40]!r}...: at most {MAX_SEARCH} characters")
         engine = self._ctx.store.engine
-        return RecipientPage(recipient_page(engine, search=search, limit=limit, offset=offset),
-                             count_matching(engine, search), limit, offset)
+        if not filters:
+            return RecipientPage(recipient_page(engine, search=search, limit=limit,
+                                                offset=offset),
+                                 count_matching(engine, search), limit, offset)
+        wanted = matcher(filters)  # raises InputError naming a malformed filter
+        try:
+            found, total = filtered_page(engine, search=search, wanted=wanted, limit=limit,
+                                         offset=offset, max_scan=MAX_FILTER_SCAN)
+        except ScanLimitError as exc:
+            raise InputError(f"filter: {exc}; narrow the list with search first") from exc
+        return RecipientPage(found, total, limit, offset)
 
     def recipient_history(self, email: str, *, limit: int = 100) -> RecipientHistory:
         """One recipient: their data, their address status and every delivery's log."""

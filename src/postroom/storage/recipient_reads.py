@@ -3,6 +3,7 @@ and one recipient's history (each delivery that targeted them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,10 @@ from postroom.domain.models import Recipient
 from postroom.storage.schema import address_status, deliveries, delivery_logs, recipients
 from postroom.storage.sql import _recipient
 
-__all__ = ["HistoryRow", "count_matching", "recipient_history", "recipient_page"]
+__all__ = ["HistoryRow", "ScanLimitError", "count_matching", "filtered_page",
+           "recipient_history", "recipient_page"]
+
+_SCAN_BATCH = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,37 @@ def count_matching(engine: Engine, search: str | None) -> int:
     query = select(func.count()).select_from(_matching(search).subquery())
     with engine.connect() as conn:
         return int(conn.scalar(query) or 0)
+
+
+class ScanLimitError(Exception):
+    """A filtered listing would read more recipients than its bound."""
+
+
+def filtered_page(engine: Engine, *, search: str | None, wanted: Callable[[Recipient], bool],
+                  limit: int, offset: int, max_scan: int) -> tuple[list[Recipient], int]:
+    """The page of recipients (id order) matching `search` (in SQL) and `wanted` (the audience
+    filters' own predicate, in Python: the rule a delivery's audience uses), and how many match
+    in all. Reads the search's matches in id batches, at most `max_scan` of them."""
+    page: list[Recipient] = []
+    total = scanned = 0
+    after = 0
+    while True:
+        query = _matching(search).where(recipients.c.id > after).order_by(
+            recipients.c.id).limit(_SCAN_BATCH)
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return page, total
+        scanned += len(rows)
+        if scanned > max_scan:
+            raise ScanLimitError(f"more than {max_scan} recipients to read")
+        for row in rows:
+            recipient = _recipient(row, row.address_status or "valid")
+            if wanted(recipient):
+                if offset <= total < offset + limit:
+                    page.append(recipient)
+                total += 1
+        after = rows[-1].id
 
 
 def recipient_history(engine: Engine, recipient_id: int, *, limit: int) -> list[HistoryRow]:

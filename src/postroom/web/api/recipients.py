@@ -50,14 +50,20 @@ def router() -> APIRouter:
         shown: dict[str, Any] = report.to_json()
         return shown
 
-    @api.get("", response_model=Page, summary="Recipients whose address or name matches")
+    @api.get("", response_model=Page,
+             summary="Recipients whose address or name matches, and every filter")
     async def list_recipients(
         services: Services, page: Annotated[PageQuery, Depends(paging)],
         search: Annotated[str | None, Query(
             max_length=320, description="Part of the address, first or last name.")] = None,
+        filters: Annotated[list[str] | None, Query(
+            alias="filter", max_length=10, description="A delivery's audience filter: FIELD=VALUE, "
+            "FIELD!=VALUE or FIELD~TEXT (contains, any case), on a column (email, first_name, "
+            "last_name, email_format, opted_out) or a custom field; repeat to combine (all "
+            "must match).")] = None,
     ) -> Page:
         found = await call(services.recipients.list_recipients, search=search,
-                           limit=page.limit, offset=page.offset)
+                           filters=filters or (), limit=page.limit, offset=page.offset)
         shown = found.to_json()
         more = page.offset + len(found.recipients) < found.total
         return Page(items=shown["items"], limit=page.limit, offset=page.offset,
