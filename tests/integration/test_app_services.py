@@ -78,6 +78,36 @@ def test_recipients_are_listed_through_a_delivery_s_audience_filters(
         postroom.recipients.list_recipients(filters=["city=Lyon"])
 
 
+def test_the_report_counts_acceptances_over_time(postroom: Postroom, tmp_path: Path) -> None:
+    """Per bucket between the first and the last acceptance (here 1 s wide): the report
+    service, its JSON, and the console's chart all read the same figures."""
+    from datetime import timedelta
+
+    from postroom.domain.models import LogUpdate
+    from postroom.domain.states import DeliveryState, LogStatus
+
+    _import(postroom, tmp_path)
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "x\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
+    assert postroom.reports.report(delivery.id).timeline is None  # nothing sent yet
+    store = postroom.store
+    store.move_delivery(delivery.id, DeliveryState.SENDING, NOW)
+    taken = store.claim_due(delivery.id, NOW, 10, timedelta(seconds=60), worker="w")
+    store.mark_attempting([t.log_id for t in taken], worker="w", now=NOW)
+    offsets = [0.0, 0.4, 2.5]  # seconds after the first acceptance
+    store.record([LogUpdate(log_id=t.log_id, status=LogStatus.SENT, attempts=1,
+                            next_attempt_at=None, smtp_reply="250 OK",
+                            sent_at=NOW + timedelta(seconds=offset), archive_data=None,
+                            sha256=None)
+                  for t, offset in zip(taken, offsets, strict=True)], NOW)
+    timeline = postroom.reports.report(delivery.id).timeline
+    assert timeline is not None
+    assert (timeline.start, timeline.bucket_seconds, timeline.counts) == (NOW, 1.0, [2, 0, 1])
+    shown = postroom.reports.report(delivery.id).to_json()["throughput_over_time"]
+    assert shown == {"start": NOW.isoformat(), "bucket_seconds": 1.0, "sent": [2, 0, 1]}
+
+
 def test_a_recipient_s_history_names_each_delivery_and_the_address_status(
         postroom: Postroom, tmp_path: Path) -> None:
     _import(postroom, tmp_path)

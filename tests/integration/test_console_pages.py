@@ -377,3 +377,47 @@ def test_denylist_addresses_from_the_quarantine_page(client: TestClient, postroo
                         data={"csrf": csrf, "addresses": " "})
     assert empty.status_code == 400 and "name the addresses to denylist" in empty.text
     assert "quarantine.denylist" in [e.action for e in postroom.accounts.audit(limit=20)]
+
+
+def test_a_delivery_s_page_charts_its_throughput_over_time(postroom: Any,
+                                                         client: TestClient) -> None:
+    """The chart's bars are the report's buckets: one per second here, the tallest the busiest
+    second; a delivery sent within one second has the figure only, no chart."""
+    from datetime import timedelta
+
+    from postroom.domain.models import LogUpdate
+    from postroom.domain.states import DeliveryState, LogStatus
+
+    postroom.templates.create_template("t", {"subject": "Hi", "text": "x\n"})
+    delivery, _ = postroom.deliveries.create_delivery("t")
+    assert postroom.deliveries.analyze(delivery.id).ok
+    store, now = postroom.store, postroom.clock()
+    store.move_delivery(delivery.id, DeliveryState.SENDING, now)
+    [target] = store.claim_due(delivery.id, now, 10, timedelta(seconds=60), worker="w")
+    store.mark_attempting([target.log_id], worker="w", now=now)
+    store.record([LogUpdate(log_id=target.log_id, status=LogStatus.SENT, attempts=1,
+                            next_attempt_at=None, smtp_reply="250 OK", sent_at=now,
+                            archive_data=None, sha256=None)], now)
+    log_in(client)
+    single = client.get(f"/console/deliveries/{delivery.id}").text
+    assert 'id="throughput-chart"' not in single
+    more = [{"email": f"p{i}@example.org"} for i in range(3)]
+    postroom.recipients.import_recipients(write_csv(Path(str(store.engine.url.database))
+                                                    .with_name("more.csv"), more))
+    second, _ = postroom.deliveries.create_delivery("t", name="second")
+    assert postroom.deliveries.analyze(second.id).ok
+    now = postroom.clock()  # after the analysis: its logs are due from then
+    store.move_delivery(second.id, DeliveryState.SENDING, now)
+    taken = store.claim_due(second.id, now, 10, timedelta(seconds=60), worker="w")
+    assert len(taken) == 4
+    store.mark_attempting([t.log_id for t in taken], worker="w", now=now)
+    store.record([LogUpdate(log_id=t.log_id, status=LogStatus.SENT, attempts=1,
+                            next_attempt_at=None, smtp_reply="250 OK",
+                            sent_at=now + timedelta(seconds=offset), archive_data=None,
+                            sha256=None)
+                  for t, offset in zip(taken, [0, 0, 0, 2], strict=True)], now)
+    page = client.get(f"/console/deliveries/{second.id}").text
+    chart = page[page.index('id="throughput-chart"'):page.index("</figure>")]
+    assert chart.count("<rect") == 3                      # 0-1 s, 1-2 s, 2 s to the last
+    assert "<title>3.0 messages/s</title>" in chart and "<title>0.0 messages/s</title>" in chart
+    assert ">3.0/s<" in chart                             # the scale: the busiest second

@@ -13,6 +13,7 @@ from postroom.archive.status import SinkFigures, read_sink_figures
 from postroom.domain.models import ArchiveState, Delivery
 from postroom.domain.outcomes import FailureReason
 from postroom.storage.metrics import StoreMetrics, read_metrics
+from postroom.storage.report_reads import Timeline, sent_timeline
 from postroom.storage.workers import DoubtCounts
 
 __all__ = ["RATE_WINDOW", "Metrics", "NonDeliverables", "Report", "ReportService"]
@@ -33,6 +34,7 @@ class Report:
     slowdowns: list[dict[str, Any]]  # domains slowed down for their temporary failures
     relay_waiting: tuple[int, str] = (0, "")  # messages held by a relay fault, the latest
     archive_sinks: list[SinkFigures] = field(default_factory=list)  # archive/status.py
+    timeline: Timeline | None = None  # acceptances over time (None: nothing sent)
 
     def to_json(self) -> dict[str, Any]:
         d = self.delivery
@@ -47,6 +49,10 @@ class Report:
             "by_type": dict(self.by_type),
             "by_domain": self.by_domain,
             "throughput_per_second": self.throughput,
+            "throughput_over_time": None if self.timeline is None else {
+                "start": self.timeline.start.isoformat(),
+                "bucket_seconds": self.timeline.bucket_seconds,
+                "sent": self.timeline.counts},
             "archive": self.archive,
             "archive_sinks": [sink.to_json() for sink in self.archive_sinks],
             "slowed_domains": self.slowdowns,
@@ -126,7 +132,8 @@ class ReportService:
         return Report(delivery, by_status, by_reason, by_type, by_domain, archive, throughput,
                       store.doubt_counts(delivery_id), store.slowdowns(delivery_id),
                       store.relay_waiting(delivery_id),
-                      read_sink_figures(store, self._ctx.settings.archive, delivery_id))
+                      read_sink_figures(store, self._ctx.settings.archive, delivery_id),
+                      sent_timeline(store.engine, delivery_id, first, last))
 
     def non_deliverables(self, *, since: datetime | None = None) -> NonDeliverables:
         """Failures across deliveries by type, reason and domain, and the quarantine."""
