@@ -421,3 +421,23 @@ def test_a_delivery_s_page_charts_its_throughput_over_time(postroom: Any,
     assert chart.count("<rect") == 3                      # 0-1 s, 1-2 s, 2 s to the last
     assert "<title>3.0 messages/s</title>" in chart and "<title>0.0 messages/s</title>" in chart
     assert ">3.0/s<" in chart                             # the scale: the busiest second
+
+
+def test_a_disabled_account_s_session_ends_and_a_changed_role_applies_at_once(
+        postroom: Any, client: TestClient) -> None:
+    """The session holds who logged in, not what they may do: each request reads the account
+    as it stands (a role changed in the database applies; a disabled account is logged out)."""
+    from sqlalchemy import update
+
+    from postroom.storage.schema import users
+
+    postroom.accounts.create_user("otto", "viewer", PASSWORD)
+    log_in(client, "otto")
+    assert 'action="/console/templates"' not in client.get("/console/templates").text
+    with postroom.store.engine.begin() as conn:
+        conn.execute(update(users).where(users.c.name == "otto").values(role="operator"))
+    assert 'action="/console/templates"' in client.get("/console/templates").text
+    postroom.accounts.disable_user("otto")
+    gone = client.get("/console/")
+    assert gone.status_code == 303 and gone.headers["location"] == "/console/login"
+    assert client.get("/console/", headers={"HX-Request": "true"}).status_code == 401

@@ -94,6 +94,7 @@ REQUIRED: MappingProxyType[str, P | None] = MappingProxyType({
     # accounts
     "accounts.authenticate_password": None,
     "accounts.authenticate_token": None,
+    "accounts.resume_session": None,
     "accounts.list_users": P.USERS_MANAGE,
     "accounts.create_user": P.USERS_MANAGE,
     "accounts.disable_user": P.USERS_MANAGE,

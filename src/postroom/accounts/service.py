@@ -124,6 +124,19 @@ class AccountsService:
         return Actor(name=user.name, role=user.role, permissions=permissions_of(user.role),
                      origin=origin, remote=remote)
 
+    def resume_session(self, actor: Actor) -> Actor:
+        """The actor of a console session, as its account stands now: the role it has now
+        (an administrator's change applies from the next request), or AuthenticationFailed
+        when the account was disabled or is gone (the session ends)."""
+        found = self.store.credentials(actor.name)
+        if found is None or found.user.disabled:
+            raise AuthenticationFailed("this account was disabled; the session has ended")
+        role = found.user.role
+        if role == actor.role:
+            return actor
+        return Actor(name=actor.name, role=role, permissions=permissions_of(role),
+                     origin=actor.origin, remote=actor.remote)
+
     def _verify(self, password_hash: str, password: str) -> bool:
         try:
             return bool(self._hasher.verify(password_hash, password))

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from postroom.accounts.actor import Actor
 from postroom.accounts.permissions import Permission
 from postroom.errors import (
+    AuthenticationFailed,
     InputError,
     NotFoundError,
     PermissionDenied,
@@ -114,6 +115,15 @@ class Console:
         async def endpoint(request: Request) -> Response:
             session = self.sessions.get(request.cookies.get(COOKIE))
             if session is None:
+                if request.headers.get("hx-request"):
+                    return secured(Response(status_code=401,
+                                            headers={"HX-Redirect": "/console/login"}))
+                return self.login_redirect(request)
+            try:  # the account as it stands now: disabled ends the session, a new role applies
+                session.actor = await run_in_threadpool(
+                    self.postroom.accounts.resume_session, session.actor)
+            except AuthenticationFailed:
+                self.sessions.end(session.id)
                 if request.headers.get("hx-request"):
                     return secured(Response(status_code=401,
                                             headers={"HX-Redirect": "/console/login"}))
