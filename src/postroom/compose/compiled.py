@@ -1,0 +1,340 @@
+"""The compiled message path (issue 16, ADR 0029): the messages of one delivery and one shape
+as a byte skeleton, with only the personalized pieces encoded per recipient.
+
+A shape is the parts a message has (multipart, HTML, text) and whether its headers may carry raw
+UTF-8. `compile_shape` either returns a `CompiledShape` or the reason the general writer
+(`mime.MessageWriter`) must write that shape; the decision is made once per plan and shape.
+
+What a compiled shape holds, made once: the header lines every message shares (From, Reply-To,
+the extra headers, MIME-Version, the part headers of each transfer encoding), and each part's
+template cut at line ends into runs of complete literal lines, pre-encoded (charset bytes,
+CRLF form, quoted-printable form, and what the choice of transfer encoding needs: ASCII or not,
+longest line, sizes), and the lines that hold a value. Per recipient it renders only the
+lines with values, encodes them the way the general writer does (the same header functions for
+To and Subject, `binascii.b2a_qp` per line, base64 when that is shorter) and joins.
+
+It renders what the general writer renders, byte for byte, or nothing: `CompiledShape.write`
+returns None for a message it cannot vouch for (a value that is not a string or is missing, a
+character the charset cannot encode, an output past the template size limit), and the caller
+writes that message the general way, which also raises the general way's error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any
+
+from markupsafe import escape
+
+from postroom.compose.headers import address_header, unstructured_header
+from postroom.compose.mime import EncodingError, MessageWriter, Parts, _part_headers
+from postroom.compose.personalize import CompiledContent
+from postroom.compose.segments import Segments, Slot
+from postroom.domain.models import Recipient
+
+__all__ = ["CompiledShape", "compile_shape"]
+
+_MAX_LINE = 998
+_STYLE = "<style"
+_RECIPIENT_ATTRIBUTES = frozenset({"email", "first_name", "last_name"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    """Complete literal lines every message shares, in every form a part may need."""
+
+    lf: bytes  # in the charset, each line ended by LF
+    crlf: bytes  # the same with CRLF: the 7bit body, and the decoded bytes
+    qp: bytes  # quoted-printable, CRLF
+    plain: bool  # ASCII without NUL, no line longer than 998 octets (7bit possible)
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """One line with values: literal text and slot numbers, through the line's LF (the last
+    line of a part may have none)."""
+
+    pieces: tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    items: tuple[_Lines | _Line, ...]
+    static_chars: int  # characters of literal text (for the template output limit)
+    slots: tuple[int, ...]  # the slot numbers the template prints, with repeats
+    html: bool  # values are HTML-escaped
+
+
+def _cut(segments: Segments, number: dict[Slot, int], charset: Any, html: bool) -> _Part:
+    """A part's template as runs of literal lines and lines with values."""
+    items: list[_Lines | _Line] = []
+    line: list[str | int] = []  # the current line with values, or literal text before one
+
+    def literal(text: str) -> None:
+        lf = charset.encode(text)
+        crlf = lf.replace(b"\n", b"\r\n")
+        qp = binascii.b2a_qp(lf, istext=True).replace(b"\n", b"\r\n")
+        plain = (lf.isascii() and b"\0" not in lf
+                 and max(map(len, lf.split(b"\n"))) <= _MAX_LINE)
+        items.append(_Lines(lf, crlf, qp, plain))
+
+    has_value = False
+    for segment in segments:
+        if isinstance(segment, Slot):
+            line.append(number.setdefault(segment, len(number)))
+            has_value = True
+            continue
+        if has_value:  # the line with values ends at the first LF
+            head, newline, segment = segment.partition("\n")
+            line.append(head + newline)
+            if not newline:
+                continue
+            items.append(_Line(tuple(line)))
+            line, has_value = [], False
+        whole, newline, rest = segment.rpartition("\n")
+        if newline:
+            literal("".join(str(p) for p in line) + whole + newline)
+            line = []
+        if rest:
+            line.append(rest)
+    if has_value:
+        items.append(_Line(tuple(line)))
+    elif line:  # literal text after the last LF: the part ends with one
+        literal("".join(str(p) for p in line) + "\n")
+    static = sum(len(s) for s in segments if isinstance(s, str))
+    slots = tuple(number[s] for s in segments if isinstance(s, Slot))
+    return _Part(tuple(items), static, slots, html)
+
+
+def _could_inline(segments: Segments) -> bool:
+    """Whether CSS inlining might change this HTML for some recipient: a `<style` in the literal
+    text, or one that a value could complete (values are escaped: they hold no `<`)."""
+    for index, segment in enumerate(segments):
+        if not isinstance(segment, str):
+            continue
+        lower = segment.lower()
+        if _STYLE in lower:
+            return True
+        followed = index + 1 < len(segments)
+        if followed and any(lower.endswith(_STYLE[:n]) for n in range(1, len(_STYLE))):
+            return True
+    return False
+
+
+class CompiledShape:
+    """The messages of one shape of one delivery; `write` is `MessageWriter.write` (and
+    `Plan`'s personalization) for the templates' segments, or None for the general way."""
+
+    def __init__(self, *, writer: MessageWriter, content: CompiledContent, parts: Parts,
+                 subject: Segments, html: Segments, text: Segments):
+        charset = writer.charset
+        self.parts = parts
+        self._charset = charset
+        number: dict[Slot, int] = {}
+        self._subject = _cut_subject(subject, number)
+        # Every template the general way renders (the subject, the HTML and the text when the
+        # content has them, whatever the parts): its literal size, its slots, escaped or not.
+        rendered = [(subject, False), (html, True) if content.has_html else None,
+                    (text, False) if content.has_text else None]
+        self._sizes = tuple(
+            (sum(len(s) for s in segments if isinstance(s, str)),
+             tuple(number.setdefault(s, len(number)) for s in segments if isinstance(s, Slot)),
+             escaped)
+            for segments, escaped in filter(None, rendered))
+        self._html = _cut(html, number, charset, True) if parts is not Parts.TEXT else None
+        self._text = _cut(text, number, charset, False) if parts is not Parts.HTML else None
+        self._slots = tuple(sorted(number, key=number.__getitem__))
+        self._limit = content.limits.max_output_chars
+        self._escape = content.has_html
+        from_line, reply_to_line, extras = writer.shared_lines()
+        self._from = from_line + "\r\n"
+        self._reply_to = reply_to_line + "\r\n" if reply_to_line is not None else ""
+        self._tail = "".join(line + "\r\n" for line in extras) + "MIME-Version: 1.0\r\n"
+        self._part_headers = {
+            (subtype, cte): _part_headers(subtype, charset, cte).encode("ascii")
+            for subtype in ("plain", "html") for cte in ("7bit", "quoted-printable", "base64")}
+        self._date: tuple[datetime, str] | None = None
+
+    def shared_ascii(self) -> bool:
+        return (self._from + self._reply_to + self._tail).isascii()
+
+    def write(self, *, recipient: Recipient, links: dict[str, str], to_name: str,
+              to_address: str, message_id: str, date: datetime,
+              headers: tuple[tuple[str, str], ...],
+              mirror: bool) -> tuple[bytes, bytes | None] | None:
+        """(the message, the HTML part's decoded bytes when `mirror` and the HTML is not
+        empty), or None: this message goes the general way."""
+        values = self._values(recipient, links)
+        if values is None:
+            return None
+        try:
+            return self._write(values, to_name, to_address, message_id, date, headers, mirror)
+        except (UnicodeEncodeError, EncodingError):
+            return None
+
+    def _values(self, recipient: Recipient, links: dict[str, str]) -> list[str] | None:
+        values: list[str] = []
+        fields = recipient.fields
+        for namespace, name in self._slots:
+            if not namespace:
+                value: Any = links.get(name)
+            elif name in _RECIPIENT_ATTRIBUTES:
+                value = getattr(recipient, name)
+            elif name == "email_format":
+                value = str(recipient.email_format)
+            else:
+                value = fields.get(name)
+            if type(value) is not str:
+                return None  # missing (the general way raises its error) or not a string
+            values.append(value)
+        return values
+
+    def _write(self, values: list[str], to_name: str, to_address: str, message_id: str,
+               date: datetime, headers: tuple[tuple[str, str], ...],
+               mirror: bool) -> tuple[bytes, bytes | None] | None:
+        escaped = [str(escape(value)) for value in values] if self._escape else values
+        for static, slots, html_values in self._sizes:
+            chosen = escaped if html_values else values
+            if static + sum([len(chosen[n]) for n in slots]) > self._limit:
+                return None  # past the template output limit: the general way raises
+        subject = "".join([p if isinstance(p, str) else values[p] for p in self._subject])
+        charset = self._charset
+        date_line = self._date_line(date)
+        lines = [date_line, self._from,
+                 address_header("To", to_name, to_address, charset), "\r\n", self._reply_to,
+                 unstructured_header("Subject", subject, charset), "\r\n",
+                 "Message-ID: ", message_id, "\r\n"]
+        for name, value in headers:
+            lines += (unstructured_header(name, value, charset), "\r\n")
+        lines.append(self._tail)
+        html_decoded: bytes | None = None
+        if self.parts is Parts.MULTIPART:
+            assert self._text is not None and self._html is not None and escaped is not None
+            text = self._body(self._text, values, want_decoded=False)
+            html = self._body(self._html, escaped, want_decoded=mirror)
+            if text is None or html is None:
+                return None
+            boundary = ("=_pr_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
+            lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"'
+                         "\r\n\r\n")
+            delimiter = f"--{boundary}\r\n".encode("ascii")
+            body = b"".join((
+                delimiter, self._part_headers["plain", text[0]], b"\r\n", text[1], b"\r\n",
+                delimiter, self._part_headers["html", html[0]], b"\r\n", html[1], b"\r\n",
+                f"--{boundary}--\r\n".encode("ascii")))
+            html_decoded = html[2]
+        else:
+            part = self._html if self.parts is Parts.HTML else self._text
+            assert part is not None
+            built = self._body(part, escaped if part.html else values,
+                               want_decoded=mirror and part.html)
+            if built is None:
+                return None
+            subtype = "html" if part.html else "plain"
+            head_part = self._part_headers[subtype, built[0]]
+            lines.append(head_part.decode("ascii") + "\r\n")
+            body = built[1]
+            html_decoded = built[2]
+        return "".join(lines).encode("ascii") + body, html_decoded
+
+    def _date_line(self, date: datetime) -> str:
+        cached = self._date
+        if cached is None or cached[0] != date or cached[0].tzinfo is not date.tzinfo:
+            cached = self._date = (date, f"Date: {format_datetime(date)}\r\n")
+        return cached[1]
+
+    def _body(self, part: _Part, values: list[str],
+              want_decoded: bool) -> tuple[str, bytes, bytes | None] | None:
+        """(transfer encoding, body, decoded bytes if wanted and the part is not empty) as
+        `mime._body` gives them, or None when the output is past the size limit."""
+        chars = part.static_chars
+        for n in part.slots:
+            chars += len(values[n])
+        encode = self._charset.encode
+        pieces: list[bytes] = []
+        plain = True
+        last = len(part.items) - 1
+        for index, item in enumerate(part.items):
+            if isinstance(item, _Lines):
+                pieces.append(item.lf)
+                plain = plain and item.plain
+                continue
+            text = "".join([p if isinstance(p, str) else values[p] for p in item.pieces])
+            if "\r" in text:
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+            data = encode(text)
+            if index == last and not data.endswith(b"\n"):
+                data += b"\n"
+            plain = (plain and data.isascii() and b"\0" not in data
+                     and max(map(len, data.split(b"\n"))) <= _MAX_LINE)
+            pieces.append(data)
+        if not part.items:
+            pieces.append(b"\n")  # an empty part is one empty line
+        empty = chars == 0
+        if plain:
+            raw = b"".join(pieces).replace(b"\n", b"\r\n")
+            return "7bit", raw, raw if want_decoded and not empty else None
+        encoded: list[bytes] = []
+        for item, data in zip(part.items, pieces, strict=False):
+            if type(item) is _Lines:
+                encoded.append(item.qp)
+            else:
+                encoded.append(binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n"))
+        if not part.items:
+            encoded.append(b"\r\n")
+        qp = b"".join(encoded)
+        lf = b"".join(pieces)
+        raw_size = len(lf) + lf.count(b"\n")
+        b64_length = 4 * -(-raw_size // 3) + 2 * -(-raw_size // 57)
+        decoded = lf.replace(b"\n", b"\r\n") if want_decoded and not empty else None
+        if len(qp) <= b64_length:
+            return "quoted-printable", qp, decoded
+        raw = decoded if decoded is not None else lf.replace(b"\n", b"\r\n")
+        return "base64", base64.encodebytes(raw).replace(b"\n", b"\r\n"), decoded
+
+
+def _cut_subject(segments: Segments, number: dict[Slot, int]) -> tuple[str | int, ...]:
+    return tuple(s if isinstance(s, str) else number.setdefault(s, len(number))
+                 for s in segments)
+
+
+def compile_shape(*, writer: MessageWriter, content: CompiledContent, parts: Parts,
+                  utf8_headers: bool, inline_css: bool,
+                  mirror: bool) -> CompiledShape | str:
+    """The compiled shape, or why the general writer writes it (a sentence)."""
+    charset = writer.charset
+    if utf8_headers:
+        return "the recipient's address needs SMTPUTF8 (raw UTF-8 headers)"
+    if not charset.stateless:
+        return f"the charset {charset.mime} is stateful"
+    subject, html, text = content.segments
+    # Every template the general way renders must be one the compiled path renders too: a
+    # template it cannot render might fail, and the message with it.
+    for name, segments, rendered in (("subject", subject, True),
+                                     ("html", html, content.has_html),
+                                     ("text", text, content.has_text)):
+        if rendered and segments is None:
+            return f"the {name} template does more than print recipient fields and links"
+        if segments is not None and any(isinstance(s, str) and "\r" in s for s in segments):
+            return f"the {name} template has a carriage return in its literal text"
+    assert subject is not None
+    if parts is not Parts.HTML and not (text is not None and content.has_text and any(
+            isinstance(s, str) and s.strip() for s in text)):
+        return "the text part may come out blank, and is then made from the HTML"
+    if content.has_html and inline_css and html is not None and _could_inline(html):
+        return "CSS inlining may change the HTML"
+    if parts is Parts.TEXT and mirror:
+        return "the mirror page of a text-only message is made from the HTML"
+    try:
+        shape = CompiledShape(writer=writer, content=content, parts=parts, subject=subject,
+                              html=html or (), text=text or ())
+    except (UnicodeEncodeError, EncodingError):
+        return "a shared header or literal text does not encode in the charset"
+    if not shape.shared_ascii():
+        return "a shared header needs raw UTF-8"
+    return shape
