@@ -268,8 +268,8 @@ class CompiledShape:
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             data = encode(text)
-            if index == last and not data.endswith(b"\n"):
-                data += b"\n"
+            if index == last and not data.endswith(b"\n") and (data or not pieces):
+                data += b"\n"  # the part ends with a line feed (after the others' LF)
             plain = (plain and data.isascii() and b"\0" not in data
                      and max(map(len, data.split(b"\n"))) <= _MAX_LINE)
             pieces.append(data)
