@@ -137,7 +137,8 @@ def _assert_same(props: dict[str, Any], recipients: list[Recipient], dkim: bool,
     except Exception:  # a template that does not compile: nothing to render
         return []
     general = replace(compiled, compiled_path=False)
-    written: list[bool] = []
+    written: list[bool] = []  # for the current recipient
+    took: list[bool] = []
     original = CompiledShape.write
 
     def spy(self: CompiledShape, **kwargs: Any) -> Any:
@@ -147,11 +148,13 @@ def _assert_same(props: dict[str, Any], recipients: list[Recipient], dkim: bool,
 
     for n, recipient in enumerate(recipients):
         target = Target(log_id=100 + n, attempts=0, recipient=recipient)
+        written.clear()
         with mock.patch.object(CompiledShape, "write", spy):
             got = _outcome(compiled, target)
         expected = _outcome(general, target)
         assert got == expected
-        if written and written[-1]:
+        took.append(bool(written and written[-1]))
+        if took[-1]:
             encodings = re.findall(rb"Content-Transfer-Encoding: ([\w-]+)", got.data)
             record(f"compiled: {b', '.join(sorted(set(encodings))).decode()}")
         else:
@@ -159,7 +162,7 @@ def _assert_same(props: dict[str, Any], recipients: list[Recipient], dkim: bool,
             record(f"general writer: {sorted(filter(None, reasons))[:1]}")
         if not isinstance(got, tuple):
             _assert_headers_are_ours(got.data)
-    return written
+    return took
 
 
 _OUR_HEADERS = {"dkim-signature", "date", "from", "to", "reply-to", "subject", "message-id",

@@ -31,7 +31,7 @@ from typing import Any
 
 from markupsafe import escape
 
-from postroom.compose.headers import address_header, unstructured_header
+from postroom.compose.headers import phrase_lines, place_address, unstructured_header
 from postroom.compose.mime import EncodingError, MessageWriter, Parts, _part_headers
 from postroom.compose.personalize import CompiledContent
 from postroom.compose.segments import Segments, Slot
@@ -41,6 +41,7 @@ __all__ = ["CompiledShape", "compile_shape"]
 
 _MAX_LINE = 998
 _STYLE = "<style"
+_REMEMBERED = 4096
 _RECIPIENT_ATTRIBUTES = frozenset({"email", "first_name", "last_name"})
 
 
@@ -62,12 +63,30 @@ class _Line:
     pieces: tuple[str | int, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class _Part:
-    items: tuple[_Lines | _Line, ...]
-    static_chars: int  # characters of literal text (for the template output limit)
-    slots: tuple[int, ...]  # the slot numbers the template prints, with repeats
-    html: bool  # values are HTML-escaped
+    """One body part's template: its items, and their literal forms laid out with a gap at each
+    line with values."""
+
+    __slots__ = ("crlf", "dynamic", "html", "qp", "slots", "static_chars", "static_plain",
+                 "static_qp", "static_raw")
+
+    def __init__(self, items: list[_Lines | _Line], static_chars: int, slots: tuple[int, ...],
+                 html: bool):
+        if not items:
+            items = [_Lines(b"\n", b"\r\n", b"\r\n", True)]  # an empty part is one empty line
+        self.static_chars = static_chars  # characters of literal text
+        self.slots = slots  # the slot numbers the template prints, with repeats
+        self.html = html  # values are HTML-escaped
+        static = [item for item in items if isinstance(item, _Lines)]
+        self.static_plain = all(item.plain for item in static)
+        self.static_raw = sum(len(item.crlf) for item in static)
+        self.static_qp = sum(len(item.qp) for item in static)
+        self.crlf = [item.crlf if isinstance(item, _Lines) else b"" for item in items]
+        self.qp = [item.qp if isinstance(item, _Lines) else b"" for item in items]
+        # (position, pieces, whether a value-less last line needs its own LF)
+        last = len(items) - 1
+        self.dynamic = tuple((index, item.pieces, index == last, index == 0)
+                             for index, item in enumerate(items) if isinstance(item, _Line))
 
 
 def _cut(segments: Segments, number: dict[Slot, int], charset: Any, html: bool) -> _Part:
@@ -108,7 +127,7 @@ def _cut(segments: Segments, number: dict[Slot, int], charset: Any, html: bool) 
         literal("".join(str(p) for p in line) + "\n")
     static = sum(len(s) for s in segments if isinstance(s, str))
     slots = tuple(number[s] for s in segments if isinstance(s, Slot))
-    return _Part(tuple(items), static, slots, html)
+    return _Part(items, static, slots, html)
 
 
 def _could_inline(segments: Segments) -> bool:
@@ -151,6 +170,13 @@ class CompiledShape:
         self._slots = tuple(sorted(number, key=number.__getitem__))
         self._limit = content.limits.max_output_chars
         self._escape = content.has_html
+        # The values cannot push any template past the limit when this bound holds.
+        self._most_static = max(static for static, _slots, _html in self._sizes)
+        self._most_slots = max(len(slots) for _static, slots, _html in self._sizes)
+        # Subject lines and To display names met before (pure functions of their text, and
+        # first names and cities repeat), at most _REMEMBERED of each.
+        self._subjects: dict[str, str] = {}
+        self._phrases: dict[str, tuple[str, ...]] = {}
         from_line, reply_to_line, extras = writer.shared_lines()
         self._from = from_line + "\r\n"
         self._reply_to = reply_to_line + "\r\n" if reply_to_line is not None else ""
@@ -198,16 +224,25 @@ class CompiledShape:
                date: datetime, headers: tuple[tuple[str, str], ...],
                mirror: bool) -> tuple[bytes, bytes | None] | None:
         escaped = [str(escape(value)) for value in values] if self._escape else values
-        for static, slots, html_values in self._sizes:
-            chosen = escaped if html_values else values
-            if static + sum([len(chosen[n]) for n in slots]) > self._limit:
-                return None  # past the template output limit: the general way raises
+        if self._most_static + self._most_slots * sum(map(len, escaped)) > self._limit:
+            for static, slots, html_values in self._sizes:
+                chosen = escaped if html_values else values
+                if static + sum([len(chosen[n]) for n in slots]) > self._limit:
+                    return None  # past the template output limit: the general way raises
         subject = "".join([p if isinstance(p, str) else values[p] for p in self._subject])
         charset = self._charset
-        date_line = self._date_line(date)
-        lines = [date_line, self._from,
-                 address_header("To", to_name, to_address, charset), "\r\n", self._reply_to,
-                 unstructured_header("Subject", subject, charset), "\r\n",
+        subject_line = self._subjects.get(subject)
+        if subject_line is None:
+            subject_line = unstructured_header("Subject", subject, charset)
+            if len(self._subjects) < _REMEMBERED:
+                self._subjects[subject] = subject_line
+        phrase = self._phrases.get(to_name)
+        if phrase is None:
+            phrase = phrase_lines("To", to_name, charset)
+            if len(self._phrases) < _REMEMBERED:
+                self._phrases[to_name] = phrase
+        lines = [self._date_line(date), self._from, place_address("To", phrase, to_address),
+                 "\r\n", self._reply_to, subject_line, "\r\n",
                  "Message-ID: ", message_id, "\r\n"]
         for name, value in headers:
             lines += (unstructured_header(name, value, charset), "\r\n")
@@ -252,50 +287,39 @@ class CompiledShape:
               want_decoded: bool) -> tuple[str, bytes, bytes | None] | None:
         """(transfer encoding, body, decoded bytes if wanted and the part is not empty) as
         `mime._body` gives them, or None when the output is past the size limit."""
-        chars = part.static_chars
-        for n in part.slots:
-            chars += len(values[n])
         encode = self._charset.encode
-        pieces: list[bytes] = []
-        plain = True
-        last = len(part.items) - 1
-        for index, item in enumerate(part.items):
-            if isinstance(item, _Lines):
-                pieces.append(item.lf)
-                plain = plain and item.plain
-                continue
-            text = "".join([p if isinstance(p, str) else values[p] for p in item.pieces])
+        plain = part.static_plain
+        gaps: list[tuple[int, bytes]] = []
+        for position, pieces, last, first in part.dynamic:
+            text = "".join([p if isinstance(p, str) else values[p] for p in pieces])
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             data = encode(text)
-            if index == last and not data.endswith(b"\n") and (data or not pieces):
+            if last and not data.endswith(b"\n") and (data or first):
                 data += b"\n"  # the part ends with a line feed (after the others' LF)
-            plain = (plain and data.isascii() and b"\0" not in data
-                     and max(map(len, data.split(b"\n"))) <= _MAX_LINE)
-            pieces.append(data)
-        if not part.items:
-            pieces.append(b"\n")  # an empty part is one empty line
-        empty = chars == 0
+            if plain:
+                plain = (data.isascii() and b"\0" not in data
+                         and max(map(len, data.split(b"\n"))) <= _MAX_LINE)
+            gaps.append((position, data))
+        crlf = part.crlf.copy()
+        for position, data in gaps:
+            crlf[position] = data.replace(b"\n", b"\r\n")
+        empty = not want_decoded or part.static_chars + sum(
+            [len(values[n]) for n in part.slots]) == 0
         if plain:
-            raw = b"".join(pieces).replace(b"\n", b"\r\n")
-            return "7bit", raw, raw if want_decoded and not empty else None
-        encoded: list[bytes] = []
-        for item, data in zip(part.items, pieces, strict=False):
-            if type(item) is _Lines:
-                encoded.append(item.qp)
-            else:
-                encoded.append(binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n"))
-        if not part.items:
-            encoded.append(b"\r\n")
-        qp = b"".join(encoded)
-        lf = b"".join(pieces)
-        raw_size = len(lf) + lf.count(b"\n")
+            raw = b"".join(crlf)
+            return "7bit", raw, None if empty else raw
+        qp = part.qp.copy()
+        raw_size = part.static_raw
+        for position, data in gaps:
+            qp[position] = binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
+            raw_size += len(crlf[position])
+        encoded = b"".join(qp)
         b64_length = 4 * -(-raw_size // 3) + 2 * -(-raw_size // 57)
-        decoded = lf.replace(b"\n", b"\r\n") if want_decoded and not empty else None
-        if len(qp) <= b64_length:
-            return "quoted-printable", qp, decoded
-        raw = decoded if decoded is not None else lf.replace(b"\n", b"\r\n")
-        return "base64", base64.encodebytes(raw).replace(b"\n", b"\r\n"), decoded
+        if len(encoded) <= b64_length:
+            return "quoted-printable", encoded, None if empty else b"".join(crlf)
+        raw = b"".join(crlf)
+        return "base64", base64.encodebytes(raw).replace(b"\n", b"\r\n"), None if empty else raw
 
 
 def _cut_subject(segments: Segments, number: dict[Slot, int]) -> tuple[str | int, ...]:
