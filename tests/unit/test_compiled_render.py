@@ -290,3 +290,17 @@ def test_hostile_values_cannot_add_headers_on_the_compiled_path() -> None:
         message = plan.render(target, NOW)
     _assert_headers_are_ours(message.data)
     assert message == replace(plan, compiled_path=False).render(target, NOW)
+
+
+@pytest.mark.parametrize("fmt", [MessageFormat.TEXT, MessageFormat.HTML, MessageFormat.MULTIPART])
+@pytest.mark.parametrize("value", ["", " \t ", "a  \t b \t", "x\n\n\n", "é \t\n \n"])
+def test_dkim_body_hash_from_pieces(fmt: MessageFormat, value: str) -> None:
+    """bh= from the pieces' canonical forms: whitespace runs, trailing whitespace and trailing
+    empty lines, in literal text and in values, in each transfer encoding."""
+    props = {"subject": "s", "format": fmt,
+             "html": "<p>a \t b  </p>\n\n{{ recipient.city }}  \n\n\n",
+             "text": "Hello  \t{{ recipient.city }} \t\n\n \n{{ recipient.city }}\n\n"}
+    people = [Recipient(id=1, email="ann@example.org", fields={"city": value}),
+              Recipient(id=2, email="bo@example.org", fields={"city": value + "é" * 30}),
+              Recipient(id=3, email="cy@example.org", fields={"city": value + "日本" * 200})]
+    assert all(_assert_same(props, people, dkim=True))

@@ -27,22 +27,32 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from markupsafe import escape
 
+from postroom.compose.dkim import body_hash, canonical_lines
 from postroom.compose.headers import phrase_lines, place_address, unstructured_header
 from postroom.compose.mime import EncodingError, MessageWriter, Parts, _part_headers
 from postroom.compose.personalize import CompiledContent
 from postroom.compose.segments import Segments, Slot
 from postroom.domain.models import Recipient
 
-__all__ = ["CompiledShape", "compile_shape"]
+__all__ = ["CompiledShape", "Written", "compile_shape"]
 
 _MAX_LINE = 998
 _STYLE = "<style"
 _REMEMBERED = 4096
 _RECIPIENT_ATTRIBUTES = frozenset({"email", "first_name", "last_name"})
+
+
+class Written(NamedTuple):
+    """A message from the compiled path."""
+
+    data: bytes
+    mirror: bytes | None  # the HTML part's decoded bytes, when asked for and not empty
+    head: int  # the size of the header block, through its empty line
+    body_hash: bytes | None  # DKIM's bh= of the body, when asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +77,8 @@ class _Part:
     """One body part's template: its items, and their literal forms laid out with a gap at each
     line with values."""
 
-    __slots__ = ("crlf", "dynamic", "html", "qp", "slots", "static_chars", "static_plain",
-                 "static_qp", "static_raw")
+    __slots__ = ("crlf", "crlf_canonical", "dynamic", "html", "qp", "qp_canonical", "slots",
+                 "static_chars", "static_plain", "static_qp", "static_raw")
 
     def __init__(self, items: list[_Lines | _Line], static_chars: int, slots: tuple[int, ...],
                  html: bool):
@@ -83,6 +93,9 @@ class _Part:
         self.static_qp = sum(len(item.qp) for item in static)
         self.crlf = [item.crlf if isinstance(item, _Lines) else b"" for item in items]
         self.qp = [item.qp if isinstance(item, _Lines) else b"" for item in items]
+        # The same, through DKIM's relaxed body canonicalization (ends of lines only).
+        self.crlf_canonical = [canonical_lines(piece) for piece in self.crlf]
+        self.qp_canonical = [canonical_lines(piece) for piece in self.qp]
         # (position, pieces, whether a value-less last line needs its own LF)
         last = len(items) - 1
         self.dynamic = tuple((index, item.pieces, index == last, index == 0)
@@ -184,6 +197,8 @@ class CompiledShape:
         self._part_headers = {
             (subtype, cte): _part_headers(subtype, charset, cte).encode("ascii")
             for subtype in ("plain", "html") for cte in ("7bit", "quoted-printable", "base64")}
+        self._canonical_headers = {key: canonical_lines(value)
+                                   for key, value in self._part_headers.items()}
         self._date: tuple[datetime, str] | None = None
 
     def shared_ascii(self) -> bool:
@@ -191,15 +206,17 @@ class CompiledShape:
 
     def write(self, *, recipient: Recipient, links: dict[str, str], to_name: str,
               to_address: str, message_id: str, date: datetime,
-              headers: tuple[tuple[str, str], ...],
-              mirror: bool) -> tuple[bytes, bytes | None] | None:
-        """(the message, the HTML part's decoded bytes when `mirror` and the HTML is not
-        empty), or None: this message goes the general way."""
+              headers: tuple[tuple[str, str], ...], mirror: bool,
+              body_hash: bool = False) -> Written | None:
+        """The message (with the HTML part's decoded bytes when `mirror` and the HTML is not
+        empty, and DKIM's bh= of its body when `body_hash`), or None: this message goes the
+        general way."""
         values = self._values(recipient, links)
         if values is None:
             return None
         try:
-            return self._write(values, to_name, to_address, message_id, date, headers, mirror)
+            return self._write(values, to_name, to_address, message_id, date, headers, mirror,
+                               [] if body_hash else None)
         except (UnicodeEncodeError, EncodingError):
             return None
 
@@ -221,8 +238,8 @@ class CompiledShape:
         return values
 
     def _write(self, values: list[str], to_name: str, to_address: str, message_id: str,
-               date: datetime, headers: tuple[tuple[str, str], ...],
-               mirror: bool) -> tuple[bytes, bytes | None] | None:
+               date: datetime, headers: tuple[tuple[str, str], ...], mirror: bool,
+               canonical: list[bytes] | None) -> Written | None:
         escaped = [str(escape(value)) for value in values] if self._escape else values
         if self._most_static + self._most_slots * sum(map(len, escaped)) > self._limit:
             for static, slots, html_values in self._sizes:
@@ -247,35 +264,42 @@ class CompiledShape:
         for name, value in headers:
             lines += (unstructured_header(name, value, charset), "\r\n")
         lines.append(self._tail)
-        html_decoded: bytes | None = None
+        pieces: list[bytes] = []  # the body, in pieces that each end with CRLF
         if self.parts is Parts.MULTIPART:
-            assert self._text is not None and self._html is not None and escaped is not None
-            text = self._body(self._text, values, want_decoded=False)
-            html = self._body(self._html, escaped, want_decoded=mirror)
-            if text is None or html is None:
-                return None
+            assert self._text is not None and self._html is not None
             boundary = ("=_pr_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
             lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"'
                          "\r\n\r\n")
+            # The delimiters and the CRLF around them hold no space or tab: DKIM's relaxed
+            # body canonicalization leaves them as they are.
             delimiter = f"--{boundary}\r\n".encode("ascii")
-            body = b"".join((
-                delimiter, self._part_headers["plain", text[0]], b"\r\n", text[1], b"\r\n",
-                delimiter, self._part_headers["html", html[0]], b"\r\n", html[1], b"\r\n",
-                f"--{boundary}--\r\n".encode("ascii")))
-            html_decoded = html[2]
+            text: list[bytes] = []
+            text_canonical: list[bytes] | None = None if canonical is None else []
+            text_cte, _none = self._body(self._text, values, False, text, text_canonical)
+            html: list[bytes] = []
+            html_canonical: list[bytes] | None = None if canonical is None else []
+            html_cte, html_decoded = self._body(self._html, escaped, mirror, html,
+                                                html_canonical)
+            end = f"--{boundary}--\r\n".encode("ascii")
+            pieces = [delimiter, self._part_headers["plain", text_cte], b"\r\n", *text,
+                      b"\r\n", delimiter, self._part_headers["html", html_cte], b"\r\n", *html,
+                      b"\r\n", end]
+            if canonical is not None:
+                assert text_canonical is not None and html_canonical is not None
+                canonical += (delimiter, self._canonical_headers["plain", text_cte], b"\r\n",
+                              *text_canonical, b"\r\n", delimiter,
+                              self._canonical_headers["html", html_cte], b"\r\n",
+                              *html_canonical, b"\r\n", end)
         else:
             part = self._html if self.parts is Parts.HTML else self._text
             assert part is not None
-            built = self._body(part, escaped if part.html else values,
-                               want_decoded=mirror and part.html)
-            if built is None:
-                return None
+            cte, html_decoded = self._body(part, escaped if part.html else values,
+                                           mirror and part.html, pieces, canonical)
             subtype = "html" if part.html else "plain"
-            head_part = self._part_headers[subtype, built[0]]
-            lines.append(head_part.decode("ascii") + "\r\n")
-            body = built[1]
-            html_decoded = built[2]
-        return "".join(lines).encode("ascii") + body, html_decoded
+            lines += (self._part_headers[subtype, cte].decode("ascii"), "\r\n")
+        head = "".join(lines).encode("ascii")
+        bh = None if canonical is None else body_hash(canonical)
+        return Written(head + b"".join(pieces), html_decoded, len(head), bh)
 
     def _date_line(self, date: datetime) -> str:
         cached = self._date
@@ -283,10 +307,11 @@ class CompiledShape:
             cached = self._date = (date, f"Date: {format_datetime(date)}\r\n")
         return cached[1]
 
-    def _body(self, part: _Part, values: list[str],
-              want_decoded: bool) -> tuple[str, bytes, bytes | None] | None:
-        """(transfer encoding, body, decoded bytes if wanted and the part is not empty) as
-        `mime._body` gives them, or None when the output is past the size limit."""
+    def _body(self, part: _Part, values: list[str], want_decoded: bool, out: list[bytes],
+              canonical: list[bytes] | None) -> tuple[str, bytes | None]:
+        """Append the part's body to `out` (pieces that end with CRLF): `mime._body`'s bytes;
+        and, unless `canonical` is None, the pieces' DKIM canonical form to it.
+        (transfer encoding, decoded bytes if wanted and the part is not empty)."""
         encode = self._charset.encode
         plain = part.static_plain
         gaps: list[tuple[int, bytes]] = []
@@ -307,19 +332,31 @@ class CompiledShape:
         empty = not want_decoded or part.static_chars + sum(
             [len(values[n]) for n in part.slots]) == 0
         if plain:
-            raw = b"".join(crlf)
-            return "7bit", raw, None if empty else raw
+            out += crlf
+            if canonical is not None:
+                canonical += part.crlf_canonical
+                for position, _data in gaps:
+                    canonical[position - len(crlf)] = canonical_lines(crlf[position])
+            return "7bit", None if empty else b"".join(crlf)
         qp = part.qp.copy()
         raw_size = part.static_raw
         for position, data in gaps:
             qp[position] = binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
             raw_size += len(crlf[position])
-        encoded = b"".join(qp)
         b64_length = 4 * -(-raw_size // 3) + 2 * -(-raw_size // 57)
-        if len(encoded) <= b64_length:
-            return "quoted-printable", encoded, None if empty else b"".join(crlf)
+        if sum(map(len, qp)) <= b64_length:
+            out += qp
+            if canonical is not None:
+                canonical += part.qp_canonical
+                for position, _data in gaps:
+                    canonical[position - len(qp)] = canonical_lines(qp[position])
+            return "quoted-printable", None if empty else b"".join(crlf)
         raw = b"".join(crlf)
-        return "base64", base64.encodebytes(raw).replace(b"\n", b"\r\n"), None if empty else raw
+        encoded = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+        out.append(encoded)
+        if canonical is not None:
+            canonical.append(canonical_lines(encoded))
+        return "base64", None if empty else raw
 
 
 def _cut_subject(segments: Segments, number: dict[Slot, int]) -> tuple[str | int, ...]:

@@ -15,7 +15,7 @@ from functools import cached_property
 
 from postroom.bounces.rules import Rule, default_rules, qualify_smtp_reply
 from postroom.compose.charsets import Charset, charset_for
-from postroom.compose.compiled import CompiledShape, compile_shape
+from postroom.compose.compiled import CompiledShape, Written, compile_shape
 from postroom.compose.dkim import DkimSigner
 from postroom.compose.extra_headers import parse_extra_headers
 from postroom.compose.html import inline_css
@@ -178,12 +178,14 @@ class Plan:
         unsubscribe = self.links.token(UNSUBSCRIBE, log_id) if self._unsubscribe_link else ""
         message_id = self.message_id(log_id)
         to_name = f"{recipient.first_name} {recipient.last_name}".strip()
+        signer = self.signer if sign else None
         compiled = self._compiled(recipient, wire, to_name, log_id, unsubscribe, message_id,
-                                  now)
+                                  now, body_hash=signer is not None)
         if compiled is not None:
-            data, mirror = compiled
-            if sign and self.signer is not None:
-                data = self.signer.sign(data, now=now)
+            data, mirror = compiled.data, compiled.mirror
+            if signer is not None:
+                data = signer.sign(data, now=now, head=compiled.head,
+                                   body_hash=compiled.body_hash)
         else:
             content = self._personalize(recipient, log_id, unsubscribe)
             data, html = self._build(content, recipient, wire, to_name, unsubscribe,
@@ -212,9 +214,9 @@ class Plan:
         return shape
 
     def _compiled(self, recipient: Recipient, wire: WireAddress, to_name: str, log_id: int,
-                  unsubscribe: str, message_id: str,
-                  now: datetime) -> tuple[bytes, bytes | None] | None:
-        """(message, mirror bytes) from the compiled path, or None: the general way."""
+                  unsubscribe: str, message_id: str, now: datetime, *,
+                  body_hash: bool) -> Written | None:
+        """The message from the compiled path, or None: the general way."""
         try:
             parts = parts_for(self.props.format, recipient.email_format,
                               has_html=self.content.has_html, has_text=self.content.has_text)
@@ -236,7 +238,7 @@ class Plan:
             headers = (("List-Unsubscribe", self.links.list_unsubscribe_for(unsubscribe)),)
         return shape.write(recipient=recipient, links=links, to_name=to_name,
                            to_address=wire.address, message_id=message_id, date=now,
-                           headers=headers, mirror=self.mirror)
+                           headers=headers, mirror=self.mirror, body_hash=body_hash)
 
     def render_proof(self, sample: Recipient, to: str, number: int,
                      now: datetime) -> tuple[bytes, WireAddress]:
