@@ -65,7 +65,7 @@ LITERALS = st.one_of(
             .replace("#", ""), max_size=60),
     st.sampled_from(["\n", "\n\n", "<p>", "</p>\n", "<st", "<STY", "<style>b{x:y}</style>",
                      " \n", "=\n", ".\n", PLAIN_LINES, "a" * 1000, "é" * 200 + "\n", "\t\n",
-                     "Hello "]),
+                     "Hello ", "{0} }", "a { b", "}"]),
 )
 # Mostly templates the compiled path takes; some it leaves to the general writer.
 OTHER = st.sampled_from(["{{ recipient.city|upper }}", "{% if recipient.city %}c{% endif %}",
@@ -88,7 +88,8 @@ MAYBE_OTHER = st.one_of(
 )
 SUBJECTS = st.lists(st.one_of(st.text(alphabet=ALPHABET.replace("{", "").replace("}", "")
                                       .replace("%", "").replace("#", ""), max_size=30),
-                              st.sampled_from(SLOTS[:4])), max_size=5).map(_template)
+                              st.sampled_from(["{1}", "}{ ", *SLOTS[:4]])),
+                    max_size=5).map(_template)
 EMAILS = st.sampled_from(["ann@example.org", "Ann.Lee@Example.ORG", "zoe@bücher.example",
                           "jürgen@example.de", "o'brien+tag@example.com"])
 RECIPIENTS = st.builds(

@@ -98,7 +98,7 @@ class _Part:
         self.qp_canonical = [canonical_lines(piece) for piece in self.qp]
         # (position, pieces, whether a value-less last line needs its own LF)
         last = len(items) - 1
-        self.dynamic = tuple((index, item.pieces, index == last, index == 0)
+        self.dynamic = tuple((index, _format(item.pieces), index == last, index == 0)
                              for index, item in enumerate(items) if isinstance(item, _Line))
 
 
@@ -246,7 +246,7 @@ class CompiledShape:
                 chosen = escaped if html_values else values
                 if static + sum([len(chosen[n]) for n in slots]) > self._limit:
                     return None  # past the template output limit: the general way raises
-        subject = "".join([p if isinstance(p, str) else values[p] for p in self._subject])
+        subject = self._subject.format(*values)
         charset = self._charset
         subject_line = self._subjects.get(subject)
         if subject_line is None:
@@ -315,16 +315,17 @@ class CompiledShape:
         encode = self._charset.encode
         plain = part.static_plain
         gaps: list[tuple[int, bytes]] = []
-        for position, pieces, last, first in part.dynamic:
-            text = "".join([p if isinstance(p, str) else values[p] for p in pieces])
+        for position, line, last, first in part.dynamic:
+            text = line.format(*values)
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             data = encode(text)
             if last and not data.endswith(b"\n") and (data or first):
                 data += b"\n"  # the part ends with a line feed (after the others' LF)
-            if plain:
+            if plain:  # (no line is longer than the whole, LF included)
                 plain = (data.isascii() and b"\0" not in data
-                         and max(map(len, data.split(b"\n"))) <= _MAX_LINE)
+                         and (len(data) <= _MAX_LINE + 1
+                              or max(map(len, data.split(b"\n"))) <= _MAX_LINE))
             gaps.append((position, data))
         crlf = part.crlf.copy()
         for position, data in gaps:
@@ -359,9 +360,16 @@ class CompiledShape:
         return "base64", None if empty else raw
 
 
-def _cut_subject(segments: Segments, number: dict[Slot, int]) -> tuple[str | int, ...]:
-    return tuple(s if isinstance(s, str) else number.setdefault(s, len(number))
-                 for s in segments)
+def _cut_subject(segments: Segments, number: dict[Slot, int]) -> str:
+    return _format(tuple(s if isinstance(s, str) else number.setdefault(s, len(number))
+                         for s in segments))
+
+
+def _format(pieces: tuple[str | int, ...]) -> str:
+    """A `str.format` string that puts value n in place of slot number n: `format(*values)`
+    gives the literal text and each value as is (`format(value, "")` of a `str` is itself)."""
+    return "".join(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else f"{{{p}}}"
+                   for p in pieces)
 
 
 def compile_shape(*, writer: MessageWriter, content: CompiledContent, parts: Parts,
