@@ -22,10 +22,16 @@ from functools import cached_property
 from typing import Any
 
 import dkim
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    compress_whitespace,
+    correct_empty_body,
+    strip_trailing_lines,
+    strip_trailing_whitespace,
+)
 from dkim.crypto import RSASSA_PKCS1_v1_5_sign, UnparsableKeyError, parse_pem_private_key
 
-__all__ = ["OVERSIGNED", "SIGNED_HEADERS", "DkimSigner"]
+__all__ = ["OVERSIGNED", "SIGNED_HEADERS", "DkimSigner", "body_hash", "canonical_lines"]
 
 SIGNED_HEADERS = (
     b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"MIME-Version",
@@ -45,11 +51,18 @@ class DkimSigner:
     selector: str
     private_key: bytes  # PEM
 
-    def sign(self, message: bytes, *, now: datetime) -> bytes:
+    def sign(self, message: bytes, *, now: datetime, head: int | None = None,
+             body_hash: bytes | None = None) -> bytes:
         """The message with its DKIM-Signature header in front, signed at `now` (`t=`; an
-        aware datetime, the time the message was rendered)."""
+        aware datetime, the time the message was rendered).
+
+        A caller that knows them (the compiled path, ADR 0029) passes `head`, the size of the
+        header block through its empty line, and `body_hash`, what `body_hash()` gives for the
+        body: the same signature, without parsing and canonicalizing the body again.
+        """
+        header_block = message[:head] if head is not None else message.split(b"\r\n\r\n", 1)[0]
         present = {line.split(b":", 1)[0].strip().lower()
-                   for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                   for line in header_block.split(b"\r\n")
                    if line and not line[:1].isspace()}
         # Each signed header is listed once more than it appears ("oversigning", RFC 6376
         # §8.15), so a second From or Subject added on the way breaks the signature.
@@ -62,7 +75,11 @@ class DkimSigner:
                 linesep=b"\r\n",
             )
         else:
-            signature = _signature(message, self.selector.encode(), self.domain.encode(),
+            if head is not None and body_hash is not None:
+                parsed = dkim.rfc822_parse(message[:head])[0], body_hash
+            else:
+                parsed = _parsed(message)
+            signature = _signature(parsed, self.selector.encode(), self.domain.encode(),
                                    tuple(h.lower() for h in headers), rsa,
                                    int(now.timestamp()))
         return signature + message
@@ -78,14 +95,32 @@ class DkimSigner:
         return _openssl_rsa(self.private_key, key) or _dkimpy_rsa(key)
 
 
-def _signature(message: bytes, selector: bytes, domain: bytes, include: tuple[bytes, ...],
-               rsa: Callable[[Any], bytes], timestamp: int) -> bytes:
+def body_hash(canonical_pieces: list[bytes]) -> bytes:
+    """The bh= value of a body given as pieces that each end with CRLF, each passed through
+    `canonical_lines`: dkimpy's relaxed body canonicalization, whose whitespace rules do not
+    reach past a line end, so that only the trailing empty lines are left for the whole."""
+    body = correct_empty_body(strip_trailing_lines(b"".join(canonical_pieces)))
+    return base64.b64encode(hashlib.sha256(body).digest())
+
+
+def canonical_lines(piece: bytes) -> bytes:
+    """dkimpy's relaxed canonicalization of CRLF-ended lines, but for trailing empty lines."""
+    return compress_whitespace(strip_trailing_whitespace(piece))  # type: ignore[no-any-return]
+
+
+def _parsed(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """(the header fields, bh=) of a message."""
+    headers, body = dkim.rfc822_parse(message)
+    return headers, base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+
+
+def _signature(parsed: tuple[list[list[bytes]], bytes], selector: bytes, domain: bytes,
+               include: tuple[bytes, ...], rsa: Callable[[Any], bytes], timestamp: int) -> bytes:
     """The DKIM-Signature header line of `dkim.sign(message, selector, domain, key,
     canonicalize=(b"relaxed", b"relaxed"), include_headers=include, linesep=b"\\r\\n")`
-    when dkimpy's clock reads `timestamp`: the steps of dkimpy's `DKIM.sign` and
-    `DKIM.gen_header` for rsa-sha256, in its order."""
-    headers, body = dkim.rfc822_parse(message)
-    body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+    when dkimpy's clock reads `timestamp` (`parsed`: the message's header fields and bh=):
+    the steps of dkimpy's `DKIM.sign` and `DKIM.gen_header` for rsa-sha256, in its order."""
+    headers, body_hash = parsed
     fields = [
         (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", _RELAXED.to_c_value()), (b"d", domain),
         (b"i", b"@" + domain), (b"q", b"dns/txt"), (b"s", selector),

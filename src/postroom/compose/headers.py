@@ -13,7 +13,14 @@ import re
 
 from postroom.compose.charsets import Charset
 
-__all__ = ["address_header", "encoded_words", "header_text", "unstructured_header"]
+__all__ = [
+    "address_header",
+    "encoded_words",
+    "header_text",
+    "phrase_lines",
+    "place_address",
+    "unstructured_header",
+]
 
 # C0 and C1 controls, DEL, Unicode line and paragraph separators, and the bidi embeddings,
 # overrides and isolates (U+202A-U+202E, U+2066-U+2069), which can reorder what a reader sees.
@@ -179,15 +186,24 @@ def _phrase(display_name: str, charset: Charset) -> list[str]:
 
 def address_header(name: str, display_name: str, address: str, charset: Charset) -> str:
     """`Name: display <address>`; `address` must already be in its header form (A-labels)."""
+    return place_address(name, phrase_lines(name, display_name, charset), address)
+
+
+def phrase_lines(name: str, display_name: str, charset: Charset) -> tuple[str, ...]:
+    """The lines of `Name: display` before the address (none without a display name): what
+    `address_header` writes for a display name whatever the address."""
     display_name = header_text(display_name)
     if not display_name:
-        return f"{name}: {address}"
+        return ()
     words = _phrase(display_name, charset)
-    lines = [f"{name}: {words[0]}"]
-    for word in words[1:]:
-        lines.append(f" {word}")
+    return (f"{name}: {words[0]}", *(f" {word}" for word in words[1:]))
+
+
+def place_address(name: str, lines: tuple[str, ...], address: str) -> str:
+    """The address header of `phrase_lines(name, ...)` and `address`: on the last line when it
+    fits, else on a line of its own."""
+    if not lines:
+        return f"{name}: {address}"
     if len(lines[-1]) + len(address) + 3 > _FOLD_AT:
-        lines.append(f" <{address}>")
-    else:
-        lines[-1] += f" <{address}>"
-    return "\r\n".join(lines)
+        return "\r\n".join((*lines, f" <{address}>"))
+    return "\r\n".join((*lines[:-1], f"{lines[-1]} <{address}>"))

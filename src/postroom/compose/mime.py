@@ -282,6 +282,12 @@ class MessageWriter:
                                 "a message to this recipient cannot use") from None
         return encoded + bytes(body), html
 
+    def shared_lines(self) -> tuple[str, str | None, list[str]]:
+        """(From, Reply-To or None, the extra headers): the header lines every message shares,
+        as `write` puts them (EncodingError when one cannot be encoded)."""
+        reply_to = self._reply_to() if self._reply_to_values is not None else None
+        return self._from(), reply_to, self._extras()
+
     def _from(self) -> str:
         if self._from_line is None:
             name, address = self._from_values

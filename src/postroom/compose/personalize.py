@@ -20,6 +20,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, pass_context
 
+from postroom.compose.segments import Segments, template_segments
 from postroom.compose.template_limits import (
     Budget,
     TemplateLimits,
@@ -209,6 +210,9 @@ class CompiledContent:
     has_text: bool
     variables: frozenset[str]  # the top-level names the content uses (mirror_url, ...)
     limits: TemplateLimits = field(default_factory=TemplateLimits)
+    # Subject, HTML and text as literal text and slots (`compose.segments`); None for a
+    # template that does more than print recipient fields and links.
+    segments: tuple[Segments | None, Segments | None, Segments | None] = (None, None, None)
 
     def render(self, context: dict[str, Any], *, who: str = "") -> RenderedContent:
         """Render for one recipient, within one budget of `limits` for the three fields;
@@ -282,8 +286,8 @@ def _render(template: _Compiled, context: dict[str, Any], field: str, who: str,
 
 
 def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str,
-             limits: TemplateLimits) -> tuple[_Compiled, set[str]]:
-    """The compiled template and the top-level names it uses."""
+             limits: TemplateLimits) -> tuple[_Compiled, set[str], Segments | None]:
+    """The compiled template, the top-level names it uses and its segments (if it has)."""
     if len(source) > limits.max_source_chars:
         raise TemplateLimitError(
             f"{field}: the template is {len(source):,} characters long, more than "
@@ -292,7 +296,8 @@ def _compile(env: ImmutableSandboxedEnvironment, source: str, field: str,
         _count_tokens(env, source, field, limits)
         tree = env.parse(source)
         names = meta.find_undeclared_variables(tree)  # before compiling, which optimizes it
-        return _Compiled(env.from_string(tree)), names
+        segments = template_segments(tree)
+        return _Compiled(env.from_string(tree)), names, segments
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{field}, line {exc.lineno}: {exc.message}", field=field) from None
     except TemplateLimitError:
@@ -323,14 +328,16 @@ def compile_content(*, subject: str, html: str, text: str,
     """Compile a delivery's content; a syntax error raises TemplateError naming field and line,
     a source past `limits.max_source_chars` TemplateLimitError."""
     limits = limits or TemplateLimits()
-    compiled_subject, names_subject = _compile(_TEXT_ENV, subject, "subject", limits)
-    compiled_html, names_html = _compile(_HTML_ENV, html, "html", limits)
-    compiled_text, names_text = _compile(_TEXT_ENV, text, "text", limits)
+    compiled_subject, names_subject, subject_segments = _compile(_TEXT_ENV, subject, "subject",
+                                                                 limits)
+    compiled_html, names_html, html_segments = _compile(_HTML_ENV, html, "html", limits)
+    compiled_text, names_text, text_segments = _compile(_TEXT_ENV, text, "text", limits)
     return CompiledContent(
         _subject=compiled_subject, _html=compiled_html, _text=compiled_text,
         has_html=bool(html.strip()), has_text=bool(text.strip()),
         variables=frozenset(names_subject | names_html | names_text),
         limits=limits,
+        segments=(subject_segments, html_segments, text_segments),
     )
 
 

@@ -15,11 +15,13 @@ from functools import cached_property
 
 from postroom.bounces.rules import Rule, default_rules, qualify_smtp_reply
 from postroom.compose.charsets import Charset, charset_for
+from postroom.compose.compiled import CompiledShape, Written, compile_shape
 from postroom.compose.dkim import DkimSigner
 from postroom.compose.extra_headers import parse_extra_headers
 from postroom.compose.html import inline_css
 from postroom.compose.mime import (
     MessageWriter,
+    Parts,
     decoded_part,
     make_message_id,
     parts_for,
@@ -127,6 +129,7 @@ class Plan:
     resource_validity: timedelta
     signer: DkimSigner | None = None
     rules: tuple[Rule, ...] = ()  # qualification rules; empty: the shipped defaults
+    compiled_path: bool = True  # False: every message through the general writer (tests)
 
     @property
     def valid_until(self) -> datetime:
@@ -164,22 +167,78 @@ class Plan:
         return content
 
     def render(self, target: Target, now: datetime, *, sign: bool = True) -> Message:
-        """The message for one target; raises TemplateError/InputError if it cannot be built."""
+        """The message for one target; raises TemplateError/InputError if it cannot be built.
+
+        The compiled path (ADR 0029) writes it when it covers the message's shape and
+        vouches for this recipient's values; else the general writer does, with the same bytes.
+        """
         recipient = target.recipient
         log_id = target.log_id
         wire = recipient_wire_address(recipient.email)
         unsubscribe = self.links.token(UNSUBSCRIBE, log_id) if self._unsubscribe_link else ""
-        content = self._personalize(recipient, log_id, unsubscribe)
         message_id = self.message_id(log_id)
         to_name = f"{recipient.first_name} {recipient.last_name}".strip()
-        data, html = self._build(content, recipient, wire, to_name, unsubscribe, message_id,
-                                 now, sign=sign)
-        mirror = None
-        if self.mirror and content.html:  # the HTML part's bytes; without one, made apart
-            mirror = html if html is not None else decoded_part(content.html, self.charset,
-                                                                "html")
+        signer = self.signer if sign else None
+        compiled = self._compiled(recipient, wire, to_name, log_id, unsubscribe, message_id,
+                                  now, body_hash=signer is not None)
+        if compiled is not None:
+            data, mirror = compiled.data, compiled.mirror
+            if signer is not None:
+                data = signer.sign(data, now=now, head=compiled.head,
+                                   body_hash=compiled.body_hash)
+        else:
+            content = self._personalize(recipient, log_id, unsubscribe)
+            data, html = self._build(content, recipient, wire, to_name, unsubscribe,
+                                     message_id, now, sign=sign)
+            mirror = None
+            if self.mirror and content.html:  # the HTML part's bytes; without one, made apart
+                mirror = html if html is not None else decoded_part(content.html,
+                                                                    self.charset, "html")
         sender = verp_address(self.links.secret, self._errors_to, log_id)
         return Message(target, data, message_id, wire.address, sender, wire.smtputf8, mirror)
+
+    def fallback_reason(self, parts: Parts, *, utf8_headers: bool = False) -> str | None:
+        """Why messages of this shape go through the general writer; None when the compiled
+        path writes them (decided once per plan and shape)."""
+        shape = self._shape(parts, utf8_headers)
+        return shape if isinstance(shape, str) else None
+
+    def _shape(self, parts: Parts, utf8_headers: bool) -> CompiledShape | str:
+        key = (parts, utf8_headers)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = compile_shape(
+                writer=self._writer, content=self.content, parts=parts,
+                utf8_headers=utf8_headers, inline_css=self.props.inline_css,
+                mirror=self.mirror)
+        return shape
+
+    def _compiled(self, recipient: Recipient, wire: WireAddress, to_name: str, log_id: int,
+                  unsubscribe: str, message_id: str, now: datetime, *,
+                  body_hash: bool) -> Written | None:
+        """The message from the compiled path, or None: the general way."""
+        try:
+            parts = parts_for(self.props.format, recipient.email_format,
+                              has_html=self.content.has_html, has_text=self.content.has_text)
+        except InputError:
+            return None  # the general way reports it, after any template error
+        if not self.compiled_path:
+            return None
+        shape = self._shape(parts, wire.smtputf8)
+        if isinstance(shape, str):
+            return None
+        variables = self.content.variables
+        links = {}
+        if "mirror_url" in variables:
+            links["mirror_url"] = self.links.mirror_url(log_id)
+        if "unsubscribe_url" in variables:
+            links["unsubscribe_url"] = self.links.unsubscribe_url_for(unsubscribe)
+        headers: tuple[tuple[str, str], ...] = ()
+        if self.props.list_unsubscribe:
+            headers = (("List-Unsubscribe", self.links.list_unsubscribe_for(unsubscribe)),)
+        return shape.write(recipient=recipient, links=links, to_name=to_name,
+                           to_address=wire.address, message_id=message_id, date=now,
+                           headers=headers, mirror=self.mirror, body_hash=body_hash)
 
     def render_proof(self, sample: Recipient, to: str, number: int,
                      now: datetime) -> tuple[bytes, WireAddress]:
@@ -235,6 +294,11 @@ class Plan:
         return MessageWriter(from_name=self.from_name, from_address=_wire(self.from_address),
                              reply_to=_wire(reply_to), reply_to_name=reply_to_name,
                              extra=extra, charset=self.charset)
+
+    @cached_property
+    def _shapes(self) -> dict[tuple[Parts, bool], CompiledShape | str]:
+        """The compiled shapes (or the reasons there are none), made on first use."""
+        return {}
 
     @cached_property
     def _errors_to(self) -> str:
