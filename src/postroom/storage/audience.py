@@ -1,5 +1,6 @@
-"""Storage for analysis: the audience in keyset batches, the held addresses, the logs in bulk.
-Mixed into `SqlStore`.
+"""Storage for analysis: the audience in keyset batches, the held addresses, the logs in bulk;
+and the audience as records (`iter_audience`, for proofs) and a list audience's members
+(`set_audience_list`). Mixed into `SqlStore`.
 
 Analysis reads every target once and writes one log per target, a million of each for a large
 audience, so these two paths run close to the driver: the statements are built and compiled by
@@ -13,7 +14,7 @@ writing time. A pending log without detail, the common case, binds three values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,15 +28,17 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    insert,
     select,
     tuple_,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from postroom.domain.models import Delivery
+from postroom.domain.models import Delivery, Recipient
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.states import LogStatus
+from postroom.storage.common import CHUNK, chunks, to_recipient
 from postroom.storage.schema import address_status, audience_members, delivery_logs, recipients
 
 __all__ = ["AudienceStore"]
@@ -112,6 +115,41 @@ class AudienceStore:
                 writer.write(cursor, logs)
             finally:
                 cursor.close()
+
+    def iter_audience(self, delivery: Delivery, batch_size: int = 1000) -> Iterator[Recipient]:
+        """The delivery's targets in (email_key, position) order, read in keyset batches.
+
+        Equal addresses come out next to each other, so duplicates are found with O(1) memory.
+        """
+        status = address_status.c.status.label("address_status")
+        base, key_col = self._audience_query(delivery, recipients, status)
+        base = base.outerjoin(address_status, address_status.c.address == recipients.c.email)
+        last: tuple[str, int] | None = None
+        while True:
+            query = base.order_by(recipients.c.email_key, key_col).limit(batch_size)
+            if last is not None:
+                query = query.where(tuple_(recipients.c.email_key, key_col) > tuple_(*last))
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            for row in rows:
+                yield to_recipient(row, row.address_status or "valid")
+            last = (rows[-1].email_key, rows[-1].k)
+
+    def set_audience_list(self, delivery_id: int, recipient_ids: Sequence[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(audience_members).where(audience_members.c.delivery_id ==
+                                                        delivery_id))
+            for start, batch in enumerate(chunks(recipient_ids)):
+                conn.execute(
+                    insert(audience_members),
+                    [
+                        {"delivery_id": delivery_id, "position": start * CHUNK + i,
+                         "recipient_id": rid}
+                        for i, rid in enumerate(batch)
+                    ],
+                )
 
 
 def _compiled(compiled: Any) -> SQLCompiler:

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Engine, Select, func, or_, select
 
 from postroom.domain.models import Recipient
+from postroom.storage.common import to_recipient
 from postroom.storage.schema import address_status, deliveries, delivery_logs, recipients
-from postroom.storage.sql import _recipient
 
 __all__ = ["HistoryRow", "ScanLimitError", "count_matching", "filtered_page",
            "recipient_history", "recipient_page"]
@@ -53,7 +53,7 @@ def recipient_page(engine: Engine, *, search: str | None, limit: int,
     """Recipients in id order whose address or name contains `search` (any case)."""
     query = _matching(search).order_by(recipients.c.id).limit(limit).offset(offset)
     with engine.connect() as conn:
-        return [_recipient(row, row.address_status or "valid") for row in conn.execute(query)]
+        return [to_recipient(row, row.address_status or "valid") for row in conn.execute(query)]
 
 
 def count_matching(engine: Engine, search: str | None) -> int:
@@ -85,7 +85,7 @@ def filtered_page(engine: Engine, *, search: str | None, wanted: Callable[[Recip
         if scanned > max_scan:
             raise ScanLimitError(f"more than {max_scan} recipients to read")
         for row in rows:
-            recipient = _recipient(row, row.address_status or "valid")
+            recipient = to_recipient(row, row.address_status or "valid")
             if wanted(recipient):
                 if offset <= total < offset + limit:
                     page.append(recipient)

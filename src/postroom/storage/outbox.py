@@ -1,0 +1,159 @@
+"""Storage of the archive outbox: claim due copies, record results (and enter archived ones in
+the hash ledger in the same commit), retry, reschedule, count. Mixed into `SqlStore`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, case, func, select, update
+
+from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
+from postroom.storage.common import CHUNK, unclaimed
+from postroom.storage.ledger import LedgerConfig, append_entries
+from postroom.storage.schema import archive_outbox
+
+__all__ = ["OutboxStore"]
+
+
+class OutboxStore:
+    engine: Engine
+    _dialect: str
+    ledger: LedgerConfig
+
+    def claim_archive(self, now: datetime, limit: int, lease: timedelta, *,
+                      delivery_id: int | None = None, worker: str = "") -> list[ArchiveCopy]:
+        """Take up to `limit` due copies for `worker` until `now + lease`.
+
+        Copies are sent as soon as they are claimed, so one whose lease ran out (its sender
+        died) may already be in the archive: the takeover counts it in doubt.
+        """
+        c = archive_outbox.c
+        due = and_(c.state == ArchiveState.PENDING, c.next_attempt_at <= now,
+                   unclaimed(c.claimed_until, now))
+        if delivery_id is not None:
+            due = and_(due, c.delivery_id == delivery_id)
+        with self.engine.begin() as conn:
+            # In ix_archive_due's order, so the LIMIT reads `limit` index entries (ordering by
+            # id alone sorted every pending copy per claim); by id in the UPDATE on SQLite, as
+            # in claim_due.
+            candidates = (select(c.id).where(due).order_by(c.next_attempt_at, c.id)
+                          .limit(limit).with_for_update(skip_locked=True))
+            chosen = (c.id.in_(candidates.scalar_subquery()) if self._dialect == "sqlite"
+                      else and_(due, c.id.in_(list(conn.scalars(candidates)))))
+            ids = list(conn.scalars(update(archive_outbox)
+                                    .where(chosen)
+                                    .values(claimed_until=now + lease, claimed_by=worker,
+                                            in_doubt=c.in_doubt + case(
+                                                (c.claimed_until.is_not(None), 1), else_=0))
+                                    .returning(c.id)))
+            if not ids:
+                return []
+            rows = conn.execute(select(archive_outbox).where(c.id.in_(ids))
+                                .order_by(c.id)).all()
+        return [ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, r.data, r.sha256)
+                for r in rows]
+
+    def record_archive(self, results: Sequence[ArchiveResult], now: datetime) -> None:
+        if not results:
+            return
+        results = sorted(results, key=lambda r: r.copy_id)  # lock order: by id
+        archived = [r for r in results if r.state is ArchiveState.ARCHIVED
+                    and r.attempted and not r.in_doubt]
+        with self.engine.begin() as conn:
+            if archived:  # the common case, in one statement
+                conn.execute(
+                    update(archive_outbox)
+                    .where(archive_outbox.c.id == bindparam("b_id"),
+                           archive_outbox.c.state == ArchiveState.PENDING)
+                    .values(state=ArchiveState.ARCHIVED, claimed_until=None, claimed_by=None,
+                            reply=bindparam("b_reply"), attempts=archive_outbox.c.attempts + 1,
+                            archived_at=now, data=None, next_attempt_at=now)
+                    .execution_options(synchronize_session=False),
+                    [{"b_id": r.copy_id, "b_reply": r.reply} for r in archived])
+            done = {r.copy_id for r in archived}
+            for result in results:
+                if result.copy_id in done:
+                    continue
+                values: dict[str, Any] = {"state": result.state, "claimed_until": None,
+                                          "claimed_by": None}
+                if result.attempted or result.reply:  # "not attempted" says why
+                    values["reply"] = result.reply
+                if result.attempted:
+                    values["attempts"] = archive_outbox.c.attempts + 1
+                if result.in_doubt:
+                    values["in_doubt"] = archive_outbox.c.in_doubt + 1
+                if result.state is ArchiveState.ARCHIVED:
+                    values.update(archived_at=now, data=None, next_attempt_at=now)
+                elif result.next_attempt_at is not None:
+                    values["next_attempt_at"] = result.next_attempt_at
+                conn.execute(update(archive_outbox)
+                             .where(archive_outbox.c.id == result.copy_id,
+                                    archive_outbox.c.state == ArchiveState.PENDING)
+                             .values(**values))
+            # The hash ledger, in the same commit (storage/ledger.py).
+            append_entries(conn, [r.copy_id for r in results
+                                  if r.state is ArchiveState.ARCHIVED], now, self.ledger)
+
+    def retry_failed_archive(self, now: datetime, delivery_id: int | None = None) -> int:
+        """Put failed copies back in the queue (after the archive side was fixed)."""
+        where = archive_outbox.c.state == ArchiveState.FAILED
+        if delivery_id is not None:
+            where = and_(where, archive_outbox.c.delivery_id == delivery_id)
+        with self.engine.begin() as conn:
+            return conn.execute(update(archive_outbox).where(where).values(
+                state=ArchiveState.PENDING, next_attempt_at=now)).rowcount
+
+    def reset_archive_schedule(self, now: datetime, delivery_id: int | None = None) -> int:
+        """Make every pending copy due now (an operator asked to flush the outbox).
+
+        In id order, `CHUNK` rows per transaction, skipping rows a worker is recording at this
+        moment (it sets their schedule itself): one statement over the whole outbox deadlocked
+        with workers recording copies (issue 11).
+        """
+        c = archive_outbox.c
+        where = c.state == ArchiveState.PENDING
+        if delivery_id is not None:
+            where = and_(where, c.delivery_id == delivery_id)
+        changed, after = 0, 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = list(conn.scalars(select(c.id).where(where, c.id > after).order_by(c.id)
+                                        .limit(CHUNK).with_for_update(skip_locked=True)))
+                if not ids:
+                    return changed
+                changed += conn.execute(update(archive_outbox).where(c.id.in_(ids), where)
+                                        .values(next_attempt_at=now)).rowcount
+            after = ids[-1]
+
+    def archive_pending(self, delivery_id: int | None = None) -> int:
+        """Copies still pending (of one delivery), read from ix_archive_due's pending range."""
+        query = (select(func.count()).select_from(archive_outbox)
+                 .where(archive_outbox.c.state == ArchiveState.PENDING))
+        if delivery_id is not None:
+            query = query.where(archive_outbox.c.delivery_id == delivery_id)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
+
+    def archive_counts(self, delivery_id: int | None = None) -> dict[int, dict[str, int]]:
+        query = (select(archive_outbox.c.delivery_id, archive_outbox.c.state, func.count())
+                 .group_by(archive_outbox.c.delivery_id, archive_outbox.c.state))
+        if delivery_id is not None:
+            query = query.where(archive_outbox.c.delivery_id == delivery_id)
+        counts: dict[int, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for did, state, count in conn.execute(query):
+                counts.setdefault(did, {})[state] = count
+        return counts
+
+    def archive_replies(self, delivery_id: int, limit: int = 20) -> list[tuple[int, str, str]]:
+        """Recent (log id, state, reply) rows of one delivery's copies, failures first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(archive_outbox.c.log_id, archive_outbox.c.state, archive_outbox.c.reply)
+                .where(archive_outbox.c.delivery_id == delivery_id)
+                .order_by((archive_outbox.c.state == ArchiveState.ARCHIVED),
+                          archive_outbox.c.id.desc())
+                .limit(limit)).all()
+        return [(int(a), str(b), str(c)) for a, b, c in rows]
