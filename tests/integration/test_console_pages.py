@@ -441,3 +441,81 @@ def test_a_disabled_account_s_session_ends_and_a_changed_role_applies_at_once(
     gone = client.get("/console/")
     assert gone.status_code == 303 and gone.headers["location"] == "/console/login"
     assert client.get("/console/", headers={"HX-Request": "true"}).status_code == 401
+
+
+def test_an_import_runs_in_the_background_and_the_page_follows_it(
+        postroom: Any, client: TestClient, tmp_path: Path) -> None:
+    """The upload starts the import and the page follows it: the rows written so far while
+    it runs (the panel polls), then the per-row report; only its own session sees it; a file
+    the importer refuses says why on the same panel; no spooled file is left behind."""
+    import glob
+    import re
+    import tempfile
+    import threading
+    import time
+
+    csrf = log_in(client)
+    gate, second = threading.Event(), threading.Event()
+    upsert = postroom.store.upsert_recipients
+    calls: list[int] = []
+
+    def held(rows: Any, now: Any) -> Any:  # the second batch waits until the test has looked
+        calls.append(len(rows))
+        if len(calls) == 2:
+            second.set()  # the first batch is written and counted by now
+            assert gate.wait(30)
+        return upsert(rows, now)
+
+    rows = "".join(f"p{i}@example.net,P{i}\n" for i in range(1500)) + "not-an-address,X\n"
+    spooled = set(glob.glob(f"{tempfile.gettempdir()}/postroom-import-*"))
+    try:
+        postroom.store.upsert_recipients = held
+        started = client.post("/console/recipients/import", headers=ORIGIN, data={"csrf": csrf},
+                              files={"file": ("people.csv", "email,first_name\n" + rows,
+                                              "text/csv")})
+        assert started.status_code == 303
+        location = started.headers["location"]
+        job = location.split("import=", 1)[1]
+        assert second.wait(30)
+        page = client.get(location).text
+        assert 'id="import-progress"' in page and 'hx-trigger="every 1s"' in page
+        assert re.search(r'id="import-written">1000<', page)   # the first batch is written
+        other = TestClient(client.app, follow_redirects=False)
+        log_in(other, "admin")                                 # another session of the same user
+        assert other.get(f"/console/recipients/import/{job}").status_code == 404
+    finally:
+        gate.set()
+        postroom.store.upsert_recipients = upsert
+    deadline = time.monotonic() + 30
+    while 'id="import-report"' not in (panel := client.get(
+            f"/console/recipients/import/{job}").text):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert re.search(r"1501 rows: <b>1500</b> new, <b>0</b> updated,\s+<b[^>]*>1</b> rejected",
+                     panel)
+    assert "hx-trigger" not in panel                          # the polling stops
+    assert set(glob.glob(f"{tempfile.gettempdir()}/postroom-import-*")) == spooled
+
+    refused = client.post("/console/recipients/import", headers=ORIGIN, data={"csrf": csrf},
+                          files={"file": ("bad.csv", b"first_name\nNo email column\n",
+                                          "text/csv")})
+    job = refused.headers["location"].split("import=", 1)[1]
+    deadline = time.monotonic() + 30
+    while 'id="import-report"' not in (panel := client.get(
+            f"/console/recipients/import/{job}").text):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert 'id="import-error"' in panel and "email" in panel.split('id="import-error"')[1]
+
+
+def test_recipients_are_narrowed_by_an_audience_filter(postroom: Any, client: TestClient,
+                                                       tmp_path: Path) -> None:
+    postroom.recipients.import_recipients(write_csv(tmp_path / "c.csv", [
+        {"email": "lyon@example.net", "city": "Lyon"},
+        {"email": "paris@example.net", "city": "Paris"}]))
+    log_in(client)
+    page = client.get("/console/recipients", params={"filter": "city=Lyon"}).text
+    assert "lyon@example.net" in page and "paris@example.net" not in page
+    assert "(1 matching)" in page
+    bad = client.get("/console/recipients", params={"filter": "city Lyon"})
+    assert bad.status_code == 400 and "FIELD=VALUE" in bad.text

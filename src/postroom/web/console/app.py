@@ -36,6 +36,7 @@ from postroom.errors import (
     PostroomError,
     StateError,
 )
+from postroom.web.console.imports import ImportJobs
 from postroom.web.console.sessions import COOKIE, Session, SessionStore, csrf_ok, same_origin
 
 __all__ = ["Console", "Ctx", "create_console"]
@@ -98,6 +99,7 @@ class Console:
                                trim_blocks=True, lstrip_blocks=True)
         self.tasks: dict[int, asyncio.Task[Any]] = {}  # sends running here, by delivery
         self.send_errors: dict[int, str] = {}  # the last in-process send's failure, by delivery
+        self.imports = ImportJobs()  # recipient imports running here, by job id
 
     # -- responses ---------------------------------------------------------------------------
 

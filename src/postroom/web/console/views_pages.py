@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from starlette.routing import BaseRoute
 
 from postroom.accounts.records import AuditFilter
 from postroom.domain.outcomes import FailureReason, FailureType
-from postroom.errors import InputError, TemplateError
+from postroom.errors import InputError, NotFoundError, TemplateError
 from postroom.web.console.app import PREVIEW_POLICY, Console, Ctx, redirect, route, secured
 
 MAX_UPLOAD = 50 * 1024 * 1024  # a CSV of recipients; the importer bounds each row itself
@@ -51,18 +52,22 @@ def routes(console: Console) -> list[BaseRoute]:
     # -- recipients ---------------------------------------------------------------------------
 
     async def recipients(ctx: Ctx) -> Response:
-        search = _q(ctx, "q")
+        search, audience = _q(ctx, "q"), _q(ctx, "filter")
         found = await ctx.call(ctx.services.recipients.list_recipients, search=search or None,
-                               limit=PAGE)
-        return ctx.render("recipients.html", page=found, q=search, report=None)
+                               filters=[audience] if audience else (), limit=PAGE)
+        job = console.imports.get(_q(ctx, "import"), ctx.session.id)
+        return ctx.render("recipients.html", page=found, q=search, audience=audience, job=job)
 
     async def import_csv(ctx: Ctx) -> Response:
+        """Spool the upload, start the import in the background and show the page that
+        follows it (rows written so far, then the per-row report)."""
         form = await _form(ctx, files=1)
         upload = form.get("file")
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise InputError("choose a CSV file to import")
-        with tempfile.TemporaryDirectory(prefix="postroom-import-") as folder:
-            path = Path(folder) / "recipients.csv"
+        folder = Path(tempfile.mkdtemp(prefix="postroom-import-"))
+        try:
+            path = folder / "recipients.csv"
             size = 0
             with path.open("wb") as out:
                 while chunk := await upload.read(1 << 16):
@@ -70,10 +75,20 @@ def routes(console: Console) -> list[BaseRoute]:
                     if size > MAX_UPLOAD:
                         raise InputError(f"the file is over {MAX_UPLOAD // 2**20} MB")
                     out.write(chunk)
-            report = await ctx.call(ctx.services.recipients.import_recipients, path)
-        found = await ctx.call(ctx.services.recipients.list_recipients, limit=PAGE)
-        return ctx.render("recipients.html", page=found, q="", report=report,
-                          filename=upload.filename)
+            import_recipients = ctx.services.recipients.import_recipients
+            job = console.imports.start(
+                ctx.session.id, upload.filename, folder,
+                lambda job: ctx.call(import_recipients, path, progress=job.advance))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return redirect(f"/console/recipients?import={quote(job.id)}")
+
+    async def import_progress(ctx: Ctx) -> Response:
+        job = console.imports.get(ctx.request.path_params["job"], ctx.session.id)
+        if job is None:
+            raise NotFoundError("no such import (a restart of the server forgets them)")
+        return ctx.render("_import.html", job=job)
 
     async def history(ctx: Ctx) -> Response:
         email = _q(ctx, "email")
@@ -254,6 +269,7 @@ def routes(console: Console) -> list[BaseRoute]:
         route(console, "/audit", audit),
         route(console, "/recipients", recipients),
         route(console, "/recipients/import", import_csv, ["POST"]),
+        route(console, "/recipients/import/{job}", import_progress),
         route(console, "/recipients/history", history),
         route(console, "/templates", templates),
         route(console, "/templates", create_template, ["POST"]),
