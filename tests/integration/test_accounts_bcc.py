@@ -64,3 +64,22 @@ def test_the_refusal_is_audited(capture: Callable[..., CaptureServer],
     assert all("archive:manage" in e.detail for e in rows)
     assert rows[1].before["properties"]["email_bcc"] is True  # the template as it was
     assert rows[1].after == {"name": "kept", "data": {"email_bcc": False}}
+
+
+def test_deleting_a_template_with_email_bcc_on_takes_an_administrator(
+        capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+        sqlite_url: str) -> None:
+    """Else an operator turns it off by deleting the template and making it again without."""
+    postroom = make_postroom(sqlite_url, capture())
+    postroom.templates.create_template("kept", {**CONTENT, "email_bcc": True})
+    postroom.templates.create_template("plain", {**CONTENT, "email_bcc": False})
+    operator = postroom.acting_as(actor("operator"))
+    with pytest.raises(PermissionDenied, match="cannot turn Email BCC off on template 'kept'"):
+        operator.templates.delete_template("kept")
+    assert postroom.store.get_template("kept").properties.email_bcc is True
+    operator.templates.delete_template("plain")  # nothing to stop: an operator may
+    [denied] = [e for e in postroom.accounts.audit() if e.outcome == "denied"]
+    assert (denied.actor, denied.action, denied.target) == (
+        "operator", "templates.delete_template", "kept")
+    postroom.acting_as(actor("admin")).templates.delete_template("kept")
+    assert "kept" not in [t.name for t in postroom.store.list_templates()]

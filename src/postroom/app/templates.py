@@ -141,6 +141,11 @@ class TemplateService:
         return self._ctx.store.create_template(new_name, source.properties, self._ctx.now())
 
     def delete_template(self, name: str) -> None:
+        """Delete a template. One with Email BCC on takes an administrator to delete, as to
+        turn it off: deleting it and making it again without would stop the archive quietly."""
+        current = self._ctx.store.get_template(name)
+        check_email_bcc_kept(was_on=current.properties.email_bcc, now_on=False,
+                             where=f"template {name!r} (by deleting it)")
         self._ctx.store.delete_template(name)
 
     def preview(self, name: str, *, recipient: str | None = None) -> Preview:
