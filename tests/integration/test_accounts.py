@@ -144,6 +144,13 @@ def test_tokens_are_shown_once_and_stored_as_hashes(accounts: AccountsService,
     assert not actor.can(Permission.DELIVERIES_SEND)
     [listed] = accounts.list_tokens("sam")
     assert listed.last_used_at == T0 + timedelta(minutes=1) and listed.role == "viewer"
+    # Kept fresh to the minute, not written at each request.
+    clock.advance(timedelta(seconds=59))
+    accounts.authenticate_token(made.token, remote=None)
+    assert accounts.list_tokens("sam")[0].last_used_at == T0 + timedelta(minutes=1)
+    clock.advance(timedelta(seconds=1))
+    accounts.authenticate_token(made.token, remote=None)
+    assert accounts.list_tokens("sam")[0].last_used_at == T0 + timedelta(minutes=2)
 
     own = accounts.create_token("sam")
     assert accounts.authenticate_token(own.token, remote=None).can(Permission.DELIVERIES_SEND)
