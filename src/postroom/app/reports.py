@@ -109,7 +109,9 @@ class ReportService:
         self._ctx = ctx
         self._operations = operations
 
-    def report(self, delivery_id: int) -> Report:
+    def report(self, delivery_id: int, *, timeline: bool = True) -> Report:
+        """The delivery's report. `timeline=False` leaves out the throughput over time (one
+        more pass over the logs), for callers that poll the counts."""
         store = self._ctx.store
         delivery = store.get_delivery(delivery_id)
         by_status: Counter[str] = Counter()
@@ -133,7 +135,8 @@ class ReportService:
                       store.doubt_counts(delivery_id), store.slowdowns(delivery_id),
                       store.relay_waiting(delivery_id),
                       read_sink_figures(store, self._ctx.settings.archive, delivery_id),
-                      sent_timeline(store.engine, delivery_id, first, last))
+                      sent_timeline(store.engine, delivery_id, first, last)
+                      if timeline else None)
 
     def non_deliverables(self, *, since: datetime | None = None) -> NonDeliverables:
         """Failures across deliveries by type, reason and domain, and the quarantine."""

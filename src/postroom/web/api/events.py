@@ -55,7 +55,8 @@ async def stream(request: Request, services: GuardedView, delivery_id: int,
     sent = 0
     reason = "done"
     while True:
-        counts = _counts(await call(services.reports.report, delivery_id))
+        counts = _counts(await call(services.reports.report, delivery_id,
+                                      timeline=False))
         if counts != last:
             yield _event("counts", counts)
             sent += 1

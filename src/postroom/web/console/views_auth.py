@@ -55,7 +55,8 @@ def routes(console: Console) -> list[BaseRoute]:
         deliveries = await ctx.call(s.deliveries.list_deliveries)
         by_state = Counter(str(d.state) for d in deliveries)
         sending = [d for d in deliveries if str(d.state) == "sending"]
-        progress = {d.id: await ctx.call(s.reports.report, d.id) for d in sending[:10]}
+        progress = {d.id: await ctx.call(s.reports.report, d.id, timeline=False)
+                    for d in sending[:10]}
         archive: dict[str, int] = {}
         if ctx.can("archive:read"):
             rows = (await ctx.call(s.archive.status)).deliveries

@@ -75,7 +75,7 @@ def routes(console: Console) -> list[BaseRoute]:
     async def progress(ctx: Ctx) -> Response:
         delivery_id = _id(ctx)
         delivery = await ctx.call(ctx.services.deliveries.get_delivery, delivery_id)
-        report = await ctx.call(ctx.services.reports.report, delivery_id)
+        report = await ctx.call(ctx.services.reports.report, delivery_id, timeline=False)
         return ctx.render("_progress.html", d=delivery, report=report,
                           **_progress_values(ctx, delivery, report))
 

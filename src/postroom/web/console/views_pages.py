@@ -212,7 +212,8 @@ def routes(console: Console) -> list[BaseRoute]:
         status = await ctx.call(ctx.services.archive.status)
         sent: dict[int, int] = {}
         for row in status.deliveries[:PAGE]:
-            report = await ctx.call(ctx.services.reports.report, row["delivery"])
+            report = await ctx.call(ctx.services.reports.report, row["delivery"],
+                                   timeline=False)
             sent[row["delivery"]] = report.by_status.get("sent", 0)
         return ctx.render("archive.html", status=status, sent=sent, last_error=_last_error)
 
