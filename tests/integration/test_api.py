@@ -354,3 +354,35 @@ def test_a_bug_is_a_500_problem_without_its_internals(
     assert set(body) == {"type", "status", "title", "detail", "reference"}
     assert "hunter2" not in response.text and "RuntimeError" not in response.text
     assert body["reference"] in caplog.text and "hunter2" in caplog.text  # the log has it
+
+
+def test_event_streams_are_capped_per_server(api: Api) -> None:
+    """Each stream polls the store: past `max_streams` open at once, a 503 problem with
+    Retry-After; a stream that ended frees its place."""
+    import threading
+
+    from postroom.web.api.events import EventLimits
+    from tests.integration.web_server import serving
+
+    app = create_api(api.postroom, events_limits=EventLimits(poll_seconds=0.05, max_streams=1))
+    live = api.delivery("paused")  # stays live: its stream lasts until max_seconds
+    with serving(api.postroom, app) as client:
+        path = f"/deliveries/{live}/events"
+        opened = threading.Event()
+
+        def hold() -> None:
+            with client.stream("GET", path, params={"max_seconds": 3},
+                               headers=api.headers("viewer")) as stream:
+                for _ in stream.iter_lines():
+                    opened.set()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert opened.wait(10)
+        refused = client.get(path, headers=api.headers("viewer"))
+        assert refused.status_code == 503
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.headers["retry-after"] == "5" and refused.json()["limit"] == 1
+        holder.join(10)
+        again = client.get(path, params={"max_seconds": 1}, headers=api.headers("viewer"))
+        assert again.status_code == 200 and "event: end" in again.text

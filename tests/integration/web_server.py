@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import uvicorn
@@ -15,10 +16,11 @@ from postroom.web.app import create_app
 
 
 @contextmanager
-def serving(postroom: Postroom) -> Iterator[httpx.Client]:
-    """A client of the app served by uvicorn in a thread; the server stops on exit."""
-    server = uvicorn.Server(uvicorn.Config(create_app(postroom), host="127.0.0.1", port=0,
-                                           log_level="error"))
+def serving(postroom: Postroom, app: Any = None) -> Iterator[httpx.Client]:
+    """A client of the app (by default Postroom's whole web app) served by uvicorn in a
+    thread; the server stops on exit."""
+    server = uvicorn.Server(uvicorn.Config(app or create_app(postroom), host="127.0.0.1",
+                                           port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

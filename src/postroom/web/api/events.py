@@ -4,7 +4,8 @@ One ``counts`` event at once, then one each time the counts or the state change 
 `poll_seconds`), while the delivery is analyzing, sending or paused; an ``end`` event when it
 is anything else (ready, finished, stopped, failed), after ``?max_seconds=`` (default 600, at
 most `MAX_SECONDS`), or after `max_events` events: a stream is bounded whatever
-the delivery does. It also ends when the client goes away.
+the delivery does. It also ends when the client goes away. At most `max_streams` are open at
+once in a server (each polls the store): past that, 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from postroom.accounts.guard import GuardedView
 from postroom.web.api.auth import Services
 from postroom.web.api.calls import call
+from postroom.web.api.problems import problem
 
 __all__ = ["EventLimits", "router"]
 
@@ -35,6 +37,7 @@ MaxSeconds = Annotated[int, Query(ge=1, le=MAX_SECONDS,
 class EventLimits:
     poll_seconds: float = 0.5
     max_events: int = 10_000
+    max_streams: int = 50  # open at once in this server; each polls the store
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -75,6 +78,7 @@ async def stream(request: Request, services: GuardedView, delivery_id: int,
 
 def router(limits: EventLimits) -> APIRouter:
     api = APIRouter(prefix="/deliveries", tags=["deliveries"])
+    open_streams = [0]  # streams open now (one event loop: no lock needed)
 
     @api.get("/{delivery_id}/events", summary="Live counts (server-sent events)",
              response_class=StreamingResponse,
@@ -82,9 +86,23 @@ def router(limits: EventLimits) -> APIRouter:
     async def events(request: Request, services: Services,
                      delivery_id: Annotated[int, Path(ge=1, le=2**62)],
                      max_seconds: MaxSeconds = 600,
-                     ) -> StreamingResponse:
+                     ) -> Response:
         await call(services.deliveries.get_delivery, delivery_id)  # 404 before the stream
-        return StreamingResponse(stream(request, services, delivery_id, limits, max_seconds),
+        if open_streams[0] >= limits.max_streams:
+            return problem(503, "Too many event streams",
+                           f"{limits.max_streams} event streams are open on this server; try "
+                           "again later, or poll GET /deliveries/{id}",
+                           headers={"Retry-After": "5"}, limit=limits.max_streams)
+        open_streams[0] += 1
+
+        async def counted() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in stream(request, services, delivery_id, limits, max_seconds):
+                    yield chunk
+            finally:
+                open_streams[0] -= 1
+
+        return StreamingResponse(counted(),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store",
                                           "X-Accel-Buffering": "no"})
