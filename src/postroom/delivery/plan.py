@@ -149,18 +149,22 @@ class Plan:
                        if "unsubscribe_url" in self.content.variables else "")
         return self._personalize(recipient, log_id, unsubscribe)
 
-    def _personalize(self, recipient: Recipient, log_id: int | None,
-                     unsubscribe: str) -> RenderedContent:
-        # Only the links the content uses: a name the templates never mention cannot change
-        # what they render, and each link costs an HMAC.
+    def _links(self, log_id: int | None, unsubscribe: str) -> dict[str, str]:
+        """Only the links the content uses: a name the templates never mention cannot change
+        what they render, and each link costs an HMAC."""
         variables = self.content.variables
         links = {}
         if "mirror_url" in variables:
             links["mirror_url"] = self.links.mirror_url(log_id)
         if "unsubscribe_url" in variables:
             links["unsubscribe_url"] = self.links.unsubscribe_url_for(unsubscribe)
+        return links
+
+    def _personalize(self, recipient: Recipient, log_id: int | None,
+                     unsubscribe: str) -> RenderedContent:
         context = recipient_context(recipient, delivery_id=self.delivery.id,
-                                    delivery_name=self.delivery.name, links=links)
+                                    delivery_name=self.delivery.name,
+                                    links=self._links(log_id, unsubscribe))
         content = self.content.render(context, who=recipient.email)
         if self.props.inline_css and content.html:
             content = RenderedContent(content.subject, inline_css(content.html), content.text)
@@ -227,12 +231,7 @@ class Plan:
         shape = self._shape(parts, wire.smtputf8)
         if isinstance(shape, str):
             return None
-        variables = self.content.variables
-        links = {}
-        if "mirror_url" in variables:
-            links["mirror_url"] = self.links.mirror_url(log_id)
-        if "unsubscribe_url" in variables:
-            links["unsubscribe_url"] = self.links.unsubscribe_url_for(unsubscribe)
+        links = self._links(log_id, unsubscribe)
         headers: tuple[tuple[str, str], ...] = ()
         if self.props.list_unsubscribe:
             headers = (("List-Unsubscribe", self.links.list_unsubscribe_for(unsubscribe)),)
