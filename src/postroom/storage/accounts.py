@@ -173,10 +173,14 @@ class AccountStore:
         for _ in range(3):
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(update(login_throttle).where(t.key == key)
-                                 .values(failures=t.failures))  # lock before reading
+                    locked = conn.execute(update(login_throttle).where(t.key == key)
+                                          .values(failures=t.failures)).rowcount  # lock first
+                    # Read only a row this transaction holds: with none to lock, a concurrent
+                    # first failure may commit its row before the read below (PostgreSQL's
+                    # read committed), and counting on top of it would lose an update. This
+                    # one inserts instead, and its unique key makes it count again.
                     row = conn.execute(select(login_throttle)
-                                       .where(t.key == key)).one_or_none()
+                                       .where(t.key == key)).one() if locked else None
                     before = None if row is None else ThrottleState(
                         row.failures, row.first_failure_at, row.locked_until)
                     after = step(before)
