@@ -33,6 +33,7 @@ class Dovecot:
     port: int
     user: str
     password: str
+    log: Path | None = None  # Dovecot's own log, while the fixture runs
 
     def url(self, folder: str = "INBOX") -> str:
         return f"imap://{self.user}@127.0.0.1:{self.port}/{folder}"
@@ -120,7 +121,7 @@ def dovecot_instance(user: str, *,
         pid_file = root / "run" / "master.pid"
         try:
             _wait_listening(port)
-            yield Dovecot(port, user, password)
+            yield Dovecot(port, user, password, root / "dovecot.log")
         finally:
             pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
             if pid is not None:

@@ -215,6 +215,8 @@ class HoldingProxy:
                              daemon=True).start()
 
     def _pump(self, source: Any, sink: Any, from_server: bool) -> None:
+        import socket
+
         holding = False
         try:
             while chunk := source.recv(65536):
@@ -227,7 +229,13 @@ class HoldingProxy:
         except OSError:
             pass
         finally:
+            # shutdown() first: the opposite pump is blocked in recv() on these sockets, and
+            # a bare close() from this thread neither wakes it nor sends the FIN, so the
+            # server kept every killed worker's connection open, until Dovecot's limit of 10
+            # per user and address refused all logins ([LIMIT]) and the test hung.
             for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     end.close()
 
@@ -238,7 +246,8 @@ class HoldingProxy:
 def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
                           capture: Callable[..., CaptureServer], count: int, sink: str,
                           secrets: dict[str, str] | None = None,
-                          proxy: HoldingProxy | None = None) -> tuple[int, int]:
+                          proxy: HoldingProxy | None = None,
+                          server_log: Path | None = None) -> tuple[int, int]:
     """test_crash_safety.py's kill test with another sink (`sink`: its lines of [archive]):
     `postroom worker` processes (1 on SQLite, 2 on PostgreSQL) SIGKILLed at random moments
     and restarted, until the delivery is finished and no copy is pending. With a `proxy`, the
@@ -270,6 +279,7 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
 
     rng = random.Random(count + workers)
     logs = [tmp_path / f"w{i}.log" for i in range(workers)]
+    shown = [*logs, server_log] if server_log is not None else logs
     procs = [start_worker(config, log, secrets) for log in logs]
     kills = 0
     try:
@@ -290,10 +300,10 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
             procs[index] = start_worker(config, logs[index], secrets)
         deadline = time.monotonic() + 600
         while not done():
-            assert time.monotonic() < deadline, _stuck(postroom, delivery_id, procs, logs)
+            assert time.monotonic() < deadline, _stuck(postroom, delivery_id, procs, shown)
             # a worker runs until stopped: one that ended by itself is a failure, not a wait
             assert all(p.poll() is None for p in procs), _stuck(postroom, delivery_id, procs,
-                                                                 logs)
+                                                                 shown)
             time.sleep(0.5)
     finally:
         codes = [stop_worker(p) for p in procs]
@@ -305,9 +315,12 @@ def _kill_while_archiving(postroom: Postroom, database_url: str, tmp_path: Path,
 
 def _stuck(postroom: Postroom, delivery_id: int, procs: list[Any], logs: list[Path]) -> str:
     """What a kill test that did not finish leaves to look at: the workers' exit codes, the
-    delivery's state, its logs and copies by state, and the end of each worker's log."""
-    from sqlalchemy import func, select
+    delivery's state, its logs and copies by state, why the pending copies are not taken
+    (claimed, not due yet, their last replies), and the end of each worker's log and of the
+    archive server's, where there is one."""
+    from sqlalchemy import and_, func, select
 
+    from postroom.domain.models import ArchiveState
     from postroom.storage.schema import archive_outbox, delivery_logs
 
     lines = [f"the delivery did not finish: workers' exit codes {[p.poll() for p in procs]}, "
@@ -318,7 +331,21 @@ def _stuck(postroom: Postroom, delivery_id: int, procs: list[Any], logs: list[Pa
             counts = conn.execute(select(column, func.count()).where(
                 table.c.delivery_id == delivery_id).group_by(column)).all()
             lines.append(f"{table.name}: {dict((str(k), n) for k, n in counts)}")
+        o, now = archive_outbox.c, postroom.clock()
+        pending = and_(o.delivery_id == delivery_id, o.state == ArchiveState.PENDING)
+        claimed = conn.scalar(select(func.count()).where(pending, o.claimed_until > now))
+        later = conn.scalar(select(func.count()).where(pending, o.next_attempt_at > now))
+        holders = conn.execute(select(o.claimed_by, func.count(), func.max(o.claimed_until))
+                               .where(pending, o.claimed_by.is_not(None))
+                               .group_by(o.claimed_by)).all()
+        replies = conn.execute(select(o.reply, func.count()).where(pending).group_by(o.reply)
+                               .order_by(func.count().desc()).limit(3)).all()
+        lines += [f"pending copies at {now}: {claimed} claimed, {later} not due yet; "
+                  f"holders {[tuple(h) for h in holders]}",
+                  f"their last replies: {[tuple(r) for r in replies]}"]
     for log in logs:
+        if not log.exists():
+            continue
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         lines += [f"--- {log.name}", *tail]
     return "\n".join(lines)
@@ -396,7 +423,7 @@ def test_imap_sink_workers_killed_while_archiving_lose_no_copy(
         delivery_id, kills = _kill_while_archiving(
             postroom, database_url, tmp_path, capture, count,
             f'sink = "imap"\nimap_url = "{through}"\n',
-            {"POSTROOM_ARCHIVE__IMAP_PASSWORD": imap_box.password}, proxy)
+            {"POSTROOM_ARCHIVE__IMAP_PASSWORD": imap_box.password}, proxy, imap_box.log)
     finally:
         proxy.close()
     reader = imap_copies(parse_imap_url(imap_box.url()), imap_box.password, max_bytes=1 << 20)

@@ -13,6 +13,8 @@ from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
 
+import pytest
+
 from postroom.app import Postroom
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.testing.archive_check import check_archive
@@ -129,6 +131,40 @@ def test_archive_relay_down_does_not_block_recipients_and_nothing_is_lost(
     # A second flush sends nothing again.
     assert asyncio.run(postroom.archive.flush(wait_seconds=1)) == 0
     assert len(archive.messages) == 200
+
+
+def test_copies_tried_thousands_of_times_are_still_retried_and_the_fault_is_logged(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An archive down for days: copies retried every `max_backoff_seconds` pile up
+    attempts. The backoff of the 1,025th attempt overflowed (2.0 ** 1024) and ended the
+    archive loop, and a worker with it. Here the copies stay pending and the log says why,
+    once; when the relay is back, they all go."""
+    from sqlalchemy import update
+
+    from postroom.storage.schema import archive_outbox
+
+    relay = capture()
+    archive = capture()
+    archive.stop()
+    postroom = make_postroom(sqlite_url, relay, archive=archive,
+                             archive_options={"drain_seconds": 0.3})
+    delivery_id = _delivery(postroom, tmp_path, _people(30))
+    assert asyncio.run(postroom.sending.send(delivery_id)).archive_pending == 30
+    with postroom.store.engine.begin() as conn:
+        conn.execute(update(archive_outbox).values(attempts=5000))
+
+    caplog.clear()  # the send's own archive loop said it too
+    with caplog.at_level("WARNING", logger="postroom.delivery.archive"):
+        assert asyncio.run(postroom.archive.flush(wait_seconds=1)) == 30
+    faults = [r.getMessage() for r in caplog.records
+              if r.name == "postroom.delivery.archive"]
+    assert len(faults) == 1 and "archive copies cannot be delivered" in faults[0], faults
+
+    archive.start()
+    assert asyncio.run(postroom.archive.flush(wait_seconds=10)) == 0
+    assert len(archive.messages) == 30
 
 
 def test_archive_relay_returning_during_the_run_gets_every_copy(

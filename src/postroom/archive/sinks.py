@@ -99,7 +99,12 @@ class ImapSink:
         loc = self._location
         client = (imaplib.IMAP4_SSL(loc.host, loc.port, timeout=self._timeout) if loc.tls
                   else imaplib.IMAP4(loc.host, loc.port, timeout=self._timeout))
-        client.login(loc.user, self._password)
+        try:
+            client.login(loc.user, self._password)
+        except BaseException:  # refused (bad password, the server's connection limit): the
+            with contextlib.suppress(OSError):  # socket goes now, not at garbage collection,
+                client.shutdown()  # or it counts against that limit meanwhile
+            raise
         return client
 
     def _append(self, data: bytes) -> str:

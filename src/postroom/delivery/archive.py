@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,9 +21,12 @@ from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.domain.outcomes import ARCHIVE_RELAY_FAULT, Outcome, Verdict
 from postroom.transport.routed import Transport, send_all
 
-__all__ = ["ArchiveTarget", "Archiver", "Transport"]
+__all__ = ["ArchiveLoop", "ArchiveTarget", "Archiver", "Transport"]
 
 _GROUP = 25  # copies sent (pipelined) before their results are recorded
+
+log = logging.getLogger(__name__)
+_MAX_DOUBLINGS = 40  # 2 ** 40 s is beyond any ceiling
 
 
 class ArchiveStore(Protocol):
@@ -32,6 +36,20 @@ class ArchiveStore(Protocol):
     def archive_pending(self, delivery_id: int | None = None) -> int: ...
 
 
+class ArchiveLoop(Protocol):
+    """What a send run needs of its archive loop: `Archiver` here, or the same loop in a
+    process of its own (app/archive_process.py)."""
+
+    archived: int
+    fault: str
+    liveness: Liveness | None
+
+    def pending(self, delivery_id: int | None) -> int: ...
+    async def run(self, *, delivery_id: int | None, finish: asyncio.Event,
+                  drain_seconds: float, halt: asyncio.Event | None = None,
+                  worker: str = "") -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ArchiveTarget:
     address: str
@@ -39,8 +57,10 @@ class ArchiveTarget:
 
 
 def backoff(attempts: int, ceiling: float) -> timedelta:
-    """1 s, 2 s, 4 s, ... up to `ceiling` seconds."""
-    return timedelta(seconds=min(ceiling, 2.0 ** max(0, attempts - 1)))
+    """1 s, 2 s, 4 s, ... up to `ceiling` seconds, however many attempts a copy has had (an
+    archive down for days gives copies thousands: 2.0 ** 1024 raised OverflowError, which
+    ended the archive loop and the worker with it)."""
+    return timedelta(seconds=min(ceiling, 2.0 ** min(max(0, attempts - 1), _MAX_DOUBLINGS)))
 
 
 class Archiver:
@@ -162,14 +182,14 @@ class Archiver:
         pause = 0.0
         for copy, outcome in zip(group, outcomes, strict=True):
             if outcome.fault is not None and not pause:
-                self.fault = f"{ARCHIVE_RELAY_FAULT}{outcome.fault.label}: {outcome.text}"
+                self._fault(f"{ARCHIVE_RELAY_FAULT}{outcome.fault.label}: {outcome.text}")
             if pause:  # after the relay became unreachable: not really attempted
                 results.append(ArchiveResult(copy.id, ArchiveState.PENDING,
                                              f"not attempted: {self.fault}" if self.fault
                                              else "", next_attempt_at=now, attempted=False))
             elif outcome.verdict is Verdict.SENT:
                 self.archived += 1
-                self.fault = ""
+                self._fault("")
                 results.append(ArchiveResult(copy.id, ArchiveState.ARCHIVED, outcome.text))
             elif outcome.verdict is Verdict.FAILED:
                 results.append(ArchiveResult(copy.id, ArchiveState.FAILED, outcome.text))
@@ -182,6 +202,16 @@ class Archiver:
                 if outcome.reply is None:  # the relay is unreachable: pause
                     pause = wait.total_seconds()
         return results, pause
+
+    def _fault(self, fault: str) -> None:
+        """Keep the archive relay's (or sink's) last fault, and say in the log when it
+        starts, changes and ends: a worker that retries in silence looks idle."""
+        if fault != self.fault:
+            if fault:
+                log.warning("archive copies cannot be delivered: %s; retrying", fault)
+            else:
+                log.info("archive copies are delivered again")
+        self.fault = fault
 
     def _tick(self) -> None:
         if self.liveness is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from postroom.delivery.archive import Archiver
+from postroom.delivery.archive import ArchiveLoop
 from postroom.delivery.lanes import Lane, Lanes
 from postroom.delivery.liveness import SEND, Liveness
 from postroom.delivery.plan import Message, Plan
@@ -106,7 +106,7 @@ class Engine:
 
     def __init__(self, store: SendStore, connect: Callable[[HostPort], Transport], *,
                  planner: Callable[[Delivery], Plan], sending: SendingSettings,
-                 archiver: Archiver | None, archive_drain_seconds: float,
+                 archiver: ArchiveLoop | None, archive_drain_seconds: float,
                  clock: Callable[[], datetime], router: Router, shaper: Shaper,
                  worker_id: str = ""):
         self._store = store
@@ -351,7 +351,7 @@ class Engine:
                                                         summary, progress, faults)
                         used += len(batch)
                         if faults:
-                            await asyncio.sleep(min(5.0, 0.05 * 2 ** faults))
+                            await asyncio.sleep(min(5.0, 0.05 * 2 ** min(faults, 7)))
                             break  # let the lane go: its host may be down
                     if (not self._shaper.may_reuse(lane.domain, used)
                             or lane.route.source is not RouteSource.RELAY):
