@@ -25,6 +25,7 @@ Needs Postfix's smtp-sink and smtp-source (Debian package `postfix`) on PATH or 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pstats
@@ -48,6 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_split import per_message, split
 from throughput_data import (
     ERRORS_TO,
     FROM_ADDRESS,
@@ -265,8 +267,9 @@ def run_child(folder: Path, name: str, spec: dict[str, Any], *,
 
 
 def _spec(folder: Path, sinks: tuple[Sink, Sink], *, bcc: bool, connections: int,
-          profile: Path | None) -> dict[str, Any]:
+          profile: Path | None, archive_process: bool = False) -> dict[str, Any]:
     return {"dir": str(folder), "db": str(folder / "postroom.db"), "bcc": bcc,
+            "archive_process": archive_process,
             "relay_port": sinks[0].port, "archive_port": sinks[1].port,
             "connections": connections, "profile": str(profile) if profile else None}
 
@@ -282,10 +285,12 @@ def prepare(folder: Path, sinks: tuple[Sink, Sink], size: int, *, bcc: bool, con
 
 
 def send(folder: Path, sinks: tuple[Sink, Sink], prepared: PostroomRun, *, bcc: bool,
-         connections: int, profile: Path | None = None) -> PostroomRun:
+         connections: int, profile: Path | None = None,
+         archive_process: bool = False) -> PostroomRun:
     """Send the prepared delivery (one child); check both sinks' counts against the log."""
     expected = prepared.prepare["to_send"]
-    spec = {**_spec(folder, sinks, bcc=bcc, connections=connections, profile=profile),
+    spec = {**_spec(folder, sinks, bcc=bcc, connections=connections, profile=profile,
+                    archive_process=archive_process),
             "mode": "send", "delivery_id": prepared.prepare["delivery_id"],
             "expected": expected}
     relay, archive = sinks[0].messages(), sinks[1].messages()
@@ -302,11 +307,13 @@ def send(folder: Path, sinks: tuple[Sink, Sink], prepared: PostroomRun, *, bcc: 
 
 
 def measure_postroom(tmp: Path, sinks: tuple[Sink, Sink], size: int, *, bcc: bool,
-                     connections: int, mixed: bool = False) -> PostroomRun:
+                     connections: int, mixed: bool = False,
+                     archive_process: bool = False) -> PostroomRun:
     with tempfile.TemporaryDirectory(prefix="send-", dir=tmp) as name:
         folder = Path(name)
         prepared = prepare(folder, sinks, size, bcc=bcc, connections=connections, mixed=mixed)
-        return send(folder, sinks, prepared, bcc=bcc, connections=connections)
+        return send(folder, sinks, prepared, bcc=bcc, connections=connections,
+                    archive_process=archive_process)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -349,6 +356,16 @@ def run(options: dict[str, Any], tmp: Path) -> Results:
         results.bcc_on = _phase(results, "Postroom, Email BCC on",
                                 lambda: measure_postroom(tmp, sinks, n, bcc=True,
                                                          connections=connections))
+        results.bcc_on_process = _phase(
+            results, "Postroom, Email BCC on, archive in its own process",
+            lambda: measure_postroom(tmp, sinks, n, bcc=True, connections=connections,
+                                     archive_process=True))
+        profiled = min(n, options["profile_recipients"])
+        for bcc, measured in ((False, results.bcc_off), (True, results.bcc_on)):
+            label = f"CPU split, Email BCC {'on' if bcc else 'off'} ({profiled:,} under cProfile)"
+            results.cpu_split[bcc] = _phase(results, label, functools.partial(
+                cpu_split, tmp, sinks, profiled, bcc=bcc, connections=connections,
+                measured=measured))
         size, small, large = (options["analysis_recipients"], options["memory_small"],
                               options["memory_large"])
         with tempfile.TemporaryDirectory(prefix="analysis-", dir=tmp) as name:
@@ -375,6 +392,28 @@ def run(options: dict[str, Any], tmp: Path) -> Results:
     return results
 
 
+def cpu_split(tmp: Path, sinks: tuple[Sink, Sink], size: int, *, bcc: bool, connections: int,
+              measured: PostroomRun | None) -> dict[str, float]:
+    """CPU µs per message in render / SMTP / store / loop / engine / other: the shares of a
+    profiled send of `size` (bench/cpu_split.py) applied to the CPU time per message of the
+    `measured` send without the profiler (of the profiled one if there is none)."""
+    with tempfile.TemporaryDirectory(prefix="profile-", dir=tmp) as name:
+        folder = Path(name)
+        prepared = prepare(folder, sinks, size, bcc=bcc, connections=connections, mixed=False)
+        sent = send(folder, sinks, prepared, bcc=bcc, connections=connections,
+                    profile=folder / "send.prof")
+        if sent.problems:
+            raise BenchError("; ".join(sent.problems))
+        shares = split(pstats.Stats(str(folder / "send.prof")))
+    source = measured if measured is not None and measured.send else sent
+    assert source.send is not None
+    figures = per_message(shares, source.send["cpu_seconds"], source.send["sent"])
+    figures["total"] = source.send["cpu_seconds"] / source.send["sent"] * 1e6
+    figures["wall"] = source.send["seconds"] / source.send["sent"] * 1e6
+    _log("    " + ", ".join(f"{part} {us:.0f} µs" for part, us in figures.items()))
+    return figures
+
+
 def profile(options: dict[str, Any], tmp: Path, out: Path) -> None:
     """Prepare and send N recipients under cProfile; print the top of both profiles."""
     out.mkdir(parents=True, exist_ok=True)
@@ -390,6 +429,10 @@ def profile(options: dict[str, Any], tmp: Path, out: Path) -> None:
         print(f"\n===== {name} of {n:,} recipients (Email BCC {'on' if bcc else 'off'}): "
               f"{seconds:.1f} s under cProfile; {out / (name + '.prof')} =====")
         stats = pstats.Stats(str(out / f"{name}.prof"), stream=sys.stdout)
+        shares = split(stats)
+        total = sum(shares.values()) or 1.0
+        print("own time by part: " + ", ".join(f"{part} {100 * t / total:.0f}%"
+                                                for part, t in shares.items()))
         stats.strip_dirs().sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(30)
     for problem in sent.problems:
@@ -420,6 +463,10 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
                         help="only profile (cProfile) the analysis and send of --recipients; "
                         "writes DIR/analyze.prof and DIR/send.prof")
     parser.add_argument("--bcc", action="store_true", help="with --profile: Email BCC on")
+    parser.add_argument("--profile-recipients", type=int, default=10_000,
+                        help="messages of the profiled sends that split the CPU time per "
+                        "message into render / SMTP / store / loop (default 10,000, at most "
+                        "--recipients)")
     args = parser.parse_args(argv)
     if args.recipients is None:
         args.recipients = 5_000 if args.quick else 100_000 if args.full else 10_000
@@ -428,7 +475,7 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     if args.memory_large is None:
         args.memory_large = args.analysis_recipients
     for name in ("recipients", "analysis_recipients", "memory_small", "memory_large",
-                 "connections"):
+                 "connections", "profile_recipients"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args

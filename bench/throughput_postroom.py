@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import json
+import os
 import resource
 import sys
 import time
@@ -56,6 +57,11 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def _service(spec: dict[str, Any]) -> Postroom:
     bcc = bool(spec["bcc"])
     settings = Settings(
@@ -65,7 +71,9 @@ def _service(spec: dict[str, Any]) -> Postroom:
         defaults=DefaultsSettings(from_name=FROM_NAME, from_address=FROM_ADDRESS,
                                   errors_to=ERRORS_TO),
         archive=ArchiveSettings(enabled=bcc, bcc_address=[ARCHIVE_ADDRESS] if bcc else [],
-                                relay=SmtpRelay(host="127.0.0.1", port=spec["archive_port"])),
+                                relay=SmtpRelay(host="127.0.0.1", port=spec["archive_port"]),
+                                own_process=bool(spec.get("archive_process")),
+                                connections=int(os.environ.get("BENCH_ARCHIVE_CONNECTIONS", "4"))),
     )
     return build(settings)
 
@@ -143,7 +151,9 @@ def send(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str, An
         return summary, pending
 
     try:
+        cpu_before = _cpu_seconds()
         seconds, (summary, archive_pending) = _timed(profile, run)
+        cpu_seconds = _cpu_seconds() - cpu_before
         report = postroom.reports.report(delivery_id)
         sizes = [log.size for log in postroom.deliveries.logs(delivery_id, status="sent", limit=500)
                  if log.size]
@@ -159,7 +169,7 @@ def send(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str, An
         problems.append(f"archive: {archived} archived for {sent} sent, "
                         f"{archive_pending} pending")
     return {
-        "seconds": seconds, "sent": sent, "failed": summary.failed,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "sent": sent, "failed": summary.failed,
         "deferred": summary.deferred, "archived": archived, "archive_pending": archive_pending,
         "state": str(summary.state), "report_throughput": report.throughput,
         "avg_size": sum(sizes) / len(sizes) if sizes else 0,

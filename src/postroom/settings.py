@@ -172,6 +172,10 @@ class ArchiveSettings(_Section):
         30.0, ge=0, description="How long a send run waits for pending copies at its end."
     )
     max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between attempts.")
+    own_process: bool = Field(
+        False, description="`postroom send` archives the copies from a second process (a "
+        "second CPU core) while it sends (ADR 0030); workers always archive in their own "
+        "loop, and several workers use several cores.")
     max_pending_age_minutes: float = Field(
         15.0, gt=0, description="`health` reports a problem when the oldest pending archive "
         "copy is older than this (the archive relay has not taken copies for that long).")

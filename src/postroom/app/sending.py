@@ -8,9 +8,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from postroom.app.archive_process import ArchiveProcess
 from postroom.app.context import AppContext
 from postroom.app.deliveries import DeliveryService
 from postroom.delivery.analysis import AnalysisReport
+from postroom.delivery.archive import Archiver
 from postroom.delivery.engine import Engine, RunSummary
 from postroom.delivery.shaping import Shaper
 from postroom.delivery.worker import Heartbeat, Worker, WorkerSummary, new_worker_id
@@ -37,7 +39,7 @@ class SendingService:
         self._deliveries.start(delivery_id, on_analyzed=on_analyzed)
         ctx = self._ctx
         store = ctx.senders_store()
-        engine = self._engine(store)
+        engine = self._engine(store, own_process=ctx.settings.archive.own_process)
         async with Heartbeat(store, engine.worker_id, kind="send", lease=ctx.lease,
                              clock=ctx.now) as heartbeat:
             engine.liveness = heartbeat.liveness
@@ -56,10 +58,13 @@ class SendingService:
                         poll_seconds=ctx.settings.sending.worker_poll_seconds, clock=ctx.now)
         return await worker.run(halt, until_idle=until_idle, on_run=on_run)
 
-    def _engine(self, store: Any) -> Engine:
+    def _engine(self, store: Any, *, own_process: bool = False) -> Engine:
         ctx = self._ctx
+        local = ctx.archiver(store)
+        archiver: Archiver | ArchiveProcess | None = (
+            ArchiveProcess(ctx.settings, local) if own_process and local is not None else local)
         return Engine(store, ctx.connect, planner=ctx.planner, sending=ctx.settings.sending,
-                      archiver=ctx.archiver(store),
+                      archiver=archiver,
                       archive_drain_seconds=ctx.settings.archive.drain_seconds,
                       clock=ctx.now, router=ctx.router,
                       shaper=Shaper(ctx.settings.shaping, clock=ctx.now),

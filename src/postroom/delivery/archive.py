@@ -76,6 +76,9 @@ class Archiver:
         self._clock = clock
         self._batch = batch_size
         self._lease = lease
+        # groups answered while a commit ran: recorded together in the next one
+        self._to_record: list[tuple[list[ArchiveResult], asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self.archived = 0
         self.fault = ""  # the archive relay's last fault (no session), until a copy goes
         self.liveness: Liveness | None = None  # ticked as the loop makes progress
@@ -167,7 +170,7 @@ class Archiver:
                  not copy.data.split(b"\r\n\r\n", 1)[0].isascii())  # SMTPUTF8 headers
                 for copy in group])
             results, pause = self._results(group, outcomes)
-            self._store.record_archive(results, self._clock())
+            await self._record(results)
             self._tick()
             if pause:
                 self._give_back(copies[start + len(group):],
@@ -202,6 +205,35 @@ class Archiver:
                 if outcome.reply is None:  # the relay is unreachable: pause
                     pause = wait.total_seconds()
         return results, pause
+
+    async def _record(self, results: list[ArchiveResult]) -> None:
+        """Record a group's results, together with those the other connections brought in
+        while the last commit ran (a group commit, without waiting for one: the store's cost
+        per transaction was half the archive loop's time, `bench/cpu_split.py`). Returns once
+        they are committed, so the copies in doubt after a crash are still at most a group per
+        connection."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_record.append((results, done))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_waiting())
+        await done
+
+    async def _record_waiting(self) -> None:
+        await asyncio.sleep(0)  # the groups whose replies arrive in this turn of the loop
+        batch, self._to_record = self._to_record, []
+        try:
+            self._store.record_archive([r for results, _ in batch for r in results],
+                                       self._clock())
+        except BaseException as exc:  # each waiting connection fails with it
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     def _fault(self, fault: str) -> None:
         """Keep the archive relay's (or sink's) last fault, and say in the log when it
