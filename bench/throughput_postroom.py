@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import json
-import os
 import resource
 import sys
 import time
@@ -72,8 +71,7 @@ def _service(spec: dict[str, Any]) -> Postroom:
                                   errors_to=ERRORS_TO),
         archive=ArchiveSettings(enabled=bcc, bcc_address=[ARCHIVE_ADDRESS] if bcc else [],
                                 relay=SmtpRelay(host="127.0.0.1", port=spec["archive_port"]),
-                                own_process=bool(spec.get("archive_process")),
-                                connections=int(os.environ.get("BENCH_ARCHIVE_CONNECTIONS", "4"))),
+                                own_process=bool(spec.get("archive_process"))),
     )
     return build(settings)
 
