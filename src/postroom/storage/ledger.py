@@ -20,6 +20,7 @@ from postroom.archive.ledger import Checkpoint, Entry, new_entry
 from postroom.archive.signing import Signer
 from postroom.archive.status import SinkCount
 from postroom.domain.models import ArchiveState
+from postroom.storage.prepared import Prepared
 from postroom.storage.schema import (
     archive_checkpoints,
     archive_ledger,
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 _READ_BATCH = 2000
+_INSERT_ENTRY = Prepared(insert(archive_ledger), columns=[c.name for c in archive_ledger.columns])
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +88,16 @@ def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
         return 0
     head = _lock_head(conn)
     o, log = archive_outbox.c, delivery_logs.c
-    rows = conn.execute(
-        select(o.id, o.delivery_id, o.log_id, o.sha256, o.reply, o.archived_at, o.created_at,
-               log.message_id, log.size, log.sent_at)
+    # The state is checked here, not in the WHERE: with `state = 'archived'` there, SQLite
+    # (no statistics) walked ix_archive_due's range of every archived copy instead of looking
+    # the ids up, which made each append cost O(archive) (bench/RESULTS.md, issue 16).
+    rows = [row for row in conn.execute(
+        select(o.id, o.state, o.delivery_id, o.log_id, o.sha256, o.reply, o.archived_at,
+               o.created_at, log.message_id, log.size, log.sent_at)
         .join(delivery_logs, delivery_logs.c.id == o.log_id)
-        .where(o.id.in_(list(copy_ids)), o.state == ArchiveState.ARCHIVED,
+        .where(o.id.in_(list(copy_ids)),
                ~select(archive_ledger.c.seq).where(archive_ledger.c.copy_id == o.id).exists())
-        .order_by(o.id)).all()
+        .order_by(o.id)) if row.state == ArchiveState.ARCHIVED]
     if not rows:
         return 0
     values: list[dict[str, Any]] = []
@@ -109,7 +114,7 @@ def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
                        "sha256": entry.sha256, "size": entry.size,
                        "accepted_at": entry.accepted_at, "acked_at": entry.acked_at,
                        "ack": entry.ack, "prev": entry.prev, "hash": entry.hash})
-    conn.execute(insert(archive_ledger), values)
+    _INSERT_ENTRY.run(conn, values)
     conn.execute(update(archive_ledger_head).where(archive_ledger_head.c.id == 1)
                  .values(count=count, head=prev))
     if config.signer is not None and (

@@ -12,9 +12,18 @@ from sqlalchemy import Engine, and_, bindparam, case, func, select, update
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.storage.common import CHUNK, unclaimed
 from postroom.storage.ledger import LedgerConfig, append_entries
+from postroom.storage.prepared import Prepared
 from postroom.storage.schema import archive_outbox
 
 __all__ = ["OutboxStore"]
+
+_ARCHIVED = Prepared(
+    update(archive_outbox)
+    .where(archive_outbox.c.id == bindparam("b_id"),
+           archive_outbox.c.state == ArchiveState.PENDING)
+    .values(state=ArchiveState.ARCHIVED, claimed_until=None, claimed_by=None,
+            reply=bindparam("b_reply"), attempts=archive_outbox.c.attempts + 1,
+            archived_at=bindparam("b_now"), data=None, next_attempt_at=bindparam("b_now")))
 
 
 class OutboxStore:
@@ -63,15 +72,8 @@ class OutboxStore:
                     and r.attempted and not r.in_doubt]
         with self.engine.begin() as conn:
             if archived:  # the common case, in one statement
-                conn.execute(
-                    update(archive_outbox)
-                    .where(archive_outbox.c.id == bindparam("b_id"),
-                           archive_outbox.c.state == ArchiveState.PENDING)
-                    .values(state=ArchiveState.ARCHIVED, claimed_until=None, claimed_by=None,
-                            reply=bindparam("b_reply"), attempts=archive_outbox.c.attempts + 1,
-                            archived_at=now, data=None, next_attempt_at=now)
-                    .execution_options(synchronize_session=False),
-                    [{"b_id": r.copy_id, "b_reply": r.reply} for r in archived])
+                _ARCHIVED.run(conn, [{"b_id": r.copy_id, "b_reply": r.reply, "b_now": now}
+                                     for r in archived])
             done = {r.copy_id for r in archived}
             for result in results:
                 if result.copy_id in done:

@@ -24,6 +24,7 @@ from postroom.domain.states import LogStatus, can_log_move
 from postroom.errors import StateError
 from postroom.storage.common import chunks, to_recipient, unclaimed
 from postroom.storage.inbound import InboundStore, address_row
+from postroom.storage.prepared import Prepared
 from postroom.storage.schema import (
     address_status,
     archive_outbox,
@@ -115,15 +116,7 @@ class SendingStore(InboundStore):
         updates = sorted(updates, key=lambda u: u.log_id)  # lock order: by id
         with self.engine.begin() as conn:
             for moves, rows in _by_source_states(updates, now):
-                conn.execute(
-                    update(delivery_logs)
-                    .where(delivery_logs.c.id == bindparam("b_id"),
-                           or_(*(delivery_logs.c.status == status for status in moves)))
-                    .values({**{name: bindparam(name) for name in _UPDATE_COLUMNS},
-                             "claimed_by": None, "attempting": False,
-                             "in_doubt": delivery_logs.c.in_doubt + bindparam("b_doubt")})
-                    .execution_options(synchronize_session=False),
-                    rows)
+                _log_update(moves).run(conn, rows)
             copies = {u.log_id: u for u in updates if u.archive_data is not None}
             if copies:
                 # Only logs this very update made `sent`, and never a second copy for a log.
@@ -135,7 +128,7 @@ class SendingStore(InboundStore):
                            .where(archive_outbox.c.log_id == delivery_logs.c.id).exists())
                 ).all()
                 if owed:
-                    conn.execute(insert(archive_outbox), [
+                    _INSERT_COPY.run(conn, [
                         {"log_id": log_id, "delivery_id": delivery_id,
                          "state": ArchiveState.PENDING, "attempts": 0, "next_attempt_at": now,
                          "data": copies[log_id].archive_data,
@@ -227,6 +220,27 @@ class SendingStore(InboundStore):
 _UPDATE_COLUMNS = ("status", "attempts", "next_attempt_at", "failure_type", "failure_reason",
                    "detail", "smtp_reply", "message_id", "sent_at", "size", "sha256",
                    "updated_at", "claimed_until")
+
+
+_INSERT_COPY = Prepared(insert(archive_outbox), columns=[
+    "log_id", "delivery_id", "state", "attempts", "next_attempt_at", "data", "sha256", "reply",
+    "created_at"])
+_LOG_UPDATES: dict[tuple[LogStatus, ...], Prepared] = {}
+
+
+def _log_update(moves: Sequence[LogStatus]) -> Prepared:
+    """The UPDATE of logs that may move from one of `moves` to their recorded status."""
+    key = tuple(moves)
+    found = _LOG_UPDATES.get(key)
+    if found is None:
+        found = _LOG_UPDATES.setdefault(key, Prepared(
+            update(delivery_logs)
+            .where(delivery_logs.c.id == bindparam("b_id"),
+                   or_(*(delivery_logs.c.status == status for status in key)))
+            .values({**{name: bindparam(name) for name in _UPDATE_COLUMNS},
+                     "claimed_by": None, "attempting": False,
+                     "in_doubt": delivery_logs.c.in_doubt + bindparam("b_doubt")})))
+    return found
 
 
 def _update_values(u: LogUpdate, now: datetime) -> dict[str, Any]:

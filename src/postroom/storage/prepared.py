@@ -1,0 +1,138 @@
+"""Hot statements compiled once per dialect and run with plain values (ADR 0031).
+
+SQLAlchemy Core builds a statement's cache key, parameter dict and bound values again on every
+execution: for an `executemany` of 50 rows of 13 columns that is 650 values through each
+column's bind processor, plus a dict per row. On the send and archive paths (a log's outcome,
+its archive copy, the copy's result, its ledger entry: four rows per message) that was the
+largest part of the store's CPU time (bench/RESULTS.md, issue 16).
+
+A `Prepared` statement is still written in Core, once, with `bindparam`s for what varies per
+row. It is compiled on first use for the connection's dialect; the constants' values are bound
+then, and each row supplies only its own values, converted here: a time becomes what the
+`UtcDateTime` column would have written (a naive UTC text on SQLite, the aware datetime on
+PostgreSQL), an enum its plain value. The statement runs through the driver in the caller's
+transaction (`exec_driver_sql`), so it commits or rolls back with the rest.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Connection, Integer, LargeBinary, String
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql.expression import Executable
+
+from postroom.storage.schema import UtcDateTime
+
+__all__ = ["Prepared", "sqlite_time"]
+
+Convert = Callable[[Any], Any]
+_PLAIN_TYPES = (String, Integer, Boolean, LargeBinary)  # Text is a String
+
+
+def sqlite_time(value: datetime | None) -> str | None:
+    """A time as SQLAlchemy's SQLite `DateTime` stores a `UtcDateTime`: naive UTC text with
+    microseconds (so that text comparison orders times)."""
+    if value is None:
+        return None
+    _check_aware(value)
+    t = value.astimezone(UTC)
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+            f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}")
+
+
+def _aware_time(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    _check_aware(value)
+    return value.astimezone(UTC)
+
+
+def _check_aware(value: Any) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"timestamps must be timezone-aware datetimes, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    """An enum's value (drivers differ on enums; `str` and `int` are the same everywhere)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    positional: bool
+    order: tuple[str, ...]  # every bind, in the statement's order (positional dialects)
+    constants: Mapping[str, Any]  # binds with a value fixed in the statement, converted
+    converters: Mapping[str, Convert]  # per-row binds: their conversion
+
+
+class Prepared:
+    """One Core statement, compiled on first use per dialect; `run` executes it for rows of
+    per-row values (a mapping per row, keyed by the statement's `bindparam` names)."""
+
+    def __init__(self, statement: Executable, columns: Sequence[str] = ()):
+        self._statement = statement
+        self._columns = tuple(columns)  # an INSERT's columns, each bound by its own name
+        self._by_dialect: dict[str, _Compiled] = {}
+        self._lock = threading.Lock()
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        compiled = self._compiled(conn.dialect)
+        conversions = compiled.converters.items()
+        if compiled.positional:
+            constants, order = compiled.constants, compiled.order
+            converted = [{name: convert(row[name]) for name, convert in conversions}
+                         for row in rows]
+            params: Any = [tuple(values[name] if name in values else constants[name]
+                                 for name in order) for values in converted]
+        else:
+            params = [{**compiled.constants,
+                       **{name: convert(row[name]) for name, convert in conversions}}
+                      for row in rows]
+        conn.exec_driver_sql(compiled.sql, params)
+
+    def _compiled(self, dialect: Dialect) -> _Compiled:
+        found = self._by_dialect.get(dialect.name)
+        if found is None:
+            with self._lock:
+                found = self._by_dialect.setdefault(
+                    dialect.name, _compile(self._statement, self._columns, dialect))
+        return found
+
+
+def _compile(statement: Executable, columns: tuple[str, ...], dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(  # type: ignore[attr-defined]
+        dialect=dialect, column_keys=list(columns) or None)
+    constants: dict[str, Any] = {}
+    converters: dict[str, Convert] = {}
+    for bind, name in compiled.bind_names.items():
+        convert = _converter(bind.type, dialect)
+        if bind.required:
+            converters[name] = convert
+        else:
+            constants[name] = convert(bind.value)
+    if compiled.update_prefetch:
+        raise TypeError("a prepared statement cannot run Python-side `onupdate` defaults")
+    for column in compiled.insert_prefetch:  # an INSERT's columns left to their default
+        default = column.default
+        if default is None or not default.is_scalar:
+            raise TypeError(f"a prepared INSERT needs a value for {column.key}")
+        constants[column.key] = _converter(column.type, dialect)(default.arg)
+    order = tuple(compiled.positiontup or ())
+    return _Compiled(str(compiled), bool(compiled.positiontup), order, constants, converters)
+
+
+def _converter(kind: Any, dialect: Dialect) -> Convert:
+    if isinstance(kind, UtcDateTime):
+        return sqlite_time if dialect.name == "sqlite" else _aware_time
+    if not isinstance(kind, _PLAIN_TYPES):  # JSON and the like need their bind processor
+        raise TypeError(f"a prepared statement cannot bind a {type(kind).__name__} column")
+    return _plain
