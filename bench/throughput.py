@@ -267,9 +267,10 @@ def run_child(folder: Path, name: str, spec: dict[str, Any], *,
 
 
 def _spec(folder: Path, sinks: tuple[Sink, Sink], *, bcc: bool, connections: int,
-          profile: Path | None, archive_process: bool = False) -> dict[str, Any]:
+          profile: Path | None, archive_process: bool = False,
+          processes: int = 1) -> dict[str, Any]:
     return {"dir": str(folder), "db": str(folder / "postroom.db"), "bcc": bcc,
-            "archive_process": archive_process,
+            "archive_process": archive_process, "processes": processes,
             "relay_port": sinks[0].port, "archive_port": sinks[1].port,
             "connections": connections, "profile": str(profile) if profile else None}
 
@@ -286,11 +287,11 @@ def prepare(folder: Path, sinks: tuple[Sink, Sink], size: int, *, bcc: bool, con
 
 def send(folder: Path, sinks: tuple[Sink, Sink], prepared: PostroomRun, *, bcc: bool,
          connections: int, profile: Path | None = None,
-         archive_process: bool = False) -> PostroomRun:
+         archive_process: bool = False, processes: int = 1) -> PostroomRun:
     """Send the prepared delivery (one child); check both sinks' counts against the log."""
     expected = prepared.prepare["to_send"]
     spec = {**_spec(folder, sinks, bcc=bcc, connections=connections, profile=profile,
-                    archive_process=archive_process),
+                    archive_process=archive_process, processes=processes),
             "mode": "send", "delivery_id": prepared.prepare["delivery_id"],
             "expected": expected}
     relay, archive = sinks[0].messages(), sinks[1].messages()
@@ -308,12 +309,12 @@ def send(folder: Path, sinks: tuple[Sink, Sink], prepared: PostroomRun, *, bcc: 
 
 def measure_postroom(tmp: Path, sinks: tuple[Sink, Sink], size: int, *, bcc: bool,
                      connections: int, mixed: bool = False,
-                     archive_process: bool = False) -> PostroomRun:
+                     archive_process: bool = False, processes: int = 1) -> PostroomRun:
     with tempfile.TemporaryDirectory(prefix="send-", dir=tmp) as name:
         folder = Path(name)
         prepared = prepare(folder, sinks, size, bcc=bcc, connections=connections, mixed=mixed)
         return send(folder, sinks, prepared, bcc=bcc, connections=connections,
-                    archive_process=archive_process)
+                    archive_process=archive_process, processes=processes)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -360,6 +361,11 @@ def run(options: dict[str, Any], tmp: Path) -> Results:
             results, "Postroom, Email BCC on, archive in its own process",
             lambda: measure_postroom(tmp, sinks, n, bcc=True, connections=connections,
                                      archive_process=True))
+        for bcc, name in ((False, "bcc_off_two"), (True, "bcc_on_two")):
+            setattr(results, name, _phase(
+                results, f"Postroom, Email BCC {'on' if bcc else 'off'}, 2 send processes",
+                functools.partial(measure_postroom, tmp, sinks, n, bcc=bcc,
+                                  connections=connections // 2, processes=2)))
         profiled = min(n, options["profile_recipients"])
         for bcc, measured in ((False, results.bcc_off), (True, results.bcc_on)):
             label = f"CPU split, Email BCC {'on' if bcc else 'off'} ({profiled:,} under cProfile)"

@@ -66,7 +66,8 @@ def _service(spec: dict[str, Any]) -> Postroom:
     settings = Settings(
         database_url=f"sqlite:///{spec['db']}",
         smtp=SmtpRelay(host="127.0.0.1", port=spec["relay_port"]),
-        sending=SendingSettings(connections=spec["connections"]),
+        sending=SendingSettings(connections=spec["connections"],
+                                processes=int(spec.get("processes", 1))),
         defaults=DefaultsSettings(from_name=FROM_NAME, from_address=FROM_ADDRESS,
                                   errors_to=ERRORS_TO),
         archive=ArchiveSettings(enabled=bcc, bcc_address=[ARCHIVE_ADDRESS] if bcc else [],

@@ -120,6 +120,11 @@ class SendingSettings(_Section):
         50, ge=0, description="Pause the delivery after this many transport failures in a row "
         "(no reply at all: connect, TLS, timeout, dropped); 0 never pauses."
     )
+    processes: int = Field(
+        1, ge=1, le=16, description="Processes that send one delivery in `postroom send`: "
+        "above 1, helper processes share its claims, each with its own `connections` (more "
+        "CPU cores; ADR 0031). Workers ignore it: run several workers instead."
+    )
     worker_poll_seconds: float = Field(
         1.0, gt=0, description="How often an idle `postroom worker` looks for work."
     )

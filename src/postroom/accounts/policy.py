@@ -46,6 +46,7 @@ REQUIRED: MappingProxyType[str, P | None] = MappingProxyType({
     "deliveries.logs": P.LOGS_READ,
     # sending (async IO)
     "sending.send": P.DELIVERIES_SEND,
+    "sending.send_share": P.DELIVERIES_SEND,  # a helper process of `send` (ADR 0031)
     "sending.work": P.OPERATIONS_MANAGE,
     # proofs (async IO)
     "proofs.proof": P.DELIVERIES_MANAGE,

@@ -137,7 +137,8 @@ def _summary(summary: RunSummary, pending: int) -> dict[str, Any]:
             "in_doubt": summary.in_doubt, "interrupted": summary.interrupted or None,
             "relay_faults": summary.relay_faults, "relay_fault": summary.relay_fault or None,
             "paused_reason": summary.paused_reason or None,
-            "archived": summary.archived, "archive_pending": summary.archive_pending}
+            "archived": summary.archived, "archive_pending": summary.archive_pending,
+            "helper_errors": summary.helper_errors}
 
 
 def _on_signal(first: bool) -> None:
@@ -168,8 +169,9 @@ def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
         _print_summary(summary, pending)
     if summary.interrupted:
         raise typer.Exit(130)  # as a shell reports a process ended by Ctrl-C
-    if summary.paused_reason or (summary.relay_faults and not summary.sent):
-        raise typer.Exit(1)  # it paused itself, or the relay took nothing
+    if summary.paused_reason or (summary.relay_faults and not summary.sent) \
+            or summary.helper_errors:
+        raise typer.Exit(1)  # it paused itself, the relay took nothing, or a helper failed
 
 
 def _print_summary(summary: RunSummary, pending: int) -> None:
@@ -179,6 +181,8 @@ def _print_summary(summary: RunSummary, pending: int) -> None:
                   f"failed {summary.failed}, retry later {summary.deferred}", highlight=False)
     if summary.paused_reason:
         console.print(f"[red]{summary.paused_reason}[/]", highlight=False)
+    for error in summary.helper_errors:
+        console.print(f"[red]{error}[/]", highlight=False)
     if summary.relay_faults:
         console.print(f"[red]relay fault:[/] {summary.relay_fault}", highlight=False)
         if not summary.paused_reason:

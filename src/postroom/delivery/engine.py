@@ -81,6 +81,7 @@ class RunSummary:
     # "halted": a first Ctrl-C or SIGTERM, in-flight messages finished and were recorded;
     # "stopped": a second Ctrl-C, messages on the wire were left in doubt (`in_doubt`).
     interrupted: str = ""
+    helper_errors: list[str] = field(default_factory=list)  # helper send processes that failed
 
 
 def doubtful(update: LogUpdate, outcome: Outcome, policy: InDoubtPolicy) -> LogUpdate:
