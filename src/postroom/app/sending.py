@@ -112,7 +112,8 @@ class SendingService:
     async def send_share(self, delivery_id: int, *, progress: Callable[[int], None] | None,
                          halt: asyncio.Event, abort: asyncio.Event) -> RunSummary:
         """A helper process's share of `send` (app/send_process.py): the same engine under
-        its own sender identity, leaving the archive copies to the parent's loop."""
+        its own sender identity, draining the archive outbox in its own loop as a worker does
+        (the parent's loop takes the copies left when it ends)."""
         ctx = self._ctx
         store = ctx.senders_store()
         engine = self._engine(store, self._archiver(store, own_process=False))
