@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -114,3 +115,39 @@ def test_a_halt_reaches_the_helpers_and_leaves_nothing_claimed(
     assert len(relay.messages) == len(sent)  # what went was recorded, by either process
     assert _claimed(postroom, delivery_id) == 0
     assert all(ended for kind, _, _, ended in _senders(postroom) if kind == "send")
+
+
+def test_a_helper_killed_mid_send_is_reported_and_its_logs_are_sent_by_the_parent(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    both_running = threading.Event()
+    relay = capture(script=Script().on_data(lambda _: True, Hold(both_running)))
+    archive = capture()
+    postroom = make_postroom(sqlite_url, relay, archive=archive,
+                             sending={"processes": 2, "connections": 2, "batch_size": 20,
+                                      "lease_seconds": 2, "wait_for_retries_seconds": 10})
+    delivery_id = _delivery(postroom, tmp_path, _people(200))
+    killed: list[int] = []
+
+    def kill_the_helper() -> None:
+        _open_when_two_send(postroom, threading.Event())  # waits until both run
+        [pid] = [pid for kind, pid, _, ended in _senders(postroom)
+                 if kind == "send" and pid != os.getpid() and not ended]
+        time.sleep(0.5)  # it has claimed a batch and holds it on the wire
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        both_running.set()
+
+    killer = threading.Thread(target=kill_the_helper)
+    killer.start()
+    summary = asyncio.run(postroom.sending.send(delivery_id))
+    killer.join()
+
+    assert killed
+    [error] = summary.helper_errors
+    assert "exit code -9" in error and "lease runs out" in error
+    logs = _all_logs(postroom, delivery_id)
+    assert all(log.status is LogStatus.SENT for log in logs)  # its logs taken over and sent
+    assert summary.state is DeliveryState.FINISHED
+    assert _claimed(postroom, delivery_id) == 0
