@@ -100,11 +100,12 @@ class Prepared:
         conn.exec_driver_sql(compiled.sql, params)
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
-        found = self._by_dialect.get(dialect.name)
+        key = f"{dialect.name}+{dialect.driver}"  # the driver decides placeholders and casts
+        found = self._by_dialect.get(key)
         if found is None:
             with self._lock:
                 found = self._by_dialect.setdefault(
-                    dialect.name, _compile(self._statement, self._columns, dialect))
+                    key, _compile(self._statement, self._columns, dialect))
         return found
 
 
