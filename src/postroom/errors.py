@@ -104,4 +104,9 @@ class TransportError(PostroomError, ConnectionError):
 
 
 class DatabaseUnavailable(PostroomError, ConnectionError):
-    """The database kept failing for longer than a sender waits for it (database_wait_seconds)."""
+    """The database kept failing for longer than a sender waits for it (database_wait_seconds);
+    `stopped`: the wait was cut short by a stop request (SIGTERM), not given up."""
+
+    def __init__(self, message: str, *, stopped: bool = False) -> None:
+        super().__init__(message)
+        self.stopped = stopped

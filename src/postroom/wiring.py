@@ -111,15 +111,16 @@ def _signers(keys: list[DkimKey]) -> dict[str, DkimSigner]:
     return signers
 
 
-def _open_store(url: str, wait_seconds: float = 0.0) -> SqlStore:
+def _open_store(url: str, wait_seconds: float = 0.0,
+                stop: Callable[[], bool] | None = None) -> SqlStore:
     """The store at `url`; an unusable URL or an unreachable database is a ConfigError of
     one line (the URL printed without its password). `wait_seconds`: a database that does not
-    answer yet is retried meanwhile (DatabaseUnavailable after that)."""
+    answer yet is retried meanwhile (DatabaseUnavailable after that, or once `stop()`)."""
     where = f"database_url {mask_url(url)}"
     try:
         if wait_seconds:
             return retry_database(lambda: open_store(url), what="opening the database",
-                                  wait_seconds=wait_seconds)
+                                  wait_seconds=wait_seconds, stop=stop)
         return open_store(url)
     except NoSuchModuleError:  # (an ArgumentError)
         raise ConfigError(f"{where}: unknown database or driver (sqlite, "
@@ -136,14 +137,16 @@ def _open_store(url: str, wait_seconds: float = 0.0) -> SqlStore:
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now,
-          wait_for_database: float = 0.0) -> Postroom:
+          wait_for_database: float = 0.0,
+          stop_waiting: Callable[[], bool] | None = None) -> Postroom:
     """A ready Postroom: database opened and migrated, SMTP connectors configured.
 
-    `wait_for_database` seconds: a database that does not answer yet is retried meanwhile.
+    `wait_for_database` seconds: a database that does not answer yet is retried meanwhile,
+    unless `stop_waiting()` says to give up (a worker asked to stop while it waits).
     """
     sending = settings.sending
     allow_test_domains(settings.allow_test_domains)
-    store = _open_store(settings.database_url, wait_for_database)
+    store = _open_store(settings.database_url, wait_for_database, stop_waiting)
     web = settings.web
     secret = web.secret_key.get_secret_value() or store.instance_secret(
         "link-signing", lambda: secrets.token_hex(32))

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from postroom.app import Postroom
@@ -36,12 +37,23 @@ def start_worker(config: Path, log: Path,
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     env.update(secrets or {})
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(config),
-                                 "worker"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(config),
+                                    "worker"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    _STARTED[process.pid] = time.monotonic()
+    return process
+
+
+_STARTED: dict[int, float] = {}
+# The interpreter's own start, before `held_signal.hold()` runs: a SIGTERM there still takes
+# the default action (tens of milliseconds; a real supervisor has the same window).
+_INTERPRETER_START = 0.3
 
 
 def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
                 timeout: float = 30) -> int:
+    started = _STARTED.pop(process.pid, None)
+    if started is not None and sig == signal.SIGTERM:
+        time.sleep(max(0.0, started + _INTERPRETER_START - time.monotonic()))
     if process.poll() is None:
         process.send_signal(sig)
     try:

@@ -61,6 +61,26 @@ def test_a_database_down_longer_than_the_wait_raises_a_clear_error() -> None:
     assert clock.now <= 10.0 + 1e-9, "never waits past the limit"
 
 
+def test_a_stop_request_ends_the_wait_after_the_failure_it_follows() -> None:
+    clock = Clock()
+    asked = iter([False, False, True])
+    with pytest.raises(DatabaseUnavailable, match=r"stopped while waiting 0\.3 s for the "
+                       r"database in opening") as raised:
+        retry_database(_down(1000, _refused()), what="opening",  # type: ignore[arg-type]
+                       wait_seconds=300, sleep=clock.sleep, monotonic=clock.monotonic,
+                       stop=lambda: next(asked))
+    assert raised.value.stopped and clock.sleeps == [0.1, 0.2]
+
+
+def test_a_wait_given_up_is_not_a_stop() -> None:
+    clock = Clock()
+    with pytest.raises(DatabaseUnavailable) as raised:
+        retry_database(_down(1000, _refused()), what="record",  # type: ignore[arg-type]
+                       wait_seconds=1, sleep=clock.sleep, monotonic=clock.monotonic,
+                       stop=lambda: False)
+    assert not raised.value.stopped
+
+
 def test_an_error_that_waiting_cannot_mend_is_tried_three_times() -> None:
     clock = Clock()
     error = IntegrityError("INSERT", {}, ValueError("duplicate key"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from postroom import held_signal
 from postroom.app.errors import error_kind, mapping_for
 from postroom.cli import (
     accounts,
@@ -71,6 +72,8 @@ def _root(
                                        help="Print the version and exit."),
 ) -> None:
     ctx.obj = State(config_file)
+    if ctx.invoked_subcommand != "worker":
+        held_signal.release()  # only a worker holds a SIGTERM that comes while it starts
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from rich.style import StyleType
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from postroom import held_signal
 from postroom.accounts.actor import cli_actor
 from postroom.app import Postroom
 from postroom.errors import ConfigError
@@ -70,7 +71,8 @@ class State:
         """The Postroom of these settings. A SQLite file that does not exist is created only
         when `create` (`postroom init`): elsewhere it is an error, since it usually means the
         command ran outside the folder of its postroom.toml. `wait_for_database`: a database
-        that is down at start is waited for (sending.database_wait_seconds), as a worker does."""
+        that is down at start is waited for (sending.database_wait_seconds), as a worker does,
+        until a held SIGTERM (held_signal) ends the wait."""
         if self._postroom is None:
             from postroom.wiring import build
 
@@ -81,7 +83,8 @@ class State:
                     raise ConfigError(self._missing_database(path))
                 path.parent.mkdir(parents=True, exist_ok=True)
             self._postroom = build(settings, wait_for_database=settings.sending
-                                   .database_wait_seconds if wait_for_database else 0.0)
+                                   .database_wait_seconds if wait_for_database else 0.0,
+                                   stop_waiting=held_signal.received)
         return self._postroom
 
     def app(self, *, wait_for_database: bool = False) -> Postroom:

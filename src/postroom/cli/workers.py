@@ -12,6 +12,7 @@ import typer
 from postroom.cli.common import JsonOption, Table, console, emit_json, err_console, state
 from postroom.delivery.engine import RunSummary
 from postroom.delivery.worker import halting_on_signals
+from postroom.errors import DatabaseUnavailable
 
 
 def worker(
@@ -27,7 +28,13 @@ def worker(
     worker waits and retries; past that it exits 1 with the reason."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    postroom = state(ctx).app(wait_for_database=True)
+    try:
+        postroom = state(ctx).app(wait_for_database=True)
+    except DatabaseUnavailable as exc:
+        if not exc.stopped:
+            raise
+        console.print(f"worker stopped before it started: {exc}", highlight=False)
+        return
 
     def on_run(run: RunSummary) -> None:
         if not as_json:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from postroom import held_signal
 from postroom.delivery.archive import Archiver
 from postroom.delivery.engine import Engine, RunSummary
 from postroom.delivery.liveness import ARCHIVE, SEND, Liveness
@@ -43,6 +44,7 @@ async def halting_on_signals(halt: asyncio.Event, work: Coroutine[Any, Any, T], 
     a second signal sets `abort` (stop at once), if given. `notify(first)` is called at each
     signal, at once, so that the user hears what happens.
 
+    A SIGTERM held while the process started (held_signal) counts as a first signal, at once.
     Outside the main thread signals cannot be caught; `work` then runs as is.
     """
     loop = asyncio.get_running_loop()
@@ -63,6 +65,8 @@ async def halting_on_signals(halt: asyncio.Event, work: Coroutine[Any, Any, T], 
             caught.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):
             break
+    if caught and held_signal.received():
+        on_signal()
     try:
         return await work
     finally:

@@ -48,8 +48,11 @@ def _transient(exc: DBAPIError) -> bool:
 
 def retry_database(call: Callable[[], T], *, what: str, wait_seconds: float,
                    sleep: Callable[[float], None] = time.sleep,
-                   monotonic: Callable[[], float] = time.monotonic) -> T:
-    """Run `call`, again after each database error, until it succeeds or `wait_seconds` pass."""
+                   monotonic: Callable[[], float] = time.monotonic,
+                   stop: Callable[[], bool] | None = None) -> T:
+    """Run `call`, again after each database error, until it succeeds or `wait_seconds` pass;
+    `stop()` true after a failure (a SIGTERM came meanwhile) ends the wait at once with
+    `DatabaseUnavailable` (its `stopped` set)."""
     started: float | None = None
     pause = _FIRST_PAUSE
     tries = 0
@@ -64,6 +67,10 @@ def retry_database(call: Callable[[], T], *, what: str, wait_seconds: float,
                 log.warning("database error in %s (%s); retrying for up to %.0f s",
                             what, describe(exc), wait_seconds)
             waited = now - started
+            if stop is not None and stop():
+                raise DatabaseUnavailable(
+                    f"stopped while waiting {waited:.1f} s for the database in {what} "
+                    f"({describe(exc)})", stopped=True) from exc
             if waited >= wait_seconds or (not _transient(exc) and tries >= _OTHER_ERROR_TRIES):
                 raise DatabaseUnavailable(
                     f"the database failed for {waited:.1f} s in {what} ({describe(exc)}); "
