@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from postroom.app import Postroom
 from postroom.bounces.quarantine import AddressEvent, AddressStatus
 from postroom.domain.models import LogUpdate, Target
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.states import DeliveryState, LogStatus
+from postroom.storage.schema import archive_outbox
 from postroom.storage.sql import SqlStore
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -109,3 +110,37 @@ def test_recording_a_batch_costs_the_same_statements_whatever_its_size(
         assert state.last_reason is FailureReason.USER_UNKNOWN
     counts = {row["normalized"]: row["count"] for row in sql.list_unqualified()}
     assert sorted(counts.values()) == [6, 6]  # 2 + 10 deferrals, two texts, counted apart
+
+
+def test_claiming_archive_copies_is_one_statement_on_sqlite(store: tuple[SqlStore, int]) -> None:
+    """The archive loop's claim (issue 16, point 3): on SQLite one UPDATE ... RETURNING takes
+    the copies and brings their bytes back; on PostgreSQL, lock, update and read. Either way the
+    copies come in id order, each once, with the bytes that were recorded."""
+    sql, delivery_id = store
+    batch = sql.claim_due(delivery_id, T0, 12, LEASE, worker="w")
+    data = {t.log_id: f"copy of {t.log_id}\r\n".encode() for t in batch}
+    sql.record([LogUpdate(log_id=t.log_id, status=LogStatus.SENT, attempts=1,
+                          next_attempt_at=None, smtp_reply="250 OK", sent_at=T0,
+                          archive_data=data[t.log_id]) for t in batch], T0)
+
+    with _counted(sql) as statements:
+        first = sql.claim_archive(T0, 5, LEASE, delivery_id=delivery_id, worker="a")
+    rest = sql.claim_archive(T0, 50, LEASE, worker="a")
+    held = sql.claim_archive(T0 + LEASE - timedelta(seconds=1), 50, LEASE, worker="b")
+    taken_over = sql.claim_archive(T0 + LEASE + timedelta(seconds=1), 50, LEASE,
+                                   delivery_id=delivery_id, worker="b")
+
+    if sql.engine.dialect.name == "sqlite":
+        assert statements == ["UPDATE"]
+    else:
+        assert len(statements) <= 3, statements
+    assert len(first) == 5 and len(rest) == 7 and held == []
+    copies = first + rest
+    assert [c.id for c in copies] == sorted(c.id for c in copies)
+    assert len({c.id for c in copies}) == 12
+    assert {c.log_id: c.data for c in copies} == data
+    assert all(c.delivery_id == delivery_id and c.attempts == 0 for c in copies)
+    assert [c.id for c in taken_over] == [c.id for c in copies]
+    with sql.engine.connect() as conn:  # a takeover counts each copy in doubt, once
+        doubts = conn.execute(select(archive_outbox.c.in_doubt, archive_outbox.c.claimed_by)).all()
+    assert sorted(doubts) == [(1, "b")] * 12

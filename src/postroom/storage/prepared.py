@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Integer, LargeBinary, String
+from sqlalchemy import Boolean, Connection, Integer, LargeBinary, Row, String
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql.expression import Executable
 
@@ -86,18 +86,13 @@ class Prepared:
         if not rows:
             return
         compiled = self._compiled(conn.dialect)
-        conversions = compiled.converters.items()
-        if compiled.positional:
-            constants, order = compiled.constants, compiled.order
-            converted = [{name: convert(row[name]) for name, convert in conversions}
-                         for row in rows]
-            params: Any = [tuple(values[name] if name in values else constants[name]
-                                 for name in order) for values in converted]
-        else:
-            params = [{**compiled.constants,
-                       **{name: convert(row[name]) for name, convert in conversions}}
-                      for row in rows]
-        conn.exec_driver_sql(compiled.sql, params)
+        conn.exec_driver_sql(compiled.sql, [_params(compiled, row) for row in rows])
+
+    def fetch(self, conn: Connection, values: Mapping[str, Any]) -> list[Row[Any]]:
+        """Execute once, for one set of values, and return the rows it produced (a SELECT, or
+        a statement with RETURNING), as the driver gives them (no result-type processing)."""
+        compiled = self._compiled(conn.dialect)
+        return list(conn.exec_driver_sql(compiled.sql, _params(compiled, values)).all())
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
         key = f"{dialect.name}+{dialect.driver}"  # the driver decides placeholders and casts
@@ -107,6 +102,17 @@ class Prepared:
                 found = self._by_dialect.setdefault(
                     key, _compile(self._statement, self._columns, dialect))
         return found
+
+
+def _params(compiled: _Compiled, row: Mapping[str, Any]) -> Any:
+    """One row's parameters as the driver takes them: a tuple in the statement's order
+    (positional dialects), else a mapping; constants filled in, values converted."""
+    values = {name: convert(row[name]) for name, convert in compiled.converters.items()}
+    if compiled.positional:
+        constants = compiled.constants
+        return tuple(values[name] if name in values else constants[name]
+                     for name in compiled.order)
+    return {**compiled.constants, **values}
 
 
 def _compile(statement: Executable, columns: tuple[str, ...], dialect: Dialect) -> _Compiled:
