@@ -4,6 +4,7 @@ back equal, constants and column defaults bound, and types it cannot convert ref
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -135,3 +136,48 @@ def test_an_insert_needs_a_value_for_a_column_whose_default_is_computed(
                   Column("n", Integer, default=lambda: 1))
     with engine.begin() as conn, pytest.raises(TypeError, match="needs a value for n"):
         Prepared(insert(table), columns=["id"]).run(conn, [{"id": 1}])
+
+
+def test_a_time_formatted_again_gets_its_own_text_whichever_came_between() -> None:
+    first, second = T0, T0 + timedelta(hours=1, microseconds=3)
+    in_delhi = second.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    assert [sqlite_time(first), sqlite_time(first), sqlite_time(second), sqlite_time(in_delhi),
+            sqlite_time(first)] == ["2026-11-27 12:00:00.000000", "2026-11-27 12:00:00.000000",
+                                    "2026-11-27 13:00:00.000003", "2026-11-27 13:00:00.000003",
+                                    "2026-11-27 12:00:00.000000"]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        sqlite_time(datetime(2026, 11, 27, 12))  # the same wall time, naive: still refused
+
+
+def test_statements_with_one_per_row_value_none_or_one_used_twice(engine: Engine) -> None:
+    add = Prepared(insert(things), columns=["id", "state", "reason", "at"])
+    with engine.begin() as conn:
+        add.run(conn, [{"id": i, "state": "pending", "reason": None, "at": T0}
+                       for i in (1, 2, 3)])
+    one = Prepared(update(things).where(things.c.id == bindparam("b_id")).values(count=5))
+    every = Prepared(update(things).values(state=ArchiveState.FAILED))
+    twice = Prepared(update(things).where(things.c.id == bindparam("b_n"))
+                     .values(reason=bindparam("b_n"), at=bindparam("b_at")))
+    with engine.begin() as conn:
+        every.run(conn, [{}])
+        one.run(conn, [{"b_id": 1}, {"b_id": 3}])
+        twice.run(conn, [{"b_n": 2, "b_at": T0 + timedelta(days=1)}])
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(
+            select(things.c.id, things.c.state, things.c.reason, things.c.at, things.c.count)
+            .order_by(things.c.id))]
+    assert rows == [(1, "failed", None, T0, 5), (2, "failed", 2, T0 + timedelta(days=1), 7),
+                    (3, "failed", None, T0, 5)]
+
+
+class _Shade(enum.Enum):  # neither str nor int: the driver takes only its value
+    DARK = "dark"
+    CODE = 3
+
+
+def test_a_plain_enum_is_written_as_its_value(engine: Engine) -> None:
+    add = Prepared(insert(things), columns=["id", "state", "reason", "at"])
+    with engine.begin() as conn:
+        add.run(conn, [{"id": 1, "state": _Shade.DARK, "reason": _Shade.CODE, "at": None}])
+    with engine.connect() as conn:
+        assert tuple(conn.execute(select(things.c.state, things.c.reason)).one()) == ("dark", 3)

@@ -33,8 +33,13 @@ GENESIS = "0" * 64
 
 
 def format_time(moment: datetime) -> str:
-    """UTC, microseconds, `Z`: the one text form of a time in the ledger."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, microseconds, `Z`: the one text form of a time in the ledger (`strftime`'s
+    `%Y-%m-%dT%H:%M:%S.%fZ`, written out: twice per archived copy, at half the cost)."""
+    t = moment.astimezone(UTC)
+    if t.year < 1000:  # strftime's %Y does not pad these; keep its text exactly
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (f"{t.year}-{t.month:02d}-{t.day:02d}T"
+            f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}Z")
 
 
 def canonical(fields: dict[str, Any]) -> bytes:

@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from postroom.archive.ledger import Checkpoint, Entry, new_entry
 from postroom.archive.signing import Signer
@@ -41,6 +53,24 @@ __all__ = [
 
 _READ_BATCH = 2000
 _INSERT_ENTRY = Prepared(insert(archive_ledger), columns=[c.name for c in archive_ledger.columns])
+# The append's statements are built once (SQLAlchemy caches their compiled form): building them
+# per append was a tenth of its time with Email BCC on (bench/RESULTS.md, issue 16).
+_head = archive_ledger_head.c
+_LOCK_HEAD = (update(archive_ledger_head).where(_head.id == 1).values(count=_head.count)
+              .returning(_head.count, _head.head, _head.checkpoint_count, _head.checkpoint_at))
+_SET_HEAD = (update(archive_ledger_head).where(_head.id == 1)
+             .values(count=bindparam("b_count"), head=bindparam("b_head")))
+_o, _log = archive_outbox.c, delivery_logs.c
+# The state is checked in Python, not in the WHERE: with `state = 'archived'` there, SQLite
+# (no statistics) walked ix_archive_due's range of every archived copy instead of looking the
+# ids up, which made each append cost O(archive) (bench/RESULTS.md, issue 16).
+_NOT_ENTERED = (
+    select(_o.id, _o.state, _o.delivery_id, _o.log_id, _o.sha256, _o.reply, _o.archived_at,
+           _o.created_at, _log.message_id, _log.size, _log.sent_at)
+    .join(delivery_logs, _log.id == _o.log_id)
+    .where(_o.id.in_(bindparam("b_ids", expanding=True)),
+           ~select(archive_ledger.c.seq).where(archive_ledger.c.copy_id == _o.id).exists())
+    .order_by(_o.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +93,8 @@ class LedgerHead:
 
 def _lock_head(conn: Connection) -> LedgerHead:
     """Take the chain head for this transaction (a no-op write: a row lock on PostgreSQL, the
-    write lock on SQLite) and read it."""
-    h = archive_ledger_head.c
-    conn.execute(update(archive_ledger_head).where(h.id == 1).values(count=h.count))
-    row = conn.execute(select(archive_ledger_head).where(h.id == 1)).one()
+    write lock on SQLite) and read it, in one statement."""
+    row = conn.execute(_LOCK_HEAD).one()
     return LedgerHead(row._mapping["count"], row.head, row.checkpoint_count, row.checkpoint_at)
 
 
@@ -87,17 +115,8 @@ def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
     if not config.enabled or not copy_ids:
         return 0
     head = _lock_head(conn)
-    o, log = archive_outbox.c, delivery_logs.c
-    # The state is checked here, not in the WHERE: with `state = 'archived'` there, SQLite
-    # (no statistics) walked ix_archive_due's range of every archived copy instead of looking
-    # the ids up, which made each append cost O(archive) (bench/RESULTS.md, issue 16).
-    rows = [row for row in conn.execute(
-        select(o.id, o.state, o.delivery_id, o.log_id, o.sha256, o.reply, o.archived_at,
-               o.created_at, log.message_id, log.size, log.sent_at)
-        .join(delivery_logs, delivery_logs.c.id == o.log_id)
-        .where(o.id.in_(list(copy_ids)),
-               ~select(archive_ledger.c.seq).where(archive_ledger.c.copy_id == o.id).exists())
-        .order_by(o.id)) if row.state == ArchiveState.ARCHIVED]
+    rows = [row for row in conn.execute(_NOT_ENTERED, {"b_ids": list(copy_ids)})
+            if row.state == ArchiveState.ARCHIVED]
     if not rows:
         return 0
     values: list[dict[str, Any]] = []
@@ -115,8 +134,7 @@ def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
                        "accepted_at": entry.accepted_at, "acked_at": entry.acked_at,
                        "ack": entry.ack, "prev": entry.prev, "hash": entry.hash})
     _INSERT_ENTRY.run(conn, values)
-    conn.execute(update(archive_ledger_head).where(archive_ledger_head.c.id == 1)
-                 .values(count=count, head=prev))
+    conn.execute(_SET_HEAD, {"b_count": count, "b_head": prev})
     if config.signer is not None and (
             count - head.checkpoint_count >= config.checkpoint_every
             or head.checkpoint_at is None

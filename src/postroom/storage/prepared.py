@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Boolean, Connection, Integer, LargeBinary, Row, String
@@ -40,10 +41,21 @@ def sqlite_time(value: datetime | None) -> str | None:
     microseconds (so that text comparison orders times)."""
     if value is None:
         return None
+    last = _last_time[0]
+    if value is last[0]:  # a batch's rows mostly carry one `now`: format it once
+        return last[1]
     _check_aware(value)
     t = value.astimezone(UTC)
-    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+    text = (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
             f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}")
+    _last_time[0] = (value, text)
+    return text
+
+
+# The last time formatted, with its text, as one tuple in a one-item list: threads read and
+# replace the pair as a whole. Matched by identity: an aware datetime is immutable, so the same
+# object always has the same text.
+_last_time: list[tuple[datetime | None, str]] = [(None, "")]
 
 
 def _aware_time(value: datetime | None) -> datetime | None:
@@ -70,6 +82,7 @@ class _Compiled:
     order: tuple[str, ...]  # every bind, in the statement's order (positional dialects)
     constants: Mapping[str, Any]  # binds with a value fixed in the statement, converted
     converters: Mapping[str, Convert]  # per-row binds: their conversion
+    params: Callable[[Mapping[str, Any]], Any]  # one row's values -> the driver's parameters
 
 
 class Prepared:
@@ -86,13 +99,14 @@ class Prepared:
         if not rows:
             return
         compiled = self._compiled(conn.dialect)
-        conn.exec_driver_sql(compiled.sql, [_params(compiled, row) for row in rows])
+        params = compiled.params
+        conn.exec_driver_sql(compiled.sql, [params(row) for row in rows])
 
     def fetch(self, conn: Connection, values: Mapping[str, Any]) -> list[Row[Any]]:
         """Execute once, for one set of values, and return the rows it produced (a SELECT, or
         a statement with RETURNING), as the driver gives them (no result-type processing)."""
         compiled = self._compiled(conn.dialect)
-        return list(conn.exec_driver_sql(compiled.sql, _params(compiled, values)).all())
+        return list(conn.exec_driver_sql(compiled.sql, compiled.params(values)).all())
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
         key = f"{dialect.name}+{dialect.driver}"  # the driver decides placeholders and casts
@@ -104,15 +118,44 @@ class Prepared:
         return found
 
 
-def _params(compiled: _Compiled, row: Mapping[str, Any]) -> Any:
-    """One row's parameters as the driver takes them: a tuple in the statement's order
-    (positional dialects), else a mapping; constants filled in, values converted."""
-    values = {name: convert(row[name]) for name, convert in compiled.converters.items()}
-    if compiled.positional:
-        constants = compiled.constants
-        return tuple(values[name] if name in values else constants[name]
-                     for name in compiled.order)
-    return {**compiled.constants, **values}
+def _row_params(positional: bool, order: tuple[str, ...], constants: Mapping[str, Any],
+                converters: Mapping[str, Convert]) -> Callable[[Mapping[str, Any]], Any]:
+    """The function that turns one row's values into the driver's parameters: a tuple in the
+    statement's order (positional dialects), else a mapping; constants filled in, values
+    converted. Built once per compiled statement: a row costs one C-level lookup of all its
+    values and a loop over them, not a dict and a generator per row (the hot path of ADR
+    0031's `executemany`s)."""
+    names = tuple(name for name in (order if positional else converters) if name in converters)
+    if not names:
+        fixed = tuple(constants[name] for name in order) if positional else dict(constants)
+        return lambda row: fixed
+    pick = itemgetter(*names)
+    one = len(names) == 1
+    convert = tuple(converters[name] for name in names)
+    if positional:
+        template = [constants.get(name) for name in order]
+        places = tuple(i for i, name in enumerate(order) if name in converters)
+
+        def positional_params(row: Mapping[str, Any]) -> tuple[Any, ...]:
+            picked = (pick(row),) if one else pick(row)
+            out = template.copy()
+            for place, conv, value in zip(places, convert, picked, strict=True):
+                if conv is not _plain:
+                    out[place] = conv(value)
+                elif isinstance(value, enum.Enum):  # `_plain`, inlined
+                    out[place] = value.value
+                else:
+                    out[place] = value
+            return tuple(out)
+        return positional_params
+
+    def named_params(row: Mapping[str, Any]) -> dict[str, Any]:
+        picked = (pick(row),) if one else pick(row)
+        out = dict(constants)
+        for name, conv, value in zip(names, convert, picked, strict=True):
+            out[name] = conv(value)
+        return out
+    return named_params
 
 
 def _compile(statement: Executable, columns: tuple[str, ...], dialect: Dialect) -> _Compiled:
@@ -134,7 +177,9 @@ def _compile(statement: Executable, columns: tuple[str, ...], dialect: Dialect) 
             raise TypeError(f"a prepared INSERT needs a value for {column.key}")
         constants[column.key] = _converter(column.type, dialect)(default.arg)
     order = tuple(compiled.positiontup or ())
-    return _Compiled(str(compiled), bool(compiled.positiontup), order, constants, converters)
+    positional = bool(compiled.positiontup)
+    return _Compiled(str(compiled), positional, order, constants, converters,
+                     _row_params(positional, order, constants, converters))
 
 
 def _converter(kind: Any, dialect: Dialect) -> Convert:

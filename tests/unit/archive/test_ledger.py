@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from postroom.archive.audit import audit
-from postroom.archive.ledger import GENESIS, Entry, new_entry
+from postroom.archive.ledger import GENESIS, Entry, canonical, format_time, new_entry
 from postroom.archive.signing import Signer, new_private_key_hex, verify_checkpoint
 from postroom.errors import ConfigError
 
@@ -106,3 +108,20 @@ def test_the_signing_key_is_never_shown_and_bad_keys_are_clear() -> None:
     assert seed not in repr(signer) and public in repr(signer)
     with pytest.raises(ConfigError, match=r"archive\.ledger_key"):
         Signer("not a key")
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-11))])))
+def test_a_time_is_written_as_strftime_writes_it(moment: datetime) -> None:
+    assert format_time(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_times_in_the_ledger_are_utc_with_microseconds() -> None:
+    in_paris = timezone(timedelta(hours=1))
+    assert format_time(T0.astimezone(in_paris)) == "2026-01-05T09:30:00.000000Z"
+    assert format_time(datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=UTC)) == "999-03-04T05:06:07.000008Z"
+    assert canonical(_chain(1)[0].body()) == (
+        b'{"accepted_at":"2026-01-05T09:30:01.000000Z","ack":"250 ok",'
+        b'"acked_at":"2026-01-05T09:30:01.000007Z","delivery":1,"log":1,'
+        b'"message_id":"<1.1.s@x>","sha256":"' + b"0" * 63 + b'1","size":1001}')
