@@ -78,10 +78,6 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     sql: str
-    positional: bool
-    order: tuple[str, ...]  # every bind, in the statement's order (positional dialects)
-    constants: Mapping[str, Any]  # binds with a value fixed in the statement, converted
-    converters: Mapping[str, Convert]  # per-row binds: their conversion
     params: Callable[[Mapping[str, Any]], Any]  # one row's values -> the driver's parameters
 
 
@@ -118,13 +114,14 @@ class Prepared:
         return found
 
 
-def _row_params(positional: bool, order: tuple[str, ...], constants: Mapping[str, Any],
+def _row_params(order: tuple[str, ...], constants: Mapping[str, Any],
                 converters: Mapping[str, Convert]) -> Callable[[Mapping[str, Any]], Any]:
     """The function that turns one row's values into the driver's parameters: a tuple in the
-    statement's order (positional dialects), else a mapping; constants filled in, values
-    converted. Built once per compiled statement: a row costs one C-level lookup of all its
-    values and a loop over them, not a dict and a generator per row (the hot path of ADR
-    0031's `executemany`s)."""
+    statement's `order` (positional dialects; empty for named ones), else a mapping; constants
+    filled in, values converted. Built once per compiled statement: a row costs one C-level
+    lookup of all its values and a loop over them, not a dict and a generator per row (the hot
+    path of ADR 0031's `executemany`s)."""
+    positional = bool(order)
     names = tuple(name for name in (order if positional else converters) if name in converters)
     if not names:
         fixed = tuple(constants[name] for name in order) if positional else dict(constants)
@@ -176,10 +173,8 @@ def _compile(statement: Executable, columns: tuple[str, ...], dialect: Dialect) 
         if default is None or not default.is_scalar:
             raise TypeError(f"a prepared INSERT needs a value for {column.key}")
         constants[column.key] = _converter(column.type, dialect)(default.arg)
-    order = tuple(compiled.positiontup or ())
-    positional = bool(compiled.positiontup)
-    return _Compiled(str(compiled), positional, order, constants, converters,
-                     _row_params(positional, order, constants, converters))
+    order = tuple(compiled.positiontup or ())  # every bind in the statement's order, if positional
+    return _Compiled(str(compiled), _row_params(order, constants, converters))
 
 
 def _converter(kind: Any, dialect: Dialect) -> Convert:
