@@ -34,7 +34,7 @@ GENESIS = "0" * 64
 
 def format_time(moment: datetime) -> str:
     """UTC, microseconds, `Z`: the one text form of a time in the ledger (`strftime`'s
-    `%Y-%m-%dT%H:%M:%S.%fZ`, written out: twice per archived copy, at half the cost)."""
+    `%Y-%m-%dT%H:%M:%S.%fZ`, written out: twice per archived copy, 1.4 µs against 2.0)."""
     t = moment.astimezone(UTC)
     if t.year < 1000:  # strftime's %Y does not pad these; keep its text exactly
         return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
