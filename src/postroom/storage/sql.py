@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
 from postroom.storage import migrate
 from postroom.storage.audience import AudienceStore
@@ -28,6 +28,7 @@ from postroom.storage.reports import ReportStore
 from postroom.storage.sending import SendingStore
 from postroom.storage.templates import TemplateStore
 from postroom.storage.workers import WorkerStore
+from postroom.storage.write_turn import TurnConnection
 
 __all__ = ["SqlStore", "open_store"]
 
@@ -43,8 +44,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def open_store(url: str) -> SqlStore:
     """Open (and migrate to the newest schema) the database at `url`."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
+    sqlite = make_url(url).get_backend_name() == "sqlite"
+    # On SQLite, writers take turns through a lock file (storage/write_turn.py).
+    engine = create_engine(url, connect_args={"factory": TurnConnection} if sqlite else {})
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     migrate.upgrade(engine)
     return SqlStore(engine)
