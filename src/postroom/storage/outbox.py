@@ -7,13 +7,27 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, String, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
+from postroom.errors import StateError
 from postroom.storage.common import CHUNK, unclaimed
 from postroom.storage.ledger import LedgerConfig, append_entries
 from postroom.storage.prepared import Prepared
-from postroom.storage.schema import archive_outbox
+from postroom.storage.schema import archive_copy_data, archive_outbox
 
 __all__ = ["OutboxStore"]
 
@@ -23,7 +37,17 @@ _ARCHIVED = Prepared(
            archive_outbox.c.state == ArchiveState.PENDING)
     .values(state=ArchiveState.ARCHIVED, claimed_until=None, claimed_by=None,
             reply=bindparam("b_reply"), attempts=archive_outbox.c.attempts + 1,
-            archived_at=bindparam("b_now"), data=None, next_attempt_at=bindparam("b_now")))
+            archived_at=bindparam("b_now"), next_attempt_at=bindparam("b_now")))
+# An archived copy's bytes are no longer kept; a copy whose result did not apply (it was not
+# pending) keeps them. The copies are looked up by id and their state checked in Python: with
+# `state = 'archived'` in the WHERE, SQLite walked ix_archive_due's range of every archived
+# copy (as the ledger's append did, ADR 0031).
+_STATES_OF = (select(archive_outbox.c.log_id, archive_outbox.c.state)
+              .where(archive_outbox.c.id.in_(bindparam("b_ids", expanding=True))))
+_DROP_DATA = delete(archive_copy_data).where(
+    archive_copy_data.c.log_id.in_(bindparam("b_logs", expanding=True)))
+_DATA_OF = (select(archive_copy_data.c.log_id, archive_copy_data.c.data)
+            .where(archive_copy_data.c.log_id.in_(bindparam("b_logs", expanding=True))))
 
 
 _CLAIMS_ON_SQLITE: dict[bool, Prepared] = {}
@@ -52,8 +76,18 @@ def _claim_on_sqlite(by_delivery: bool) -> Prepared:
             .values(claimed_until=bindparam("b_until", type_=c.claimed_until.type),
                     claimed_by=bindparam("b_worker", type_=String),
                     in_doubt=c.in_doubt + case((c.claimed_until.is_not(None), 1), else_=0))
-            .returning(c.id, c.log_id, c.delivery_id, c.attempts, c.data, c.sha256)))
+            .returning(c.id, c.log_id, c.delivery_id, c.attempts, c.sha256)))
     return found
+
+
+def _bytes_of(conn: Connection, log_ids: list[int]) -> dict[int, bytes]:
+    """The bytes of these logs' copies; a claimed copy without them is an error, never an empty
+    message sent to the archive."""
+    data: dict[int, bytes] = dict(conn.execute(_DATA_OF, {"b_logs": log_ids}).all())
+    missing = [log_id for log_id in log_ids if log_id not in data]
+    if missing:
+        raise StateError(f"archive copies of logs {missing[:10]} have no bytes in the outbox")
+    return data
 
 
 class OutboxStore:
@@ -73,8 +107,15 @@ class OutboxStore:
                 claimed = _claim_on_sqlite(delivery_id is not None).fetch(conn, {
                     "b_now": now, "b_limit": limit, "b_until": now + lease,
                     "b_worker": worker, "b_delivery": delivery_id})
-            return sorted((ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, r.data,
-                                       r.sha256) for r in claimed), key=lambda copy: copy.id)
+            if not claimed:
+                return []
+            # The bytes are read after the claim's commit, out of the write lock: only the
+            # claimer changes a claimed copy.
+            with self.engine.connect() as conn:
+                data = _bytes_of(conn, [r.log_id for r in claimed])
+            return sorted((ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts,
+                                       data[r.log_id], r.sha256) for r in claimed),
+                          key=lambda copy: copy.id)
         c = archive_outbox.c
         due = and_(c.state == ArchiveState.PENDING, c.next_attempt_at <= now,
                    unclaimed(c.claimed_until, now))
@@ -95,8 +136,9 @@ class OutboxStore:
                 return []
             rows = conn.execute(select(archive_outbox).where(c.id.in_(ids))
                                 .order_by(c.id)).all()
-        return [ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, r.data, r.sha256)
-                for r in rows]
+            data = _bytes_of(conn, [r.log_id for r in rows])
+        return [ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, data[r.log_id],
+                            r.sha256) for r in rows]
 
     def record_archive(self, results: Sequence[ArchiveResult], now: datetime) -> None:
         if not results:
@@ -121,16 +163,22 @@ class OutboxStore:
                 if result.in_doubt:
                     values["in_doubt"] = archive_outbox.c.in_doubt + 1
                 if result.state is ArchiveState.ARCHIVED:
-                    values.update(archived_at=now, data=None, next_attempt_at=now)
+                    values.update(archived_at=now, next_attempt_at=now)
                 elif result.next_attempt_at is not None:
                     values["next_attempt_at"] = result.next_attempt_at
                 conn.execute(update(archive_outbox)
                              .where(archive_outbox.c.id == result.copy_id,
                                     archive_outbox.c.state == ArchiveState.PENDING)
                              .values(**values))
+            entered = [r.copy_id for r in results if r.state is ArchiveState.ARCHIVED]
+            if entered:
+                dropped = [log_id for log_id, state in conn.execute(_STATES_OF,
+                                                                    {"b_ids": entered})
+                           if state == ArchiveState.ARCHIVED]
+                if dropped:
+                    conn.execute(_DROP_DATA, {"b_logs": dropped})
             # The hash ledger, in the same commit (storage/ledger.py).
-            append_entries(conn, [r.copy_id for r in results
-                                  if r.state is ArchiveState.ARCHIVED], now, self.ledger)
+            append_entries(conn, entered, now, self.ledger)
 
     def retry_failed_archive(self, now: datetime, delivery_id: int | None = None) -> int:
         """Put failed copies back in the queue (after the archive side was fixed)."""

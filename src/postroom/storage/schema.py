@@ -182,13 +182,24 @@ archive_outbox = Table(
     Column("claimed_until", UtcDateTime()),
     Column("claimed_by", String(40)),
     Column("in_doubt", Integer, nullable=False, default=0),  # a sender died holding it
-    Column("data", LargeBinary),  # the exact bytes sent; cleared once archived
     Column("sha256", String(64), nullable=False),
     Column("reply", Text, nullable=False, default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("archived_at", UtcDateTime()),
     UniqueConstraint("log_id", name="uq_archive_one_copy_per_log"),
     Index("ix_archive_due", "state", "next_attempt_at"),
+)
+
+# The exact bytes of each copy not yet archived, by its log (one copy per log): written with
+# the outbox row, deleted once the copy is archived, kept while it is pending or failed. Apart
+# from the outbox row, so that claiming and recording a copy rewrite a small row, not its bytes
+# (ADR 0033; before revision 0009 they were `archive_outbox.data`).
+archive_copy_data = Table(
+    "archive_copy_data",
+    metadata,
+    Column("log_id", Integer, ForeignKey("delivery_logs.id", ondelete="CASCADE"),
+           primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 # The hash ledger (archive/ledger.py): append-only, no foreign keys, so that nothing deleted

@@ -27,6 +27,7 @@ from postroom.storage.inbound import InboundStore, address_row
 from postroom.storage.prepared import Prepared
 from postroom.storage.schema import (
     address_status,
+    archive_copy_data,
     archive_outbox,
     as_utc,
     delivery_logs,
@@ -70,6 +71,9 @@ class SendingStore(InboundStore):
             if not ids:
                 return []
             ids = self._fail_held(conn, ids, now)
+        # Read after the claim's commit, out of SQLite's write lock (ADR 0033): the logs are
+        # this sender's until the lease runs out.
+        with self.engine.connect() as conn:
             rows = conn.execute(
                 select(c.id.label("log_id"), c.attempts, recipients)
                 .join(recipients, recipients.c.id == c.recipient_id)
@@ -131,10 +135,12 @@ class SendingStore(InboundStore):
                     _INSERT_COPY.run(conn, [
                         {"log_id": log_id, "delivery_id": delivery_id,
                          "state": ArchiveState.PENDING, "attempts": 0, "next_attempt_at": now,
-                         "data": copies[log_id].archive_data,
                          "sha256": copies[log_id].sha256 or _sha(copies[log_id].archive_data),
                          "reply": "", "created_at": now}
                         for log_id, delivery_id in owed])
+                    _INSERT_COPY_DATA.run(conn, [
+                        {"log_id": log_id, "data": copies[log_id].archive_data}
+                        for log_id, _ in owed])
             self._record_mirrors(conn, updates, now)
             events, states = self._address_events(conn, updates)
             self.apply_address_events(conn, events, now, states=states)
@@ -223,8 +229,9 @@ _UPDATE_COLUMNS = ("status", "attempts", "next_attempt_at", "failure_type", "fai
 
 
 _INSERT_COPY = Prepared(insert(archive_outbox), columns=[
-    "log_id", "delivery_id", "state", "attempts", "next_attempt_at", "data", "sha256", "reply",
+    "log_id", "delivery_id", "state", "attempts", "next_attempt_at", "sha256", "reply",
     "created_at"])
+_INSERT_COPY_DATA = Prepared(insert(archive_copy_data), columns=["log_id", "data"])
 _LOG_UPDATES: dict[tuple[LogStatus, ...], Prepared] = {}
 
 
