@@ -109,6 +109,15 @@ def test_a_claimed_copy_without_its_bytes_is_an_error_not_an_empty_message(
         conn.execute(archive_copy_data.delete().where(archive_copy_data.c.log_id == logs[1]))
     with pytest.raises(StateError, match=f"logs \\[{logs[1]}\\] have no bytes"):
         store.claim_archive(T0, 10, LEASE, worker="w")
+    # The failed claim gave its copies back untouched: another worker takes them at once,
+    # with no doubt counted (none was sent).
+    with store.engine.begin() as conn:
+        conn.execute(insert(archive_copy_data).values(log_id=logs[1], data=BODIES[2]))
+    again = store.claim_archive(T0, 10, LEASE, worker="other")
+    assert [(c.log_id, c.data) for c in again] == [
+        (log, BODIES[n]) for n, log in zip(BODIES, logs, strict=True)]
+    with store.engine.connect() as conn:
+        assert conn.execute(select(archive_outbox.c.in_doubt)).scalars().all() == [0, 0, 0]
 
 
 def test_the_migration_moves_the_bytes_of_copies_not_yet_archived(database_url: str) -> None:

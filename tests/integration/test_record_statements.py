@@ -18,7 +18,7 @@ from postroom.bounces.quarantine import AddressEvent, AddressStatus
 from postroom.domain.models import LogUpdate, Target
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.states import DeliveryState, LogStatus
-from postroom.storage.schema import archive_outbox
+from postroom.storage.schema import archive_outbox, delivery_logs
 from postroom.storage.sql import SqlStore
 from postroom.testing.smtp_server import CaptureServer
 from tests.conftest import write_csv
@@ -145,3 +145,26 @@ def test_claiming_archive_copies_is_one_statement_on_sqlite(store: tuple[SqlStor
     with sql.engine.connect() as conn:  # a takeover counts each copy in doubt, once
         doubts = conn.execute(select(archive_outbox.c.in_doubt, archive_outbox.c.claimed_by)).all()
     assert sorted(doubts) == [(1, "b")] * 12
+
+
+def test_a_claim_whose_read_fails_gives_its_logs_back(store: tuple[SqlStore, int]) -> None:
+    """The claimed logs' recipients are read after the claim (on SQLite, after its commit):
+    when that read fails, the logs are not left leased to a sender that never got them."""
+    sql, delivery_id = store
+
+    def fail_the_read(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT") and "JOIN recipients" in statement:
+            raise RuntimeError("the database went away")
+
+    event.listen(sql.engine, "before_cursor_execute", fail_the_read)
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            sql.claim_due(delivery_id, T0, 12, LEASE, worker="a")
+    finally:
+        event.remove(sql.engine, "before_cursor_execute", fail_the_read)
+    taken = sql.claim_due(delivery_id, T0, 12, LEASE, worker="b")  # no lease to wait for
+    assert len(taken) == 12
+    with sql.engine.connect() as conn:
+        holders = conn.execute(select(delivery_logs.c.claimed_by)
+                               .where(delivery_logs.c.claimed_by.is_not(None))).scalars().all()
+    assert holders == ["b"] * 12

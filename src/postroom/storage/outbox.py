@@ -3,6 +3,7 @@ the hash ledger in the same commit), retry, reschedule, count. Mixed into `SqlSt
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,9 +111,14 @@ class OutboxStore:
             if not claimed:
                 return []
             # The bytes are read after the claim's commit, out of the write lock: only the
-            # claimer changes a claimed copy.
-            with self.engine.connect() as conn:
-                data = _bytes_of(conn, [r.log_id for r in claimed])
+            # claimer changes a claimed copy. A read that fails gives the copies back first.
+            try:
+                with self.engine.connect() as conn:
+                    data = _bytes_of(conn, [r.log_id for r in claimed])
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._unclaim([r.id for r in claimed])
+                raise
             return sorted((ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts,
                                        data[r.log_id], r.sha256) for r in claimed),
                           key=lambda copy: copy.id)
@@ -139,6 +145,12 @@ class OutboxStore:
             data = _bytes_of(conn, [r.log_id for r in rows])
         return [ArchiveCopy(r.id, r.log_id, r.delivery_id, r.attempts, data[r.log_id],
                             r.sha256) for r in rows]
+
+    def _unclaim(self, copy_ids: list[int]) -> None:
+        """Give claimed copies back untouched: never sent, so no attempt and no doubt."""
+        with self.engine.begin() as conn:
+            conn.execute(update(archive_outbox).where(archive_outbox.c.id.in_(copy_ids))
+                         .values(claimed_until=None, claimed_by=None))
 
     def record_archive(self, results: Sequence[ArchiveResult], now: datetime) -> None:
         if not results:

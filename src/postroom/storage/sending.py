@@ -8,6 +8,7 @@ part builds on for that reason).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zlib
 from collections.abc import Iterator, Sequence
@@ -71,14 +72,17 @@ class SendingStore(InboundStore):
             if not ids:
                 return []
             ids = self._fail_held(conn, ids, now)
-        # Read after the claim's commit, out of SQLite's write lock (ADR 0033): the logs are
-        # this sender's until the lease runs out.
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(c.id.label("log_id"), c.attempts, recipients)
-                .join(recipients, recipients.c.id == c.recipient_id)
-                .where(c.id.in_(ids)).order_by(c.id)).all()
-        return [Target(row.log_id, row.attempts, to_recipient(row)) for row in rows]
+            if self._dialect != "sqlite":
+                return _targets(conn, ids)
+        # SQLite: read after the claim's commit, out of the write lock (ADR 0033); the logs are
+        # this sender's until the lease runs out. A read that fails gives them back first.
+        try:
+            with self.engine.connect() as conn:
+                return _targets(conn, ids)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.release(ids)
+            raise
 
     def _fail_held(self, conn: Any, ids: list[int], now: datetime) -> list[int]:
         """Fail the claimed logs whose address went into quarantine or onto the denylist since
@@ -221,6 +225,14 @@ class SendingStore(InboundStore):
                         failure_reason=reason,
                         failure_type=FailureType.SOFT if reason is not None else None,
                         updated_at=now)).rowcount
+
+
+def _targets(conn: Any, ids: list[int]) -> list[Target]:
+    c = delivery_logs.c
+    rows = conn.execute(select(c.id.label("log_id"), c.attempts, recipients)
+                        .join(recipients, recipients.c.id == c.recipient_id)
+                        .where(c.id.in_(ids)).order_by(c.id)).all()
+    return [Target(row.log_id, row.attempts, to_recipient(row)) for row in rows]
 
 
 _UPDATE_COLUMNS = ("status", "attempts", "next_attempt_at", "failure_type", "failure_reason",
