@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import or_
+from sqlalchemy import BindParameter, or_
 
 from postroom.domain.models import (
     ArchiveState,
@@ -91,5 +91,7 @@ def chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
         yield batch
 
 
-def unclaimed(claimed_until: Any, now: datetime) -> Any:
+def unclaimed(claimed_until: Any, now: datetime | BindParameter[Any]) -> Any:
+    """The lease test: no one holds the row, or its holder's lease ran out by `now` (a time,
+    or a bound parameter in a statement built once)."""
     return or_(claimed_until.is_(None), claimed_until <= now)

@@ -18,7 +18,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    or_,
     select,
     update,
 )
@@ -66,7 +65,7 @@ def _claim_on_sqlite(by_delivery: bool) -> Prepared:
         c = archive_outbox.c
         now = bindparam("b_now", type_=c.next_attempt_at.type)
         due = and_(c.state == ArchiveState.PENDING, c.next_attempt_at <= now,
-                   or_(c.claimed_until.is_(None), c.claimed_until <= now))
+                   unclaimed(c.claimed_until, now))
         if by_delivery:
             due = and_(due, c.delivery_id == bindparam("b_delivery", type_=Integer))
         candidates = (select(c.id).where(due).order_by(c.next_attempt_at, c.id)
