@@ -111,6 +111,7 @@ def test_wal_backlog_reads_the_wal_index_header() -> None:
     assert wal_backlog(_header(1300, 300)) == 1000
     assert wal_backlog(_header(7, 7)) == 0
     assert wal_backlog(_header(3, 5)) == 0  # read while a writer restarted the WAL
+    assert wal_backlog(_header(1300, 300)[:100]) == 1000  # the 100 bytes it reads
     assert wal_backlog(_header(1300, 300)[:99]) == 0  # no header yet
     assert wal_backlog(b"") == 0
 
