@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Row,
+    String,
     and_,
     bindparam,
     case,
@@ -25,14 +27,15 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    type_coerce,
     update,
 )
 
-from postroom.archive.ledger import Checkpoint, Entry, new_entry
+from postroom.archive.ledger import Checkpoint, Entry, chain_hash, entry_digest
 from postroom.archive.signing import Signer
 from postroom.archive.status import SinkCount
 from postroom.domain.models import ArchiveState
-from postroom.storage.prepared import Prepared
+from postroom.storage.prepared import Prepared, stored_time
 from postroom.storage.schema import (
     archive_checkpoints,
     archive_ledger,
@@ -48,7 +51,7 @@ __all__ = [
     "LedgerHead",
     "LedgerStore",
     "LogIdentity",
-    "append_entries",
+    "enter_archived",
 ]
 
 _READ_BATCH = 2000
@@ -61,15 +64,22 @@ _LOCK_HEAD = (update(archive_ledger_head).where(_head.id == 1).values(count=_hea
 _SET_HEAD = (update(archive_ledger_head).where(_head.id == 1)
              .values(count=bindparam("b_count"), head=bindparam("b_head")))
 _o, _log = archive_outbox.c, delivery_logs.c
-# The state is checked in Python, not in the WHERE: with `state = 'archived'` there, SQLite
-# (no statistics) walked ix_archive_due's range of every archived copy instead of looking the
-# ids up, which made each append cost O(archive) (bench/RESULTS.md, issue 16).
-_NOT_ENTERED = (
-    select(_o.id, _o.state, _o.delivery_id, _o.log_id, _o.sha256, _o.reply, _o.archived_at,
-           _o.created_at, _log.message_id, _log.size, _log.sent_at)
+# One read of the copies a result call recorded `archived` serves the outbox (whose bytes to
+# drop) and the ledger (the facts of those without an entry yet). The state is checked in
+# Python, not in the WHERE: with `state = 'archived'` there, SQLite (no statistics) walked
+# ix_archive_due's range of every archived copy instead of looking the ids up, which made each
+# append cost O(archive) (bench/RESULTS.md, issue 16). The state and the times are read
+# without their column types (`stored_time` converts the times): SQLAlchemy's result
+# processing was half the read's cost, under the write lock.
+_RECORDED = (
+    select(_o.id, type_coerce(_o.state, String).label("state"), _o.delivery_id, _o.log_id,
+           _o.sha256, _o.reply, type_coerce(_o.archived_at, String).label("archived_at"),
+           type_coerce(_o.created_at, String).label("created_at"), _log.message_id, _log.size,
+           type_coerce(_log.sent_at, String).label("sent_at"),
+           select(archive_ledger.c.seq).where(archive_ledger.c.copy_id == _o.id).exists()
+           .label("entered"))
     .join(delivery_logs, _log.id == _o.log_id)
-    .where(_o.id.in_(bindparam("b_ids", expanding=True)),
-           ~select(archive_ledger.c.seq).where(archive_ledger.c.copy_id == _o.id).exists())
+    .where(_o.id.in_(bindparam("b_ids", expanding=True)))
     .order_by(_o.id))
 
 
@@ -109,30 +119,43 @@ def _write_checkpoint(conn: Connection, signer: Signer, head: LedgerHead,
     return checkpoint
 
 
-def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
-                   config: LedgerConfig) -> int:
-    """Enter the archived copies among `copy_ids` that have no entry yet; returns how many."""
-    if not config.enabled or not copy_ids:
-        return 0
-    head = _lock_head(conn)
-    rows = [row for row in conn.execute(_NOT_ENTERED, {"b_ids": list(copy_ids)})
+def enter_archived(conn: Connection, copy_ids: Sequence[int], now: datetime,
+                   config: LedgerConfig) -> list[int]:
+    """Enter in the ledger the copies among `copy_ids` that are archived and have no entry
+    yet; returns the log ids of all the archived ones (their bytes can go).
+
+    The head is taken before the copies are read, so that concurrent appenders (PostgreSQL)
+    see each other's entries and never enter a copy twice.
+    """
+    if not copy_ids:
+        return []
+    head = _lock_head(conn) if config.enabled else None
+    rows = [row for row in conn.execute(_RECORDED, {"b_ids": list(copy_ids)})
             if row.state == ArchiveState.ARCHIVED]
+    if head is not None:
+        _append(conn, head, [row for row in rows if not row.entered], now, config)
+    return [row.log_id for row in rows]
+
+
+def _append(conn: Connection, head: LedgerHead, rows: list[Row[Any]], now: datetime,
+            config: LedgerConfig) -> None:
     if not rows:
-        return 0
+        return
     values: list[dict[str, Any]] = []
     count, prev = head.count, head.head
     for row in rows:
         count += 1
-        entry = new_entry(seq=count, prev=prev, delivery=row.delivery_id, log=row.log_id,
-                          message_id=row.message_id or "", sha256=row.sha256,
-                          size=row.size or 0, accepted_at=row.sent_at or row.created_at,
-                          acked_at=row.archived_at or now, ack=row.reply)
-        prev = entry.hash
-        values.append({"seq": entry.seq, "copy_id": row.id, "delivery_id": entry.delivery,
-                       "log_id": entry.log, "message_id": entry.message_id,
-                       "sha256": entry.sha256, "size": entry.size,
-                       "accepted_at": entry.accepted_at, "acked_at": entry.acked_at,
-                       "ack": entry.ack, "prev": entry.prev, "hash": entry.hash})
+        accepted_at = stored_time(row.sent_at or row.created_at)
+        acked_at = stored_time(row.archived_at) if row.archived_at else now
+        message_id, size = row.message_id or "", row.size or 0
+        entry_hash = chain_hash(count, prev, entry_digest(
+            row.delivery_id, row.log_id, message_id, row.sha256, size, accepted_at, acked_at,
+            row.reply))
+        values.append({"seq": count, "copy_id": row.id, "delivery_id": row.delivery_id,
+                       "log_id": row.log_id, "message_id": message_id, "sha256": row.sha256,
+                       "size": size, "accepted_at": accepted_at, "acked_at": acked_at,
+                       "ack": row.reply, "prev": prev, "hash": entry_hash})
+        prev = entry_hash
     _INSERT_ENTRY.run(conn, values)
     conn.execute(_SET_HEAD, {"b_count": count, "b_head": prev})
     if config.signer is not None and (
@@ -141,7 +164,6 @@ def append_entries(conn: Connection, copy_ids: Sequence[int], now: datetime,
             or now - head.checkpoint_at >= config.checkpoint_interval):
         _write_checkpoint(conn, config.signer,
                           LedgerHead(count, prev, head.checkpoint_count, head.checkpoint_at), now)
-    return len(values)
 
 
 def _entry(row: Any) -> Entry:

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from postroom.domain.models import ArchiveCopy, ArchiveResult, ArchiveState
 from postroom.errors import StateError
 from postroom.storage.common import CHUNK, unclaimed
-from postroom.storage.ledger import LedgerConfig, append_entries
+from postroom.storage.ledger import LedgerConfig, enter_archived
 from postroom.storage.prepared import Prepared
 from postroom.storage.schema import archive_copy_data, archive_outbox
 
@@ -38,12 +38,6 @@ _ARCHIVED = Prepared(
     .values(state=ArchiveState.ARCHIVED, claimed_until=None, claimed_by=None,
             reply=bindparam("b_reply"), attempts=archive_outbox.c.attempts + 1,
             archived_at=bindparam("b_now"), next_attempt_at=bindparam("b_now")))
-# An archived copy's bytes are no longer kept; a copy whose result did not apply (it was not
-# pending) keeps them. The copies are looked up by id and their state checked in Python: with
-# `state = 'archived'` in the WHERE, SQLite walked ix_archive_due's range of every archived
-# copy (as the ledger's append did, ADR 0031).
-_STATES_OF = (select(archive_outbox.c.log_id, archive_outbox.c.state)
-              .where(archive_outbox.c.id.in_(bindparam("b_ids", expanding=True))))
 _DROP_DATA = delete(archive_copy_data).where(
     archive_copy_data.c.log_id.in_(bindparam("b_logs", expanding=True)))
 _DATA_OF = (select(archive_copy_data.c.log_id, archive_copy_data.c.data)
@@ -181,15 +175,13 @@ class OutboxStore:
                              .where(archive_outbox.c.id == result.copy_id,
                                     archive_outbox.c.state == ArchiveState.PENDING)
                              .values(**values))
-            entered = [r.copy_id for r in results if r.state is ArchiveState.ARCHIVED]
-            if entered:
-                dropped = [log_id for log_id, state in conn.execute(_STATES_OF,
-                                                                    {"b_ids": entered})
-                           if state == ArchiveState.ARCHIVED]
-                if dropped:
-                    conn.execute(_DROP_DATA, {"b_logs": dropped})
-            # The hash ledger, in the same commit (storage/ledger.py).
-            append_entries(conn, entered, now, self.ledger)
+            # The hash ledger, in the same commit (storage/ledger.py); an archived copy's
+            # bytes are no longer kept (a copy whose result did not apply keeps them).
+            dropped = enter_archived(conn, [r.copy_id for r in results
+                                            if r.state is ArchiveState.ARCHIVED],
+                                     now, self.ledger)
+            if dropped:
+                conn.execute(_DROP_DATA, {"b_logs": dropped})
 
     def retry_failed_archive(self, now: datetime, delivery_id: int | None = None) -> int:
         """Put failed copies back in the queue (after the archive side was fixed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -10,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postroom.archive.audit import audit
-from postroom.archive.ledger import GENESIS, Entry, canonical, format_time, new_entry
+from postroom.archive.ledger import (
+    GENESIS,
+    Entry,
+    canonical,
+    chain_hash,
+    entry_digest,
+    format_time,
+    new_entry,
+)
 from postroom.archive.signing import Signer, new_private_key_hex, verify_checkpoint
 from postroom.errors import ConfigError
 
@@ -125,3 +134,37 @@ def test_times_in_the_ledger_are_utc_with_microseconds() -> None:
         b'{"accepted_at":"2026-01-05T09:30:01.000000Z","ack":"250 ok",'
         b'"acked_at":"2026-01-05T09:30:01.000007Z","delivery":1,"log":1,'
         b'"message_id":"<1.1.s@x>","sha256":"' + b"0" * 63 + b'1","size":1001}')
+
+
+_TIMES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                      timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3))]))
+_INTS = st.integers(min_value=-(2 ** 63), max_value=2 ** 63)
+
+
+@given(delivery=_INTS, log=_INTS, size=_INTS, message_id=st.text(), sha256=st.text(),
+       ack=st.text(), accepted_at=_TIMES, acked_at=_TIMES)
+def test_the_written_out_digest_is_the_digest_of_the_canonical_body(
+        delivery: int, log: int, size: int, message_id: str, sha256: str, ack: str,
+        accepted_at: datetime, acked_at: datetime) -> None:
+    """Quotes, backslashes, control characters, non-ASCII and lone surrogates included: the
+    hand-written JSON is json.dumps's, byte for byte (or fails as it does)."""
+    entry = Entry(1, delivery, log, message_id, sha256, size, accepted_at, acked_at, ack,
+                  GENESIS, "")
+    try:
+        expected = hashlib.sha256(canonical(entry.body())).hexdigest()
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            entry_digest(delivery, log, message_id, sha256, size, accepted_at, acked_at, ack)
+        return
+    assert entry_digest(delivery, log, message_id, sha256, size, accepted_at,
+                        acked_at, ack) == expected
+    assert entry.digest() == expected
+
+
+def test_a_new_entry_links_its_digest_to_the_previous_hash() -> None:
+    first, second = _chain(2)
+    assert second.prev == first.hash
+    assert second.hash == chain_hash(2, first.hash, second.digest())
+    assert second.hash == hashlib.sha256(
+        f"2:{first.hash}:{hashlib.sha256(canonical(second.body())).hexdigest()}"
+        .encode("ascii")).hexdigest()
