@@ -24,6 +24,7 @@ __all__ = [
     "Checkpoint",
     "Entry",
     "Fault",
+    "body_digest",
     "canonical",
     "chain_hash",
     "check_chain",
@@ -56,14 +57,20 @@ def chain_hash(seq: int, prev: str, digest: str) -> str:
 
 def entry_digest(delivery: int, log: int, message_id: str, sha256: str, size: int,
                  accepted_at: datetime, acked_at: datetime, ack: str) -> str:
-    """The SHA-256 of an entry's canonical body (`canonical(entry.body())`), with the JSON
-    written out in its sorted key order by json's own string and integer writers: a
-    `json.dumps` with `sort_keys` of a fresh dict was most of an append's Python time, under
-    the database's write lock (bench/RESULTS.md, issue 16). A property test holds the two
-    equal."""
+    """The SHA-256 of an entry's canonical body (`canonical(entry.body())`)."""
+    return body_digest(delivery, log, message_id, sha256, size, format_time(accepted_at),
+                       format_time(acked_at), ack)
+
+
+def body_digest(delivery: int, log: int, message_id: str, sha256: str, size: int,
+                accepted: str, acked: str, ack: str) -> str:
+    """`entry_digest` with both times already written by `format_time`. The JSON is written
+    out in its sorted key order by json's own string and integer writers: a `json.dumps` with
+    `sort_keys` of a fresh dict was most of an append's Python time, under the database's
+    write lock (bench/RESULTS.md, issue 16). A property test holds it equal to `canonical`."""
     text = "".join((
-        '{"accepted_at":"', format_time(accepted_at), '","ack":', encode_basestring(ack),
-        ',"acked_at":"', format_time(acked_at), '","delivery":', int.__repr__(delivery),
+        '{"accepted_at":"', accepted, '","ack":', encode_basestring(ack),
+        ',"acked_at":"', acked, '","delivery":', int.__repr__(delivery),
         ',"log":', int.__repr__(log), ',"message_id":', encode_basestring(message_id),
         ',"sha256":', encode_basestring(sha256), ',"size":', int.__repr__(size), "}"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

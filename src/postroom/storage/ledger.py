@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 
-from postroom.archive.ledger import Checkpoint, Entry, chain_hash, entry_digest
+from postroom.archive.ledger import Checkpoint, Entry, body_digest, chain_hash, format_time
 from postroom.archive.signing import Signer
 from postroom.archive.status import SinkCount
 from postroom.domain.models import ArchiveState
@@ -143,13 +143,14 @@ def _append(conn: Connection, head: LedgerHead, rows: list[Row[Any]], now: datet
         return
     values: list[dict[str, Any]] = []
     count, prev = head.count, head.head
+    times: dict[Any, tuple[datetime, str]] = {None: (now, format_time(now))}
     for row in rows:
         count += 1
-        accepted_at = stored_time(row.sent_at or row.created_at)
-        acked_at = stored_time(row.archived_at) if row.archived_at else now
+        accepted_at, accepted = _time(times, row.sent_at or row.created_at)
+        acked_at, acked = _time(times, row.archived_at)  # one time for a whole result batch
         message_id, size = row.message_id or "", row.size or 0
-        entry_hash = chain_hash(count, prev, entry_digest(
-            row.delivery_id, row.log_id, message_id, row.sha256, size, accepted_at, acked_at,
+        entry_hash = chain_hash(count, prev, body_digest(
+            row.delivery_id, row.log_id, message_id, row.sha256, size, accepted, acked,
             row.reply))
         values.append({"seq": count, "copy_id": row.id, "delivery_id": row.delivery_id,
                        "log_id": row.log_id, "message_id": message_id, "sha256": row.sha256,
@@ -164,6 +165,17 @@ def _append(conn: Connection, head: LedgerHead, rows: list[Row[Any]], now: datet
             or now - head.checkpoint_at >= config.checkpoint_interval):
         _write_checkpoint(conn, config.signer,
                           LedgerHead(count, prev, head.checkpoint_count, head.checkpoint_at), now)
+
+
+def _time(known: dict[Any, tuple[datetime, str]], stored: Any) -> tuple[datetime, str]:
+    """A stored time as a datetime and as the ledger writes it, each made once per value:
+    the copies of a result batch share their archive time (and the same object is then
+    formatted once by `sqlite_time` too)."""
+    found = known.get(stored)
+    if found is None:
+        moment = stored_time(stored)
+        found = known[stored] = (moment, format_time(moment))
+    return found
 
 
 def _entry(row: Any) -> Entry:

@@ -46,8 +46,8 @@ def sqlite_time(value: datetime | None) -> str | None:
         return last[1]
     _check_aware(value)
     t = value.astimezone(UTC)
-    text = (f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
-            f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}")
+    text = "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - 3.1 µs, 5.7 as f-string
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond)
     _last_time[0] = (value, text)
     return text
 
