@@ -35,12 +35,13 @@ from postroom.archive.ledger import Checkpoint, Entry, body_digest, chain_hash, 
 from postroom.archive.signing import Signer
 from postroom.archive.status import SinkCount
 from postroom.domain.models import ArchiveState
-from postroom.storage.prepared import Prepared, stored_time
+from postroom.storage.prepared import Prepared
 from postroom.storage.schema import (
     archive_checkpoints,
     archive_ledger,
     archive_ledger_head,
     archive_outbox,
+    as_utc,
     delivery_logs,
 )
 
@@ -69,8 +70,8 @@ _o, _log = archive_outbox.c, delivery_logs.c
 # Python, not in the WHERE: with `state = 'archived'` there, SQLite (no statistics) walked
 # ix_archive_due's range of every archived copy instead of looking the ids up, which made each
 # append cost O(archive) (bench/RESULTS.md, issue 16). The state and the times are read
-# without their column types (`stored_time` converts the times): SQLAlchemy's result
-# processing was half the read's cost, under the write lock.
+# without their column types (`as_utc` converts the times): SQLAlchemy's result processing
+# was half the read's cost, under the write lock.
 _RECORDED = (
     select(_o.id, type_coerce(_o.state, String).label("state"), _o.delivery_id, _o.log_id,
            _o.sha256, _o.reply, type_coerce(_o.archived_at, String).label("archived_at"),
@@ -143,11 +144,11 @@ def _append(conn: Connection, head: LedgerHead, rows: list[Row[Any]], now: datet
         return
     values: list[dict[str, Any]] = []
     count, prev = head.count, head.head
-    times: dict[Any, tuple[datetime, str]] = {None: (now, format_time(now))}
+    times: dict[Any, tuple[datetime, str]] = {}
     for row in rows:
         count += 1
-        accepted_at, accepted = _time(times, row.sent_at or row.created_at)
-        acked_at, acked = _time(times, row.archived_at)  # one time for a whole result batch
+        accepted_at, accepted = _time(times, row.sent_at or row.created_at, now)
+        acked_at, acked = _time(times, row.archived_at, now)  # one for a whole result batch
         message_id, size = row.message_id or "", row.size or 0
         entry_hash = chain_hash(count, prev, body_digest(
             row.delivery_id, row.log_id, message_id, row.sha256, size, accepted, acked,
@@ -167,13 +168,14 @@ def _append(conn: Connection, head: LedgerHead, rows: list[Row[Any]], now: datet
                           LedgerHead(count, prev, head.checkpoint_count, head.checkpoint_at), now)
 
 
-def _time(known: dict[Any, tuple[datetime, str]], stored: Any) -> tuple[datetime, str]:
-    """A stored time as a datetime and as the ledger writes it, each made once per value:
-    the copies of a result batch share their archive time (and the same object is then
-    formatted once by `sqlite_time` too)."""
+def _time(known: dict[Any, tuple[datetime, str]], stored: Any,
+          now: datetime) -> tuple[datetime, str]:
+    """A stored time (`now` if none) as a datetime and as the ledger writes it, each made
+    once per value: the copies of a result batch share their archive time (and the same
+    object is then formatted once by `sqlite_time` too)."""
     found = known.get(stored)
     if found is None:
-        moment = stored_time(stored)
+        moment = as_utc(stored) or now
         found = known[stored] = (moment, format_time(moment))
     return found
 

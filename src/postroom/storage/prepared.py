@@ -30,7 +30,7 @@ from sqlalchemy.sql.expression import Executable
 
 from postroom.storage.schema import UtcDateTime
 
-__all__ = ["Prepared", "sqlite_time", "stored_time"]
+__all__ = ["Prepared", "sqlite_time"]
 
 Convert = Callable[[Any], Any]
 _PLAIN_TYPES = (String, Integer, Boolean, LargeBinary)  # Text is a String
@@ -50,14 +50,6 @@ def sqlite_time(value: datetime | None) -> str | None:
         t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond)
     _last_time[0] = (value, text)
     return text
-
-
-def stored_time(value: str | datetime) -> datetime:
-    """A `UtcDateTime` read without its column type, as the aware datetime the column would
-    have given: SQLite's naive UTC text (`sqlite_time`), or the driver's datetime."""
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # The last time formatted, with its text, as one tuple in a one-item list: threads read and
