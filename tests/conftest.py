@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ def capture() -> Iterator[Callable[..., CaptureServer]]:
         server.stop()
 
 
-def _postgres_url() -> Iterator[str]:
+def _postgres_url() -> Generator[str, None, None]:
     sqlalchemy = pytest.importorskip("sqlalchemy")
     pytest.importorskip("psycopg")
     admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")

@@ -85,7 +85,7 @@ def test_verify_through_imap_finds_the_missing_the_altered_and_the_unexpected(
     sqlite_url: str, tmp_path: Path,
 ) -> None:
     relay = _Relay(postfix.port)
-    postroom = make_postroom(sqlite_url, relay, archive=relay,  # type: ignore[arg-type]
+    postroom = make_postroom(sqlite_url, relay, archive=relay,
                              archive_options={"bcc_address": [f"{ARCHIVE_USER}@{DOMAIN}"]})
     accepted = [f"alice+{i}@{DOMAIN}" for i in range(8)]
     refused = [f"ghost{i}@{DOMAIN}" for i in range(3)]  # 550 user unknown at RCPT
@@ -140,6 +140,7 @@ def test_verify_through_imap_finds_the_missing_the_altered_and_the_unexpected(
 
     # A copy of a refused message appended to the folder (its Message-ID is a real log's).
     ghost = next(log for log in logs if log.status is LogStatus.FAILED)
+    assert ghost.message_id is not None
     third = sorted(copies)[2]
     forged = copies[third].read_bytes().replace(third.encode(), ghost.message_id.encode())
     client = imaplib.IMAP4("127.0.0.1", dovecot.port)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from postroom.app import Postroom
+from postroom.bounces.parse import parse_bounce
 from postroom.compose.tokens import verp_address
 from postroom.domain.outcomes import FailureReason
 from postroom.domain.states import LogStatus
@@ -176,7 +177,7 @@ def test_a_bounce_whose_processing_raises_is_marked_failed_and_the_rest_go_on(
 
     logs = _send(postroom, relay, tmp_path, ["bea@example.org"])
     secret = postroom.planner.links.secret
-    real = service.parse_bounce
+    real = parse_bounce
 
     def buggy(data: bytes) -> object:
         if b"POISON" in data:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,10 @@ from tests.conftest import write_csv
 from tests.integration.postfix import DOMAIN, REMOTE, Postfix, postfix_instance
 
 CORPUS = Path(__file__).parents[1] / "corpus" / "postfix"
+
+
+def _frozen(moment: datetime) -> datetime:
+    return moment
 
 
 def _delivery(postroom: Postroom, tmp_path: Path, emails: list[str], **props: object) -> int:
@@ -235,12 +241,12 @@ def test_same_bounce_twice_counts_once_and_a_crash_loses_nothing(
     original = postroom.store.apply_bounce
     calls = 0
 
-    def dying(*args: object, **kwargs: object) -> int:
+    def dying(*args: Any, **kwargs: Any) -> int | None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise KeyboardInterrupt("killed mid-batch")
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+        return original(*args, **kwargs)
 
     postroom.store.apply_bounce = dying  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
@@ -267,7 +273,7 @@ def test_soft_errors_quarantine_at_five_with_24h_spacing(
     start = postroom.clock()
     for day in range(6):
         moment = start + timedelta(days=day, minutes=1)
-        postroom.clock = lambda moment=moment: moment
+        postroom.clock = partial(_frozen, moment)
         delivery_id = _delivery(postroom, tmp_path, ["flaky@example.org"])
         report = postroom.deliveries.analyze(delivery_id)
         if day < 5:

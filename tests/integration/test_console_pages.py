@@ -48,7 +48,7 @@ def log_in(client: TestClient, name: str = "admin") -> str:
 
 
 def csrf_of(client: TestClient) -> str:
-    page = client.get("/console/").text
+    page: str = client.get("/console/").text
     marker = '"X-CSRF-Token": "'
     return page[page.index(marker) + len(marker):].split('"', 1)[0]
 

@@ -55,7 +55,7 @@ def _timed_delivery(make_postroom: Callable[..., Postroom], postfix: Postfix, tm
                     name: str, refused: bool) -> tuple[float, int, int]:
     """(seconds, sent, failed) of one delivery to RECIPIENTS addresses on a fresh store."""
     postroom = make_postroom(f"sqlite:///{tmp_path / name}.db",
-                             relay=_PostfixRelay(postfix.port), bcc=False)  # type: ignore[arg-type]
+                             relay=_PostfixRelay(postfix.port), bcc=False)
     rows = [{"email": f"ghost{i:04d}@{DOMAIN}" if refused and i % REFUSED_EVERY == 3
              else f"{name}{i:04d}@{REMOTE}"} for i in range(RECIPIENTS)]
     postroom.recipients.import_recipients(write_csv(tmp_path / f"{name}.csv", rows))

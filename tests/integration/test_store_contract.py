@@ -45,6 +45,12 @@ def _sent(log_id: int, attempts: int = 1) -> LogUpdate:
                      archive_data=b"Subject: x\r\n\r\nbody\r\n", sha256=None)
 
 
+def _bounce_state(store: SqlStore, bounce_id: int) -> str:
+    bounce = store.get_bounce(bounce_id)
+    assert bounce is not None, f"bounce {bounce_id} is not stored"
+    return bounce.state
+
+
 def _log(store: SqlStore, log_id: int) -> dict[str, object]:
     from sqlalchemy import select
 
@@ -97,7 +103,7 @@ def test_taking_over_an_attempted_log_counts_it_in_doubt(sending: tuple[Postroom
     store.mark_attempting([t.log_id for t in batch[:4]])
     taken = store.claim_due(delivery_id, T0 + LEASE, 10, LEASE, worker="heir")
     doubts = {t.log_id: _log(store, t.log_id)["in_doubt"] for t in taken}
-    assert sorted(doubts.values()) == [0] * 6 + [1] * 4
+    assert sorted(int(str(doubt)) for doubt in doubts.values()) == [0] * 6 + [1] * 4
     assert all(_log(store, t.log_id)["attempting"] is False for t in taken)
     counts = store.doubt_counts(delivery_id)
     assert (counts.logs, counts.events, counts.review) == (4, 4, 0)
@@ -275,12 +281,12 @@ def test_a_bounce_fails_a_sent_log_only_as_the_log_table_allows(
     with pytest.raises(StateError, match="from sent to failed"):
         store.apply_bounce(first, "dsn", [outcome], [], T0, state=BounceState.PROCESSED)
     assert _log(store, target.log_id)["status"] == LogStatus.SENT
-    assert store.get_bounce(first).state == BounceState.NEW  # the transaction rolled back
+    assert _bounce_state(store, first) == BounceState.NEW  # the transaction rolled back
     monkeypatch.undo()
     assert store.apply_bounce(first, "dsn", [outcome], [], T0,
                               state=BounceState.PROCESSED) == 1
     assert _log(store, target.log_id)["status"] == LogStatus.FAILED
-    assert store.get_bounce(first).state == BounceState.PROCESSED
+    assert _bounce_state(store, first) == BounceState.PROCESSED
 
 
 def test_review_moves_follow_the_log_table(sending: tuple[Postroom, int],
@@ -314,7 +320,7 @@ def test_bounce_states_move_only_along_their_table(sending: tuple[Postroom, int]
     assert not store.fail_bounce(bounce_id, "again", T0)  # only a `new` one
     assert store.apply_bounce(bounce_id, "dsn", [], [], T0, state="processed") is None
     assert store.requeue_failed_bounces() == 1
-    assert store.get_bounce(bounce_id).state == BounceState.NEW
+    assert _bounce_state(store, bounce_id) == BounceState.NEW
     with pytest.raises(StateError, match="from processing to new"):
         store.apply_bounce(bounce_id, "dsn", [], [], T0, state=BounceState.NEW)
-    assert store.get_bounce(bounce_id).state == BounceState.NEW
+    assert _bounce_state(store, bounce_id) == BounceState.NEW

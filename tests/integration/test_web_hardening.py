@@ -30,7 +30,7 @@ def relay(capture: Callable[..., CaptureServer]) -> CaptureServer:
 def postroom(make_postroom: Callable[..., Postroom], sqlite_url: str,
              relay: CaptureServer) -> Postroom:
     return make_postroom(sqlite_url, relay, bcc=False,
-                         web=WebSettings(health_token=TOKEN))  # type: ignore[arg-type]
+                         web=WebSettings(health_token=TOKEN))
 
 
 @pytest.fixture
@@ -123,10 +123,11 @@ def test_pages_carry_security_headers_and_script_links_are_dead(
         policy = [d.strip() for d in headers["content-security-policy"].split(";")]
         assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
         assert not any(d.startswith("script-src") for d in policy)  # no script at all
-    policy = mirror.headers["content-security-policy"]
+    mirror_policy = mirror.headers["content-security-policy"]
     # The mirror page is a sandbox: an opaque origin where no script runs, so the recipient's
     # `javascript:` link is neither live nor on Postroom's origin.
-    [sandbox] = [d.strip() for d in policy.split(";") if d.strip().startswith("sandbox")]
+    [sandbox] = [d.strip() for d in mirror_policy.split(";")
+                 if d.strip().startswith("sandbox")]
     assert "allow-scripts" not in sandbox and "allow-same-origin" not in sandbox
 
 

@@ -125,7 +125,8 @@ def test_runtime_error_names_field_and_who() -> None:
 def test_syntax_error_names_field_and_line(field: str, source: str, line: int) -> None:
     sources = {"subject": "s", "html": "", "text": "", field: source}
     with pytest.raises(TemplateError) as info:
-        compile_content(**sources)
+        compile_content(subject=sources["subject"], html=sources["html"],
+                        text=sources["text"])
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}, line {line}: ")
 

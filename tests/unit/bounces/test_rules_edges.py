@@ -168,9 +168,9 @@ def test_malformed_status_fields_decide_nothing(status: str) -> None:
     for kind in (BounceKind.DSN, BounceKind.HEURISTIC):
         assert qualify(RULES, status=status, text="Requested action not taken",
                        kind=kind) == Qualification(S, R.UNDEFINED, None)
-    for kind in (BounceKind.UNKNOWN, None):
+    for unknown in (BounceKind.UNKNOWN, None):
         assert qualify(RULES, status=status, text="Requested action not taken",
-                       kind=kind) == Qualification(U, R.UNDEFINED, None)
+                       kind=unknown) == Qualification(U, R.UNDEFINED, None)
 
 
 def test_a_reply_status_past_what_the_rules_read_still_counts() -> None:
