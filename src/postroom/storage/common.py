@@ -1,4 +1,5 @@
-"""What the parts of `SqlStore` share: rows → records, batches of ids, the lease test."""
+"""What the parts of `SqlStore` share: rows → records, batches of ids, the lease test, the
+insert of rows not stored yet."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, or_
+from sqlalchemy import BindParameter, Connection, Table, or_
+from sqlalchemy.dialects import postgresql, sqlite
 
 from postroom.domain.models import (
     ArchiveState,
@@ -20,10 +22,27 @@ from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.properties import Properties
 from postroom.domain.states import DeliveryState, LogStatus
 
-__all__ = ["CHUNK", "chunks", "to_delivery", "to_log", "to_recipient", "unclaimed"]
+__all__ = ["CHUNK", "chunks", "insert_new", "to_delivery", "to_log", "to_recipient", "unclaimed"]
 
 CHUNK = 500  # ids in one IN (...) list, rows in one batch
 T = TypeVar("T")
+
+
+def insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]], key: str) -> set[Any]:
+    """Insert the rows whose `key` (a unique column) is not stored yet; the keys inserted.
+
+    Made the first statement of a read-then-write transaction, it is what makes the read safe:
+    on SQLite it takes the write lock (pysqlite begins a transaction only before a write, so a
+    SELECT first would read outside it); on PostgreSQL it waits for another transaction
+    inserting the same key, where a plain INSERT would fail on the unique constraint. The rows
+    read next (`FOR UPDATE` on PostgreSQL) are then the latest, and stay so until the commit.
+    """
+    if not rows:
+        return set()
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    statement = (dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+                 .returning(table.c[key]))
+    return set(conn.scalars(statement, rows))
 
 
 def to_recipient(row: Any, address_status: str = "valid") -> Recipient:

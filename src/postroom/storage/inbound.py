@@ -21,6 +21,7 @@ from postroom.bounces.quarantine import (
 )
 from postroom.domain.outcomes import FailureReason, FailureType
 from postroom.domain.states import BounceState, LogStatus
+from postroom.storage.common import insert_new
 from postroom.storage.moves import move_bounces, move_logs
 from postroom.storage.schema import (
     address_status,
@@ -105,12 +106,21 @@ class InboundStore:
     def denylist_addresses(self, addresses: Sequence[str], text: str, now: datetime) -> int:
         """Put addresses on the denylist (an operator's decision, as a spam complaint does),
         whatever their status; returns how many were not denylisted before."""
+        if self.policy is None:
+            return 0  # no quarantine bookkeeping: nothing is denylisted
         event = AddressEvent.failure(FailureType.HARD, FailureReason.DENYLISTED, text)
+        unique = sorted(set(addresses))  # lock order
         with self.engine.begin() as conn:
-            before = self.address_rows(conn, list(addresses))
-            self.apply_address_events(conn, [(a, event) for a in addresses], now)
-        return sum(1 for a in set(addresses)
-                   if a not in before or before[a].status is not AddressStatus.DENYLISTED)
+            # Each address is given a row first (`insert_new`: a missing one as never seen),
+            # so that the states are read under the write lock (SQLite) or their row locks:
+            # a failure a send records meanwhile is waited for and counted, not overwritten.
+            insert_new(conn, address_status,
+                       [_insert_values(AddressState.new(a, now), now) for a in unique],
+                       "address")
+            before = self.address_rows(conn, unique, lock=True)
+            self.apply_address_events(conn, [(a, event) for a in addresses], now,
+                                      states=before)
+        return sum(1 for a in unique if before[a].status is not AddressStatus.DENYLISTED)
 
     def sweep_addresses(self, now: datetime) -> tuple[int, int]:
         """Time-based rules: reset error counters after 10 days without error, release
@@ -324,11 +334,13 @@ class InboundStore:
 
     # -- address status -----------------------------------------------------------------------
 
-    def address_rows(self, conn: Any, addresses: Sequence[str]) -> dict[str, AddressState]:
+    def address_rows(self, conn: Any, addresses: Sequence[str], *,
+                     lock: bool = False) -> dict[str, AddressState]:
+        """The stored states of these addresses; `lock`: with their row locks (PostgreSQL)."""
         if not addresses:
             return {}
-        rows = conn.execute(select(address_status)
-                            .where(address_status.c.address.in_(list(addresses)))).all()
+        query = select(address_status).where(address_status.c.address.in_(list(addresses)))
+        rows = conn.execute(query.with_for_update() if lock else query).all()
         return {row.address: address_row(row) for row in rows}
 
     def save_address_rows(self, conn: Any, rows: Sequence[AddressState], now: datetime, *,
@@ -342,18 +354,10 @@ class InboundStore:
         updates: list[dict[str, Any]] = []
         inserts: list[dict[str, Any]] = []
         for row in rows:
-            values = {"status": str(row.status), "error_count": row.error_count,
-                      "first_error_at": row.first_error_at, "last_error_at": row.last_error_at,
-                      "last_reason": int(row.last_reason) if row.last_reason is not None
-                      else None,
-                      "last_type": str(row.last_type) if row.last_type else None,
-                      "last_text": row.last_text[:2000], "status_since": row.status_since,
-                      "updated_at": now}
             if row.address in known:
-                updates.append({"b_address": row.address, **values})
+                updates.append({"b_address": row.address, **_state_values(row, now)})
             else:
-                inserts.append({"address": row.address,
-                                "domain": row.address.rpartition("@")[2].lower(), **values})
+                inserts.append(_insert_values(row, now))
         if updates:
             conn.execute(update(address_status)
                          .where(address_status.c.address == bindparam("b_address"))
@@ -397,3 +401,19 @@ class InboundStore:
                                             address_status.c.status != "valid"))
                                 .values(status="valid", error_count=0, status_since=now,
                                         updated_at=now)).rowcount
+
+
+def _state_values(row: AddressState, now: datetime) -> dict[str, Any]:
+    """The columns of an address's state, as stored."""
+    return {"status": str(row.status), "error_count": row.error_count,
+            "first_error_at": row.first_error_at, "last_error_at": row.last_error_at,
+            "last_reason": int(row.last_reason) if row.last_reason is not None else None,
+            "last_type": str(row.last_type) if row.last_type else None,
+            "last_text": row.last_text[:2000], "status_since": row.status_since,
+            "updated_at": now}
+
+
+def _insert_values(row: AddressState, now: datetime) -> dict[str, Any]:
+    """A new address_status row."""
+    return {"address": row.address, "domain": row.address.rpartition("@")[2].lower(),
+            **_state_values(row, now)}

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy import Engine, func, or_, select, update
 
 from postroom.domain.models import Recipient, RecipientRow, UpsertCounts
-from postroom.storage.common import chunks, to_recipient
+from postroom.storage.common import chunks, insert_new, to_recipient
 from postroom.storage.schema import recipients
 
 __all__ = ["RecipientStore"]
@@ -22,23 +22,26 @@ class RecipientStore:
     def upsert_recipients(self, rows: Sequence[RecipientRow], now: datetime) -> UpsertCounts:
         """Insert new recipients and update existing ones (matched by email), in one transaction.
 
-        An update changes only the columns the row was given and merges custom fields.
+        An update changes only the columns the row was given and merges custom fields. New
+        addresses are inserted first (`insert_new`), so the existing rows' fields are read under
+        the write lock or their row locks: an import running at the same time is waited for and
+        merged with, never overwritten (tests/integration/test_store_races.py).
         """
         latest = {row.email: row for row in rows}  # the last row for an address wins
         with self.engine.begin() as conn:
+            fresh = insert_new(conn, recipients, [
+                {"email": row.email, "email_key": row.email.lower(),
+                 "first_name": row.first_name, "last_name": row.last_name,
+                 "email_format": str(row.email_format), "opted_out": row.opted_out,
+                 "fields": row.fields or {}, "created_at": now, "updated_at": now}
+                for row in latest.values()], "email")
+            known = [email for email in latest if email not in fresh]
             existing = {
                 row.email: row.fields or {}
                 for row in conn.execute(select(recipients.c.email, recipients.c.fields)
-                                        .where(recipients.c.email.in_(latest)))
-            }
-            fresh = [row for email, row in latest.items() if email not in existing]
-            if fresh:
-                conn.execute(insert(recipients), [
-                    {"email": row.email, "email_key": row.email.lower(),
-                     "first_name": row.first_name, "last_name": row.last_name,
-                     "email_format": str(row.email_format), "opted_out": row.opted_out,
-                     "fields": row.fields or {}, "created_at": now, "updated_at": now}
-                    for row in fresh])
+                                        .where(recipients.c.email.in_(known))
+                                        .with_for_update())
+            } if known else {}
             for email, fields in existing.items():
                 row = latest[email]
                 values: dict[str, Any] = {"fields": {**fields, **(row.fields or {})},

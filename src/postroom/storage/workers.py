@@ -343,8 +343,11 @@ class WorkerStore:
         if not slowdowns:
             return
         with self.engine.begin() as conn:
-            known = conn.scalar(select(deliveries.c.slowdowns)
-                                .where(deliveries.c.id == delivery_id)) or []
+            # Read by a write that changes nothing: it takes the row's lock (SQLite: the write
+            # lock) first, so the send processes finishing together each add theirs.
+            known = conn.scalar(update(deliveries).where(deliveries.c.id == delivery_id)
+                                .values(slowdowns=deliveries.c.slowdowns)
+                                .returning(deliveries.c.slowdowns)) or []
             merged = {(s["domain"], s["since"]): s for s in [*known, *slowdowns]}
             conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
                          .values(slowdowns=sorted(merged.values(),
