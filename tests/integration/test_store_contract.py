@@ -131,6 +131,25 @@ def test_heartbeat_renews_only_the_workers_own_unexpired_leases(
     assert not rows[0].alive(later + 2 * LEASE, LEASE)
 
 
+def test_marking_with_a_lease_returns_only_the_logs_still_held(
+        sending: tuple[Postroom, int]) -> None:
+    """The send path's mark (worker, now and lease given): logs another sender took over since
+    are neither marked nor returned; those still held are, with their lease renewed."""
+    store, delivery_id = sending[0].store, sending[1]
+    ids = [t.log_id for t in store.claim_due(delivery_id, T0, 5, LEASE, worker="a")]
+    half = T0 + LEASE / 2
+    assert store.mark_attempting(ids[:2], worker="a", now=half, lease=LEASE) == ids[:2]
+    # At T0 + 60 s the three unmarked leases ran out, the two marked ones run to T0 + 90 s.
+    taken = store.claim_due(delivery_id, T0 + LEASE, 50, LEASE, worker="b")
+    assert {t.log_id for t in taken} >= set(ids[2:]) and not {t.log_id for t in taken} & set(
+        ids[:2])
+    later = T0 + LEASE + timedelta(seconds=1)
+    assert sorted(store.mark_attempting(ids, worker="a", now=later, lease=LEASE)) == ids[:2]
+    assert [_log(store, log_id)["attempting"] for log_id in ids] == [True, True] + [False] * 3
+    assert [_log(store, log_id)["claimed_by"] for log_id in ids] == ["a", "a"] + ["b"] * 3
+    assert store.mark_attempting(ids[2:], worker="b", now=later, lease=LEASE) == ids[2:]
+
+
 def test_marking_attempting_renews_the_lease_so_no_takeover_sends_it_twice(
         sending: tuple[Postroom, int]) -> None:
     """A batch marked near the end of its lease (a slow render, a long wait for a connection)

@@ -91,12 +91,13 @@ class Prepared:
         self._by_dialect: dict[str, _Compiled] = {}
         self._lock = threading.Lock()
 
-    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Execute once per row; the rows the statement changed, summed over all of them."""
         if not rows:
-            return
+            return 0
         compiled = self._compiled(conn.dialect)
         params = compiled.params
-        conn.exec_driver_sql(compiled.sql, [params(row) for row in rows])
+        return int(conn.exec_driver_sql(compiled.sql, [params(row) for row in rows]).rowcount)
 
     def fetch(self, conn: Connection, values: Mapping[str, Any]) -> list[Row[Any]]:
         """Execute once, for one set of values, and return the rows it produced (a SELECT, or

@@ -21,8 +21,11 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Integer,
+    String,
     Table,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -41,9 +44,22 @@ from postroom.domain.outcomes import (
 )
 from postroom.domain.states import DeliveryState, LogStatus
 from postroom.storage.moves import move_logs
+from postroom.storage.prepared import Prepared
 from postroom.storage.schema import archive_outbox, deliveries, delivery_logs, workers
 
 __all__ = ["DoubtCounts", "WorkerRow", "WorkerStore"]
+
+_logs = delivery_logs.c
+# `mark_attempting` on the send path, one row per log (an `executemany`, ADR 0031): built per
+# call with an IN list, SQLAlchemy's statement building and caching was most of its cost.
+_MARK_HELD = Prepared(
+    update(delivery_logs)
+    .where(_logs.id == bindparam("b_id", type_=Integer),
+           _logs.claimed_by == bindparam("b_worker", type_=String),
+           _logs.claimed_until > bindparam("b_now", type_=_logs.claimed_until.type),
+           _logs.status == LogStatus.PENDING)
+    .values(attempting=True,
+            claimed_until=bindparam("b_until", type_=_logs.claimed_until.type)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +270,16 @@ class WorkerStore:
         if not log_ids:
             return []
         c = delivery_logs.c
+        if worker is not None and now is not None and lease is not None:  # the send path
+            rows = [{"b_id": log_id, "b_worker": worker, "b_now": now, "b_until": now + lease}
+                    for log_id in log_ids]
+            with self.engine.begin() as conn:
+                if _MARK_HELD.run(conn, rows) == len(rows):
+                    return list(log_ids)
+                # Some lease ran out: the logs this worker still holds, read under the lock.
+                return list(conn.scalars(select(c.id).where(
+                    c.id.in_(log_ids), c.claimed_by == worker, c.claimed_until > now,
+                    c.attempting.is_(True), c.status == LogStatus.PENDING)))
         where: ColumnElement[bool] = c.id.in_(log_ids)
         values: dict[str, Any] = {"attempting": True}
         if worker is not None and now is not None:
