@@ -215,10 +215,13 @@ class SendingStore(InboundStore):
                         updated_at=now)).rowcount
 
 
+# The reads `claim_due` and `record()` run per batch, built once with the ids as one expanding
+# parameter: `in_(ids)` per call made SQLAlchemy coerce each of a claim's 200 ids into a bound
+# parameter (most of the claim's Python time).
 _r = recipients.c
 _FORMATS = {str(f): f for f in EmailFormat}  # a dict lookup: EmailFormat(x) is 2.5 µs a row
 # Of the logs a `record()` made sent, those that owe an archive copy: only logs this very
-# update made `sent`, and never a second copy for a log. Built once (see `_TARGETS_OF`).
+# update made `sent`, and never a second copy for a log.
 _OWED_OF = (select(delivery_logs.c.id, delivery_logs.c.delivery_id)
             .where(delivery_logs.c.id.in_(bindparam("b_ids", expanding=True)),
                    delivery_logs.c.status == LogStatus.SENT,
@@ -230,7 +233,7 @@ _ADDRESSES_OF = (select(delivery_logs.c.id.label("log_id"), delivery_logs.c.emai
                  .outerjoin(address_status,
                             address_status.c.address == delivery_logs.c.email)
                  .where(delivery_logs.c.id.in_(bindparam("b_ids", expanding=True))))
-# The claimed logs whose address is now held (`_fail_held`), built once (see `_TARGETS_OF`).
+# The claimed logs whose address is now held (`_fail_held`).
 _HELD_OF = (select(delivery_logs.c.id, address_status.c.status)
             .join(address_status, address_status.c.address == delivery_logs.c.email)
             .where(delivery_logs.c.id.in_(bindparam("b_ids", expanding=True)),
@@ -240,10 +243,6 @@ _HELD_OF = (select(delivery_logs.c.id, address_status.c.status)
 # for nothing); the rows are unpacked by position, which Row does at C speed.
 _TARGET_COLUMNS = (delivery_logs.c.id, delivery_logs.c.attempts, _r.id, _r.email, _r.first_name,
                    _r.last_name, _r.email_format, _r.opted_out, _r.fields)
-
-
-# Built once, with the ids as one expanding parameter: `in_(ids)` per call made SQLAlchemy coerce
-# each of a claim's 200 ids into a bound parameter (most of the read's Python time).
 _TARGETS_OF = (select(*_TARGET_COLUMNS)
                .join(recipients, _r.id == delivery_logs.c.recipient_id)
                .where(delivery_logs.c.id.in_(bindparam("b_ids", expanding=True)))
