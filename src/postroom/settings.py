@@ -560,12 +560,19 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             "__module__": __name__,
         })
     try:
-        return schema(**overrides)
+        loaded = schema(**overrides)
     except ValidationError as exc:
         source = str(config_file.resolve()) if config_file else "environment and defaults"
         raise ConfigError(format_validation_error(exc, source)) from None
     except SettingsError as exc:  # an environment value that could not be parsed at all
         raise ConfigError(f"invalid configuration in the environment: {exc}") from None
+    if schema is Settings:
+        return loaded
+    # Handed on as a plain `Settings`: the subclass lives only in this call, and pickle (which
+    # passes the settings to a send's child processes, app/children.py) cannot name it.
+    return Settings.model_construct(_fields_set=loaded.model_fields_set,
+                                    **{name: getattr(loaded, name) for name in
+                                       Settings.model_fields})
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -133,6 +133,30 @@ def test_full_flow_with_filter_report_and_logs(cli: Cli, relay: CaptureServer) -
     assert "sent" in human and "archived 2" in human
 
 
+def test_send_with_helper_and_archive_processes_from_a_config_file(
+    cli: Cli, relay: CaptureServer,
+) -> None:
+    """`sending.processes` and `archive.own_process` read from postroom.toml: the settings
+    reach the child processes (they once could not be pickled, and the send failed)."""
+    config = cli.config.read_text(encoding="utf-8")
+    cli.config.write_text(config.replace("[sending]\n", "[sending]\nprocesses = 2\n")
+                          .replace("[archive]\n", "[archive]\nown_process = true\n"),
+                          encoding="utf-8")
+    people = "".join(f"p{i:03d}@example.com,P{i}\n" for i in range(300))
+    cli.run("recipients", "import", str(cli.write("p.csv", "email,first_name\n" + people)))
+    cli.json("templates", "create", str(_template(cli)))
+    delivery = cli.json("deliveries", "create", "-t", "news", "--set", "email_bcc=true")
+
+    sent = cli.json("deliveries", "send", str(delivery["id"]))
+
+    assert sent["helper_errors"] == [] and sent["state"] == "finished"
+    assert (sent["sent"], sent["archived"], sent["archive_pending"]) == (300, 300, 0)
+    report = cli.json("deliveries", "report", str(delivery["id"]))
+    assert report["by_status"] == {"sent": 300} and report["archive"]["archived"] == 300
+    copies = [m for m in relay.messages if m.rcpt_tos == (ARCHIVE,)]
+    assert len(copies) == 300 and len(relay.messages) == 600
+
+
 @pytest.mark.parametrize(("html", "expected"), [
     ("<p>{{ recipient.loyalty }}</p>", "recipient.loyalty"),
     ("<p>{% if %}</p>", "html, line 1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,25 @@ host = "archive.example"
     assert settings.defaults.from_address == "news@example.com"
     assert settings.archive.address == "vault@archive.example"
     assert settings.archive_relay.host == "archive.example"
+
+
+def test_settings_from_a_file_pickle_as_they_are(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send hands its settings to its child processes by pickle (app/children.py)."""
+    monkeypatch.setenv("POSTROOM_SMTP__PASSWORD", "s3cret")
+    config = write(tmp_path / "c.toml", """
+[smtp]
+host = "mail.example.com"
+username = "postroom"
+[sending]
+processes = 2
+""")
+    settings = load_settings(config)
+    again = pickle.loads(pickle.dumps(settings))
+    assert type(again) is Settings and again == settings
+    assert (again.smtp.host, again.sending.processes) == ("mail.example.com", 2)
+    assert again.smtp.password.get_secret_value() == "s3cret"
+    assert again.model_fields_set == settings.model_fields_set == {"smtp", "sending"}
 
 
 def test_environment_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
