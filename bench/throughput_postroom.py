@@ -39,6 +39,7 @@ from throughput_data import (  # noqa: E402
 )
 
 from postroom.app import Postroom  # noqa: E402
+from postroom.app.children import warm  # noqa: E402
 from postroom.settings import (  # noqa: E402
     ArchiveSettings,
     DefaultsSettings,
@@ -61,9 +62,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _service(spec: dict[str, Any]) -> Postroom:
+def _settings(spec: dict[str, Any]) -> Settings:
     bcc = bool(spec["bcc"])
-    settings = Settings(
+    return Settings(
         database_url=f"sqlite:///{spec['db']}",
         smtp=SmtpRelay(host="127.0.0.1", port=spec["relay_port"]),
         sending=SendingSettings(connections=spec["connections"],
@@ -74,7 +75,10 @@ def _service(spec: dict[str, Any]) -> Postroom:
                                 relay=SmtpRelay(host="127.0.0.1", port=spec["archive_port"]),
                                 own_process=bool(spec.get("archive_process"))),
     )
-    return build(settings)
+
+
+def _service(spec: dict[str, Any]) -> Postroom:
+    return build(_settings(spec))
 
 
 def _quarantine(postroom: Postroom, addresses: list[str]) -> None:
@@ -136,7 +140,11 @@ def prepare(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str,
 
 
 def send(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str, Any]:
-    postroom = _service(spec)
+    # As `postroom deliveries send` does: the fork server of the helper or archive processes
+    # starts before the application is built (app/children.py), and imports meanwhile.
+    settings = _settings(spec)
+    warm(settings)
+    postroom = build(settings)
     baseline = _rss_mb()
     delivery_id = spec["delivery_id"]
     bcc = bool(spec["bcc"])
@@ -164,6 +172,7 @@ def send(spec: dict[str, Any], profile: cProfile.Profile | None) -> dict[str, An
     if sent != spec["expected"]:
         problems.append(f"sent {sent}, expected {spec['expected']} "
                         f"(by status: {dict(report.by_status)})")
+    problems.extend(summary.helper_errors)  # a helper that failed (its share sent by others)
     if bcc and (archived != sent or archive_pending):
         problems.append(f"archive: {archived} archived for {sent} sent, "
                         f"{archive_pending} pending")

@@ -6,6 +6,7 @@ summed over the processes, and no log left claimed when the run ends or is halte
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import threading
@@ -17,9 +18,11 @@ from sqlalchemy import select
 
 from postroom.app import Postroom
 from postroom.domain.states import DeliveryState, LogStatus
+from postroom.settings import Settings
 from postroom.storage.schema import delivery_logs, workers
 from postroom.testing.archive_check import check_archive
 from postroom.testing.smtp_server import CaptureServer, Hold, Script
+from postroom.wiring import build
 from tests.conftest import ARCHIVE
 from tests.integration.test_email_bcc import _all_logs, _delivery, _people
 
@@ -151,3 +154,55 @@ def test_a_helper_killed_mid_send_is_reported_and_its_logs_are_sent_by_the_paren
     assert all(log.status is LogStatus.SENT for log in logs)  # its logs taken over and sent
     assert summary.state is DeliveryState.FINISHED
     assert _claimed(postroom, delivery_id) == 0
+
+
+def _send_as_a_parent(settings: Settings, delivery_id: int) -> None:
+    """A `postroom send` of its own, in a process the test can kill."""
+    postroom = build(settings)
+    asyncio.run(postroom.sending.send(delivery_id))
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie no one reaps: it is not ours)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_a_helper_whose_parent_dies_halts_by_itself(
+    capture: Callable[..., CaptureServer], make_postroom: Callable[..., Postroom],
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    both_running = threading.Event()
+    relay = capture(script=Script().on_data(lambda _: True, Hold(both_running)))
+    archive = capture()
+    postroom = make_postroom(sqlite_url, relay, archive=archive,
+                             sending={"processes": 2, "connections": 2, "batch_size": 20})
+    delivery_id = _delivery(postroom, tmp_path, _people(2000))
+    parent = multiprocessing.get_context("spawn").Process(
+        target=_send_as_a_parent, args=(postroom.context.settings, delivery_id))
+    parent.start()
+    assert parent.pid is not None
+    try:
+        _open_when_two_send(postroom, threading.Event())
+        [helper] = [pid for kind, pid, _, ended in _senders(postroom)
+                    if kind == "send" and pid != parent.pid and not ended]
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.join(10)
+    finally:
+        both_running.set()  # the messages on the wire get their replies
+        if parent.is_alive():
+            parent.kill()
+    deadline = time.monotonic() + 30
+    while not _ended(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert _ended(helper)
+    # it halted as told, not killed: it recorded what it had sent and signed off
+    assert [ended for kind, pid, _, ended in _senders(postroom) if pid == helper] == [True]
+    sent = [log for log in _all_logs(postroom, delivery_id) if log.status is LogStatus.SENT]
+    # what it had taken when it noticed (16 to 80 seen), not the rest of the delivery (1,980
+    # when a helper does not notice)
+    assert 0 < len(sent) <= 500 and len(sent) <= len(relay.messages)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import os
 import signal
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import TYPE_CHECKING, Any
 
+from postroom.app.children import child_context, parent_alive, start_child
 from postroom.delivery.archive import Archiver
 from postroom.delivery.liveness import Liveness
 
@@ -55,15 +54,17 @@ class ArchiveProcess:
     async def run(self, *, delivery_id: int | None, finish: asyncio.Event,
                   drain_seconds: float, halt: asyncio.Event | None = None,
                   worker: str = "") -> None:
-        spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's state
-        finished, halted = spawn.Event(), spawn.Event()
-        receive, send = spawn.Pipe(duplex=False)
-        child = spawn.Process(target=_child_main, name="postroom-archive", daemon=True,
-                              args=(self._settings, delivery_id, drain_seconds, finished,
-                                    halted, send))
-        child.start()
-        send.close()
+        made = child_context()
+        finished, halted = made.Event(), made.Event()
+        receive, send = made.Pipe(duplex=False)
+        child = made.Process(target=_child_main, name="postroom-archive", daemon=True,
+                             args=(self._settings, delivery_id, drain_seconds, finished,
+                                   halted, send))
         try:
+            try:
+                await start_child(child)
+            finally:
+                send.close()
             while not finish.is_set() and child.is_alive():
                 if halt is not None and halt.is_set():
                     halted.set()
@@ -106,7 +107,7 @@ def _child_main(settings: Settings, delivery_id: int | None, drain_seconds: floa
     result: dict[str, Any] = {"archived": 0, "fault": ""}
     try:
         result.update(asyncio.run(_drain(settings, delivery_id, drain_seconds, finished,
-                                         halted, os.getppid())))
+                                         halted)))
     except BaseException as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         send.send(result)
@@ -115,7 +116,7 @@ def _child_main(settings: Settings, delivery_id: int | None, drain_seconds: floa
 
 
 async def _drain(settings: Settings, delivery_id: int | None, drain_seconds: float,
-                 finished: ProcessEvent, halted: ProcessEvent, parent: int) -> dict[str, Any]:
+                 finished: ProcessEvent, halted: ProcessEvent) -> dict[str, Any]:
     from postroom.delivery.worker import Heartbeat, new_worker_id
     from postroom.wiring import build  # here: wiring builds the services this module is in
 
@@ -130,7 +131,7 @@ async def _drain(settings: Settings, delivery_id: int | None, drain_seconds: flo
 
         async def watch() -> None:
             while not halt.is_set():
-                if halted.is_set() or os.getppid() != parent:  # told to, or orphaned
+                if halted.is_set() or not parent_alive():  # told to, or orphaned
                     halt.set()
                 elif finished.is_set():
                     finish.set()

@@ -1,11 +1,12 @@
 """Helper processes that send one delivery beside `postroom send` (`sending.processes`, ADR 0031).
 
 One Python process renders, sends and records on one core. With `sending.processes = N`,
-`send` starts N - 1 spawned children that run the same engine on the same delivery: each claims
-its own batches of due logs under its own lease (the claims that already let several workers
-share a delivery), renders them, sends them over its own `sending.connections` and records
-them. The parent's archive loop ends only after every helper has: a copy a helper's message
-owes is in the outbox when its log is recorded `sent`, so none is left behind.
+`send` starts N - 1 children (from a fork server, app/children.py) that run the same engine
+on the same delivery: each claims its own batches of due logs under its own lease (the claims
+that already let several workers share a delivery), renders them, sends them over its own
+`sending.connections` and records them. The parent's archive loop ends only after every
+helper has: a copy a helper's message owes is in the outbox when its log is recorded `sent`,
+so none is left behind.
 
 A helper registers as a sender of its own (kind `send`), so one that dies loses nothing: its
 claimed logs come back when their lease runs out (the takeover counts those on the wire in
@@ -22,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import TYPE_CHECKING, Any
 
+from postroom.app.children import child_context, parent_alive, start_child
 from postroom.delivery.engine import RunSummary
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ _EXIT_GRACE = 30.0  # after an abort or halt, for a child to record and exit
 
 @dataclass
 class _Child:
-    process: Any  # multiprocessing.Process (spawn context)
+    process: Any  # multiprocessing.Process (of children.child_context())
     receive: Connection
     summary: RunSummary | None = None
     error: str = ""
@@ -62,20 +62,22 @@ class SendHelpers:
 
     async def run(self, delivery_id: int, *, progress: Callable[[int], None] | None,
                   halt: asyncio.Event | None, abort: asyncio.Event | None) -> list[RunSummary]:
-        spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's state
-        halted, aborted = spawn.Event(), spawn.Event()
+        made = child_context()
+        halted, aborted = made.Event(), made.Event()
         children: list[_Child] = []
-        for number in range(self._count):
-            receive, send = spawn.Pipe(duplex=False)
-            process = spawn.Process(target=_child_main, name=f"postroom-send-{number + 1}",
-                                    daemon=True, args=(self._settings, delivery_id, halted,
-                                                       aborted, send))
-            process.start()
-            send.close()
-            children.append(_Child(process, receive))
         deadline: float | None = None
         loop = asyncio.get_running_loop()
         try:
+            for number in range(self._count):
+                receive, send = made.Pipe(duplex=False)
+                process = made.Process(target=_child_main, name=f"postroom-send-{number + 1}",
+                                       daemon=True, args=(self._settings, delivery_id, halted,
+                                                          aborted, send))
+                children.append(_Child(process, receive))
+                try:
+                    await start_child(process)
+                finally:
+                    send.close()
             while any(child.process.is_alive() for child in children):
                 if halt is not None and halt.is_set():
                     halted.set()
@@ -147,8 +149,7 @@ def _child_main(settings: Settings, delivery_id: int, halted: ProcessEvent,
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = asyncio.run(_send(settings, delivery_id, halted, aborted, os.getppid(),
-                                    send))
+        summary = asyncio.run(_send(settings, delivery_id, halted, aborted, send))
     except BaseException as exc:
         with contextlib.suppress(OSError):
             send.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -157,7 +158,7 @@ def _child_main(settings: Settings, delivery_id: int, halted: ProcessEvent,
 
 
 async def _send(settings: Settings, delivery_id: int, halted: ProcessEvent,
-                aborted: ProcessEvent, parent: int, send: Connection) -> RunSummary:
+                aborted: ProcessEvent, send: Connection) -> RunSummary:
     from postroom.wiring import build  # here: wiring builds the services this module is in
 
     postroom = build(settings)
@@ -171,7 +172,7 @@ async def _send(settings: Settings, delivery_id: int, halted: ProcessEvent,
     async def watch() -> None:
         nonlocal settled
         while True:
-            if halted.is_set() or os.getppid() != parent:  # told to, or orphaned
+            if halted.is_set() or not parent_alive():  # told to, or orphaned
                 halt.set()
             if aborted.is_set():
                 abort.set()

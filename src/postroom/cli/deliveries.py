@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from postroom.app import Postroom
+from postroom.app.children import warm
 from postroom.app.deliveries import parse_reason
 from postroom.app.templates import read_content
 from postroom.cli.archive import print_sinks
@@ -152,6 +153,9 @@ def _on_signal(first: bool) -> None:
 
 
 def _send(ctx: typer.Context, delivery_id: int, as_json: bool) -> None:
+    # Helper or archive processes, if the settings ask for them, are forked from a server
+    # whose imports (a second) run on another core while this one builds and analyzes.
+    warm(state(ctx).settings())
     postroom = state(ctx).app()
     on_analyzed = None if as_json else _print_analysis
     # Analysis first, outside the event loop: Ctrl-C stops it at once; then the bar's total.
@@ -255,6 +259,8 @@ def resume(ctx: typer.Context, delivery_id: int,
                                          help="Continue sending in this process."),
            as_json: bool = JsonOption) -> None:
     """Resume a paused delivery and continue sending it."""
+    if send_now:
+        warm(state(ctx).settings())
     postroom = state(ctx).app()
     d = postroom.deliveries.resume(delivery_id)
     if send_now:
