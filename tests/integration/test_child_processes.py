@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import sys
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -44,13 +45,14 @@ def _report(send: Connection) -> None:
     parent = multiprocessing.parent_process()
     send.send({"preloaded": [name for name in PRELOAD if name in sys.modules],
                "parent": parent.pid if parent else None, "parent_alive": parent_alive(),
-               "cwd": os.getcwd()})
+               "cwd": os.getcwd(), "now": time.time()})
 
 
 def test_a_child_comes_with_the_sending_modules_imported_and_knows_its_parent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert warm(_settings(processes=2))
+    time.sleep(1.0)  # the server is older than its child by a second at least
     made = child_context()
     receive, send = made.Pipe(duplex=False)
     child = made.Process(target=_report, args=(send,), daemon=True)
@@ -60,6 +62,7 @@ def test_a_child_comes_with_the_sending_modules_imported_and_knows_its_parent(
         send.close()
         assert receive.poll(60)
         report = receive.recv()
+        received = time.time()
     finally:
         child.join(10)
     assert child.exitcode == 0
@@ -68,4 +71,7 @@ def test_a_child_comes_with_the_sending_modules_imported_and_knows_its_parent(
     # its parent is this process, not the fork server it was forked from
     assert report["parent"] == os.getpid() and report["parent_alive"] is True
     assert report["cwd"] == str(tmp_path)
+    # the wall clock it reads is this process's (leases and heartbeats are compared across
+    # processes), not one that started when the server did
+    assert received - 0.5 < report["now"] <= received
     assert parent_alive()  # outside a child: no parent to lose
